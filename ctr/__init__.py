@@ -1,0 +1,1 @@
+"""Long-tail CTR prediction on semantic IDs: batches, data module, layers, models, metrics."""

@@ -1,0 +1,50 @@
+"""The one batch type every CTR model consumes, and the data facts (cardinalities) models are built from.
+
+Shapes: B = batch size, L_i / L_u = semantic-ID levels of items / users (the dedup suffix not included),
+F_i / F_u = number of item / user side features, M_i / M_u = max tokens of one multi-valued feature,
+H = history length. Token 0 is padding in every feature vocabulary and in the history (real item ids are
+shifted by one there), so `nn.EmbeddingBag(padding_idx=0)` / masks work directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class Batch(NamedTuple):
+    user: Tensor  # (B,) int64 dense user id, 0..n_users-1
+    item: Tensor  # (B,) int64 dense item id, 0..n_items-1
+    label: Tensor  # (B,) float32 in {0, 1}
+    user_sid: Tensor  # (B, L_u) int64 semantic-ID code per level, each in 0..user_sid_sizes[l]-1
+    item_sid: Tensor  # (B, L_i) int64
+    user_count: Tensor  # (B,) float32 number of train interactions of the user (0 = cold)
+    item_count: Tensor  # (B,) float32 number of train interactions of the item (0 = cold)
+    user_feats: Tensor  # (B, F_u, M_u) int64 per-feature token ids, 0 = padding
+    item_feats: Tensor  # (B, F_i, M_i) int64
+    hist_item: Tensor  # (B, H) int64 item id + 1 of the user's last H positive train items before the sample, 0 = pad
+    hist_item_sid: (
+        Tensor  # (B, H, L_i) int64 semantic IDs of those items (0 where padded; mask with hist_item > 0)
+    )
+    user_bucket: Tensor  # (B,) int64 index into semid.schema.BUCKETS (head, torso, tail, cold) of the user
+    item_bucket: Tensor  # (B,) int64 index into BUCKETS of the item
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What the data knows and the models need: passed from the DataModule to the model (LightningCLI
+    `link_arguments`), never typed by hand."""
+
+    n_users: int
+    n_items: int
+    user_feature_names: tuple[str, ...]
+    item_feature_names: tuple[str, ...]
+    user_feature_vocab: tuple[int, ...]  # vocabulary size per user feature, padding (0) included
+    item_feature_vocab: tuple[int, ...]
+    user_sid_sizes: tuple[int, ...]  # codebook size per user semantic-ID level
+    item_sid_sizes: tuple[int, ...]
+    history_len: int
+    user_count_max: float  # largest train count, for normalising activity
+    item_count_max: float

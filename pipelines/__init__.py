@@ -1,0 +1,1 @@
+"""Pipeline stages (verbs): prepare, build_semids, run; each exposes `main(args=None)`."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: seeded synthetic raw files and a prepared dataset directory built by the real `prepare`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory):
+    from semid import synthetic
+
+    return synthetic.write(synthetic.SyntheticConfig(), tmp_path_factory.mktemp("raw"))
+
+
+@pytest.fixture(scope="session")
+def prepared_dir(synthetic_raw, tmp_path_factory):
+    """A prepared synthetic dataset (200 users, 120 items, 6,000 interactions, temporal 80/10/10 split)."""
+    from semid import data, synthetic
+
+    files = data.RawFiles(synthetic_raw["inter"], synthetic_raw["item"], synthetic_raw["user"])
+    prepared = data.build(files, synthetic.columns(), data.PrepareConfig(), name="synthetic")
+    return data.write(prepared, tmp_path_factory.mktemp("prepared") / "synthetic")

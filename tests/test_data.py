@@ -1,0 +1,223 @@
+"""prepare: schema, temporal split without leakage, activity buckets, bad input, the real MovieLens data."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from pipelines.prepare import prepare
+from pipelines.semid_cli import main as semid_main
+from semid import data, synthetic
+from semid import schema as S
+from semid.errors import InputError
+from semid.io import read_meta
+
+
+def _files(raw) -> data.RawFiles:
+    return data.RawFiles(raw["inter"], raw["item"], raw["user"])
+
+
+def test_schema_of_every_file(prepared_dir):
+    for split in S.SPLITS:
+        df = pl.read_parquet(prepared_dir / S.split_file(split))
+        assert df.schema == S.INTERACTIONS
+        assert df.height > 0
+    items = pl.read_parquet(prepared_dir / S.ITEMS_FILE)
+    users = pl.read_parquet(prepared_dir / S.USERS_FILE)
+    for col, dtype in S.ITEMS_BASE.items():
+        assert items.schema[col] == dtype
+    for col, dtype in S.USERS_BASE.items():
+        assert users.schema[col] == dtype
+    assert items.schema["genre"] == S.FEATURE_DTYPE
+    assert users.schema["age"] == S.FEATURE_DTYPE
+    assert items[S.ITEM].to_list() == list(range(items.height))  # dense, sorted
+    assert users[S.USER].to_list() == list(range(users.height))
+    assert read_meta(prepared_dir / S.ITEMS_FILE)["features"] == ["genre"]
+    assert read_meta(prepared_dir / S.USERS_FILE)["features"] == ["age", "gender"]
+
+
+def test_ids_map_back_to_raw(synthetic_raw, prepared_dir):
+    raw = pl.read_parquet(synthetic_raw["inter"]).sort(["timestamp", "user_id"])
+    items = pl.read_parquet(prepared_dir / S.ITEMS_FILE)
+    users = pl.read_parquet(prepared_dir / S.USERS_FILE)
+    got = (
+        pl.concat([pl.read_parquet(prepared_dir / S.split_file(s)) for s in S.SPLITS])
+        .join(users.select(S.USER, S.RAW_USER), on=S.USER)
+        .join(items.select(S.ITEM, S.RAW_ITEM), on=S.ITEM)
+    )
+    assert got.height == raw.height
+    pairs_raw = sorted(zip(raw["user_id"], raw["item_id"], raw["timestamp"]))
+    pairs_got = sorted(zip(got[S.RAW_USER], got[S.RAW_ITEM], got[S.TIMESTAMP]))
+    assert pairs_raw == pairs_got
+    # label = rating >= 4
+    assert (got[S.LABEL] == (got[S.RATING] >= 4).cast(pl.Int8)).all()
+
+
+def test_temporal_split_no_leakage_and_fractions(prepared_dir):
+    tr, va, te = (pl.read_parquet(prepared_dir / S.split_file(s)) for s in S.SPLITS)
+    assert tr[S.TIMESTAMP].max() <= va[S.TIMESTAMP].min()
+    assert va[S.TIMESTAMP].max() <= te[S.TIMESTAMP].min()
+    n = tr.height + va.height + te.height
+    assert (tr.height, va.height, te.height) == (
+        round(0.8 * n),
+        round(0.1 * n),
+        n - round(0.8 * n) - round(0.1 * n),
+    )
+
+
+def test_leave_last_out(synthetic_raw):
+    cfg = data.PrepareConfig(split=data.SplitConfig(mode="leave_last_out"))
+    p = data.build(_files(synthetic_raw), synthetic.columns(), cfg, name="s")
+    tr, va, te = (p.splits[s] for s in S.SPLITS)
+    assert te[S.USER].is_duplicated().sum() == 0 and va[S.USER].is_duplicated().sum() == 0
+    last_train = tr.group_by(S.USER).agg(pl.col(S.TIMESTAMP).max().alias("t"))
+    joined = te.join(last_train, on=S.USER)
+    assert (joined[S.TIMESTAMP] >= joined["t"]).all()
+    assert set(te[S.USER]) == set(va[S.USER])
+
+
+def test_buckets_oracle(prepared_dir):
+    items = pl.read_parquet(prepared_dir / S.ITEMS_FILE)
+    train = pl.read_parquet(prepared_dir / S.split_file("train"))
+    counts = dict(train.group_by(S.ITEM).len().iter_rows())
+    assert items[S.TRAIN_COUNT].to_list() == [counts.get(i, 0) for i in items[S.ITEM]]
+    active = sorted((i for i in counts), key=lambda i: (-counts[i], i))
+    n_head, n_torso = -(-len(active) * 2 // 10), -(-len(active) * 5 // 10)
+    n_torso -= n_head
+    expected = {i: "head" for i in active[:n_head]}
+    expected |= {i: "torso" for i in active[n_head : n_head + n_torso]}
+    expected |= {i: "tail" for i in active[n_head + n_torso :]}
+    got = dict(zip(items[S.ITEM], items[S.BUCKET]))
+    for i, bucket in got.items():
+        assert bucket == expected.get(i, "cold")
+    assert set(got.values()) <= set(S.BUCKETS)
+
+
+def _write_variant(tmp_path, raw, role, df):
+    path = tmp_path / f"{role}.parquet"
+    df.write_parquet(path)
+    return {**raw, role: path}
+
+
+def _expect_error(files, cols, match, column=None, cfg=None):
+    with pytest.raises(InputError, match=match) as info:
+        data.build(_files(files), cols, cfg or data.PrepareConfig(), name="bad")
+    if column is not None:
+        assert info.value.column == column
+    assert info.value.fix
+    return info.value
+
+
+def test_bad_inputs(synthetic_raw, tmp_path):
+    inter = pl.read_parquet(synthetic_raw["inter"])
+    items = pl.read_parquet(synthetic_raw["item"])
+    cols = synthetic.columns()
+    _expect_error({**synthetic_raw, "inter": tmp_path / "nope.parquet"}, cols, "file not found")
+    _expect_error(
+        _write_variant(tmp_path, synthetic_raw, "inter", inter.drop("timestamp")),
+        cols,
+        "missing",
+        "timestamp",
+    )
+    bad_ts = inter.with_columns(pl.col("timestamp").cast(pl.String).str.replace("^1", "x"))
+    _expect_error(_write_variant(tmp_path, synthetic_raw, "inter", bad_ts), cols, "not Int64", "timestamp")
+    dup = pl.concat([items, items.head(1)])
+    _expect_error(_write_variant(tmp_path, synthetic_raw, "item", dup), cols, "duplicate item ids", "item_id")
+    unknown = pl.concat([inter, inter.head(1).with_columns(pl.lit("ghost").alias("item_id"))])
+    err = _expect_error(
+        _write_variant(tmp_path, synthetic_raw, "inter", unknown), cols, "not in the items file"
+    )
+    assert "ghost" in str(err)
+    blank = items.with_columns(pl.lit(None, pl.String).alias("title"), pl.lit(" ").alias("genre"))
+    _expect_error(_write_variant(tmp_path, synthetic_raw, "item", blank), cols, "empty text", "title,genre")
+    from dataclasses import replace
+
+    labelled = inter.with_columns(pl.lit(2).alias("click"))
+    _expect_error(
+        _write_variant(tmp_path, synthetic_raw, "inter", labelled),
+        replace(cols, label="click"),
+        "labels must be 0 or 1",
+        "click",
+    )
+    _expect_error(
+        synthetic_raw,
+        cols,
+        "split is empty",
+        cfg=data.PrepareConfig(split=data.SplitConfig(val_frac=0.0, test_frac=0.1)),
+    )
+
+
+def test_empty_template_value_is_unknown_not_error(synthetic_raw, tmp_path):
+    items = pl.read_parquet(synthetic_raw["item"]).with_columns(pl.lit(None, pl.String).alias("genre"))
+    files = _write_variant(tmp_path, synthetic_raw, "item", items)
+    p = data.build(_files(files), synthetic.columns(), data.PrepareConfig(), name="s")
+    assert p.items[S.TEXT].str.ends_with("Genres: unknown.").all()
+
+
+def test_cli_error_exits_nonzero_and_writes_nothing(synthetic_raw, tmp_path, capsys):
+    inter = pl.read_parquet(synthetic_raw["inter"]).drop("rating")
+    bad = tmp_path / "inter.parquet"
+    inter.write_parquet(bad)
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        semid_main(
+            ["prepare", "--interactions", str(bad), "--items", str(synthetic_raw["item"]), "--out", str(out)]
+        )
+    assert exc.value.code == 2
+    assert "column 'rating'" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old output is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
+
+
+def test_csv_input_via_cli(synthetic_raw, tmp_path):
+    files = synthetic.write(synthetic.SyntheticConfig(seed=3), tmp_path / "csv", fmt="csv")
+    cols = tmp_path / "cols.yaml"
+    cols.write_text(
+        "item_text_template: '{title}. Genres: {genre}.'\nitem_features: [genre]\nmulti_valued: [genre]\n"
+        "user_features: [age, gender]\n"
+    )
+    out = tmp_path / "prep"
+    semid_main(
+        [
+            "prepare",
+            "--interactions", str(files["inter"]),
+            "--items", str(files["item"]),
+            "--users", str(files["user"]),
+            "--columns", str(cols),
+            "--out", str(out),
+            "--split.val_frac", "0.2",
+        ]
+    )  # fmt: skip
+    meta = read_meta(out / S.ITEMS_FILE)
+    assert meta["config"]["split"]["val_frac"] == 0.2
+    assert meta["splits"]["val"] == round(0.2 * meta["n_interactions"])
+
+
+@pytest.mark.realdata
+def test_real_ml100k(tmp_path):
+    out = prepare(dataset="ml-100k", out=str(tmp_path / "ml-100k"))
+    meta = read_meta(out / S.ITEMS_FILE)
+    assert (meta["n_interactions"], meta["n_users"], meta["n_items"]) == (100_000, 943, 1_682)
+    assert abs(meta["positive_rate"] - 0.55375) < 1e-9
+    items = pl.read_parquet(out / S.ITEMS_FILE)
+    assert (
+        items.filter(pl.col(S.RAW_ITEM) == "1")[S.TEXT].item()
+        == "Toy Story (1995). Genres: Animation, Children's, Comedy."
+    )
+    tr, te = (pl.read_parquet(out / S.split_file(s)) for s in ("train", "test"))
+    assert tr[S.TIMESTAMP].max() <= te[S.TIMESTAMP].min()
+
+
+@pytest.mark.realdata
+def test_real_ml1m_counts(tmp_path):
+    out = prepare(dataset="ml-1m", out=str(tmp_path / "ml-1m"))
+    meta = read_meta(out / S.ITEMS_FILE)
+    assert (meta["n_interactions"], meta["n_users"], meta["n_items"]) == (1_000_209, 6_040, 3_706)
+    assert 0.57 < meta["positive_rate"] < 0.58
+    assert sum(meta["item_buckets"].values()) == 3_706
+    users = pl.read_parquet(out / S.USERS_FILE)
+    assert (
+        users.filter(pl.col(S.RAW_USER) == "1m_1")[S.TEXT].item().startswith("age: under 18; gender: female")
+    )
