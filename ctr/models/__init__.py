@@ -1,0 +1,1 @@
+"""CTR model families, one file each: DeepFM, DCNv2, semantic-ID features, AKT."""
