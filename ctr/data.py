@@ -1,0 +1,584 @@
+"""CTR data module: a prepared dataset directory plus semantic-ID tables -> shuffled, rank-sharded `Batch`es.
+
+Everything is read once in `setup` (polars, vectorised) into tensors: per split the sample arrays (user, item,
+label, history end offset), per entity the feature tokens, semantic IDs, train counts and activity buckets. A batch
+is a handful of index gathers from those tensors, so there is no per-sample Dataset or collate: a sampler yields
+index tensors (`IndexBatches`) and the dataset turns one into a whole `Batch` (`SplitData`).
+
+History without leakage: a sample's history is the user's last `history_len` positive *train* interactions with a
+timestamp strictly before the sample's (for every split), most recent first; equal timestamps are ordered by item
+id. It is stored as one sorted array of train positives plus, per sample, the end offset of its history in it.
+
+DDP: the loaders shard themselves (train: each rank takes an equal share of the epoch's permutation; eval: rank r
+takes batches r::world_size, disjoint and covering every sample once, so ranks may get unequal batch counts -- do not
+sync inside eval steps). Run the Trainer with `use_distributed_sampler=False`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ctr.batch import Batch, DataSpec
+from semid import schema as S
+from semid.errors import InputError
+from semid.io import read_meta
+
+Split = Literal["train", "val", "test"]
+
+
+# -- entity tables ------------------------------------------------------------------------------------------
+
+
+class Features(NamedTuple):
+    tokens: Tensor  # (n, F, M) int64 token ids per feature, 0 = padding
+    names: tuple[str, ...]
+    vocab: tuple[int, ...]  # vocabulary size per feature, padding included
+
+
+class SemanticIds(NamedTuple):
+    codes: Tensor  # (n, L) int64
+    sizes: tuple[int, ...]  # codebook size per level
+
+
+@dataclass(frozen=True)
+class Entities:
+    """Per-entity tensors of one side (items or users), indexed by the dense id."""
+
+    feats: Features
+    sid: SemanticIds
+    count: Tensor  # (n,) float32 train interactions
+    bucket: Tensor  # (n,) int64 index into BUCKETS
+
+
+class History(NamedTuple):
+    """Train positives sorted by (user, timestamp, item), with a search key for 'last positive before t'."""
+
+    items: Tensor  # (P + 1,) int64 item id + 1, with a leading 0 so that index 0 is padding
+    user_start: Tensor  # (n_users,) int64 offset of each user's first positive in the sorted array
+    key: (
+        np.ndarray
+    )  # (P,) int64 user * (K + 1) + rank of the timestamp among the K distinct positive timestamps
+    times: np.ndarray  # (K,) int64 distinct timestamps of train positives, sorted
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    user: Tensor  # (N,) int64
+    item: Tensor  # (N,) int64
+    label: Tensor  # (N,) float32
+    hist_end: Tensor  # (N,) int64 one past the last history positive of the sample in History.items[1:]
+
+
+@dataclass(frozen=True)
+class Tables:
+    items: Entities
+    users: Entities
+    history: History
+    splits: dict[str, SplitArrays]
+
+
+# -- validation and reading ---------------------------------------------------------------------------------
+
+
+def _require_file(path: Path, fix: str) -> Path:
+    if not path.is_file():
+        raise InputError("file not found", file=path, fix=fix)
+    return path
+
+
+def _require_columns(schema: pl.Schema, cols: list[str], path: Path) -> None:
+    for col in cols:
+        if col not in schema:
+            raise InputError(
+                f"missing column {col!r}; the file has {list(schema.names())}",
+                file=path,
+                column=col,
+                fix="re-run `semid prepare` (or the stage that wrote this file)",
+            )
+
+
+def _read_entities(path: Path, key: str) -> pl.DataFrame:
+    """An items/users table sorted by its dense id, checked to hold exactly the ids 0..n-1."""
+    _require_columns(pl.read_parquet_schema(path), [key, S.TRAIN_COUNT, S.BUCKET], path)
+    df = pl.read_parquet(path).sort(key)
+    ids = df[key].to_numpy()
+    if df[key].null_count() or not np.array_equal(ids, np.arange(df.height)):
+        raise InputError(
+            f"ids are not the dense codes 0..{df.height - 1} (one row per id)",
+            file=path,
+            column=key,
+            fix="use the table `semid prepare` wrote, unmodified",
+        )
+    if df.height == 0:
+        raise InputError("empty table", file=path, fix="re-run `semid prepare`")
+    bad = df.filter(~pl.col(S.BUCKET).is_in(list(S.BUCKETS)) | pl.col(S.BUCKET).is_null())[S.BUCKET]
+    if bad.len():
+        raise InputError(
+            f"unknown bucket values {bad.unique().head(5).to_list()}; expected {list(S.BUCKETS)}",
+            file=path,
+            column=S.BUCKET,
+            fix="re-run `semid prepare`",
+        )
+    return df
+
+
+def _feature_names(df: pl.DataFrame, path: Path) -> list[str]:
+    """Side features: the metadata's "features" list, else every List(String) column."""
+    meta = read_meta(path)
+    if "features" not in meta:
+        return [c for c, t in df.schema.items() if t == S.FEATURE_DTYPE]
+    names = list(meta["features"])
+    for name in names:
+        if name not in df.columns:
+            raise InputError(
+                "side feature named in the file's metadata is missing",
+                file=path,
+                column=name,
+                fix="re-run `semid prepare`",
+            )
+        if df.schema[name] != S.FEATURE_DTYPE:
+            raise InputError(
+                f"side feature has dtype {df.schema[name]}, expected {S.FEATURE_DTYPE}",
+                file=path,
+                column=name,
+                fix="re-run `semid prepare`",
+            )
+    return names
+
+
+def feature_tokens(df: pl.DataFrame, names: list[str], max_tokens: int) -> Features:
+    """List(String) side features -> (n, F, M) token ids, M = min(max_tokens, longest list), at least 1.
+
+    The vocabulary of a feature is every token in the column (before truncation), sorted; token k -> id k + 1,
+    0 = padding. Lists keep their first M tokens in stored order.
+    """
+    n = df.height
+    longest = max((int(df[c].list.len().max() or 0) for c in names), default=0)
+    m = max(1, min(max_tokens, longest))
+    tokens = np.zeros((n, len(names), m), dtype=np.int64)
+    vocab = []
+    for f, name in enumerate(names):  # over feature columns (a few), not rows
+        long = (
+            df.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), pl.col(name).alias("tok"))
+            .explode("tok")
+            .drop_nulls("tok")
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("row").alias("pos"))
+        )
+        values = long["tok"].unique().sort()
+        vocab.append(values.len() + 1)
+        long = long.filter(pl.col("pos") < m)
+        code = long["tok"].cast(pl.Enum(values)).to_physical().cast(pl.Int64).to_numpy() + 1
+        tokens[long["row"].to_numpy(), f, long["pos"].to_numpy()] = code
+    return Features(torch.from_numpy(tokens), tuple(names), tuple(vocab))
+
+
+def _few(ids: np.ndarray, raw: pl.Series, k: int = 5) -> str:
+    shown = ids[:k]
+    raws = raw.gather(shown[(shown >= 0) & (shown < raw.len())]).to_list() if raw.len() else []
+    more = f" (+{len(ids) - k} more)" if len(ids) > k else ""
+    return f"{shown.tolist()}{more}" + (f", raw ids {raws}" if raws else "")
+
+
+def read_sids(path: str | Path | None, *, key: str, n: int, raw: pl.Series, default_file: str) -> SemanticIds:
+    """An ID table -> (n, L) codes by dense id (the dedup suffix left out) and per-level codebook sizes.
+
+    None -> one level of code 0 with size 1 (ID-only baselines). A directory means <dir>/<default_file>.
+    Sizes come from the metadata's "codebook_sizes", else max + 1 per level.
+    """
+    if path is None:
+        return SemanticIds(torch.zeros(n, 1, dtype=torch.int64), (1,))
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_file
+    fix = "run `semid build-semids` for this prepared dataset, or pass the right file"
+    _require_file(path, fix)
+    schema = pl.read_parquet_schema(path)
+    _require_columns(schema, [key, S.sid_column(0)], path)
+    levels = 0
+    while S.sid_column(levels) in schema:
+        levels += 1
+    cols = [S.sid_column(i) for i in range(levels)]
+    df = pl.read_parquet(path, columns=[key, *cols])
+    for col in [key, *cols]:
+        if df[col].null_count():
+            raise InputError("null values", file=path, column=col, fix=fix)
+    ids = df[key].cast(pl.Int64).to_numpy()
+    unknown = np.unique(ids[(ids < 0) | (ids >= n)])
+    if unknown.size:
+        raise InputError(
+            f"{unknown.size} ids are unknown to the dataset ({n} ids, 0..{n - 1}): {unknown[:5].tolist()}",
+            file=path,
+            column=key,
+            fix=f"build the ID table from this prepared dataset (its {key} must be the dataset's dense ids)",
+        )
+    uniq, counts = np.unique(ids, return_counts=True)
+    dup = uniq[counts > 1]
+    if dup.size:
+        raise InputError(f"duplicate ids {dup[:5].tolist()}", file=path, column=key, fix=fix)
+    missing = np.setdiff1d(np.arange(n), ids)
+    if missing.size:
+        raise InputError(
+            f"{missing.size} of the dataset's {n} ids have no semantic ID: {_few(missing, raw)}",
+            file=path,
+            column=key,
+            fix="rebuild the ID table for this prepared dataset (every id needs a row; assign new ids incrementally)",
+        )
+    codes = np.zeros((n, levels), dtype=np.int64)
+    codes[ids] = df.select(cols).to_numpy().astype(np.int64)
+    sizes = read_meta(path).get("codebook_sizes")
+    if sizes is None or len(sizes) != levels:
+        sizes = (codes.max(axis=0) + 1).tolist()
+    for level, (col, size) in enumerate(zip(cols, sizes)):
+        bad = codes[:, level][(codes[:, level] < 0) | (codes[:, level] >= size)]
+        if bad.size:
+            raise InputError(
+                f"codes outside 0..{size - 1} (codebook_sizes in the metadata): {np.unique(bad)[:5].tolist()}",
+                file=path,
+                column=col,
+                fix=fix,
+            )
+    return SemanticIds(torch.from_numpy(codes), tuple(int(s) for s in sizes))
+
+
+def _entities(df: pl.DataFrame, path: Path, max_tokens: int, sid: SemanticIds) -> Entities:
+    bucket = df[S.BUCKET].replace_strict(list(S.BUCKETS), list(range(len(S.BUCKETS))), return_dtype=pl.Int64)
+    return Entities(
+        feats=feature_tokens(df, _feature_names(df, path), max_tokens),
+        sid=sid,
+        count=torch.from_numpy(df[S.TRAIN_COUNT].fill_null(0).cast(pl.Float32).to_numpy().copy()),
+        bucket=torch.from_numpy(bucket.to_numpy().copy()),
+    )
+
+
+def _read_split(path: Path, split: str, n_users: int, n_items: int) -> pl.DataFrame:
+    cols = [S.USER, S.ITEM, S.LABEL, S.TIMESTAMP]
+    _require_columns(pl.read_parquet_schema(path), cols, path)
+    df = pl.read_parquet(path, columns=cols)
+    if df.is_empty():
+        raise InputError(
+            f"the {split} split is empty", file=path, fix="re-run `semid prepare` with other split fractions"
+        )
+    for col in cols:
+        if df[col].null_count():
+            raise InputError("null values", file=path, column=col, fix="re-run `semid prepare`")
+    bad = df.filter(~pl.col(S.LABEL).is_in([0, 1]))[S.LABEL].unique().head(5).to_list()
+    if bad:
+        raise InputError(
+            f"labels must be 0 or 1; found {bad}", file=path, column=S.LABEL, fix="re-run `semid prepare`"
+        )
+    for col, n in ((S.USER, n_users), (S.ITEM, n_items)):
+        out = df.filter((pl.col(col) < 0) | (pl.col(col) >= n))[col].unique().head(5).to_list()
+        if out:
+            raise InputError(
+                f"ids unknown to the dataset ({n} ids in the entity table): {out}",
+                file=path,
+                column=col,
+                fix="the split and the items/users tables must come from the same `semid prepare` run",
+            )
+    return df
+
+
+# -- history ------------------------------------------------------------------------------------------------
+
+
+def build_history(train: pl.DataFrame, n_users: int) -> History:
+    """Sort the train positives by (user, timestamp, item) into one array with per-user start offsets."""
+    pos = train.filter(pl.col(S.LABEL) == 1)
+    user = pos[S.USER].cast(pl.Int64).to_numpy()
+    ts = pos[S.TIMESTAMP].cast(pl.Int64).to_numpy()
+    item = pos[S.ITEM].cast(pl.Int64).to_numpy()
+    order = np.lexsort((item, ts, user))  # last key is the primary one
+    user, ts, item = user[order], ts[order], item[order]
+    times = np.unique(ts)
+    # a combined key that sorts like (user, timestamp) without overflow: the timestamp is replaced by its rank
+    key = user * (times.size + 1) + np.searchsorted(times, ts)
+    user_start = np.searchsorted(key, np.arange(n_users, dtype=np.int64) * (times.size + 1), side="left")
+    return History(
+        items=torch.from_numpy(np.concatenate([[0], item + 1]).astype(np.int64)),
+        user_start=torch.from_numpy(user_start.astype(np.int64)),
+        key=key,
+        times=times,
+    )
+
+
+def history_end(history: History, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Per sample, one past the position of the user's last train positive with timestamp < ts."""
+    rank = np.searchsorted(history.times, ts, side="left")  # distinct positive timestamps strictly before ts
+    query = user.astype(np.int64) * (history.times.size + 1) + rank
+    return np.searchsorted(history.key, query, side="left")
+
+
+def gather_history(history: History, user: Tensor, end: Tensor, length: int) -> Tensor:
+    """(B,) users and history ends -> (B, length) item id + 1 of the last positives, most recent first, 0 = pad."""
+    pos = end[:, None] - 1 - torch.arange(length)  # (B, H) positions in the sorted positives
+    valid = pos >= history.user_start[user][:, None]  # (B, H)
+    return history.items[torch.where(valid, pos + 1, 0)]  # (B, H)
+
+
+# -- batches ------------------------------------------------------------------------------------------------
+
+
+def load_tables(
+    data_dir: str | Path,
+    *,
+    item_sids: str | Path | None = None,
+    user_sids: str | Path | None = None,
+    max_tokens_per_feature: int = 8,
+) -> Tables:
+    """Validate and read a prepared dataset directory and its ID tables into tensors."""
+    root = Path(data_dir)
+    fix = "run `semid prepare` first, or point data_dir to its output directory"
+    if not root.is_dir():
+        raise InputError("prepared dataset directory not found", file=root, fix=fix)
+    items_path = _require_file(root / S.ITEMS_FILE, fix)
+    users_path = _require_file(root / S.USERS_FILE, fix)
+    split_paths = {s: _require_file(root / S.split_file(s), fix) for s in S.SPLITS}
+    items = _read_entities(items_path, S.ITEM)
+    users = _read_entities(users_path, S.USER)
+    raw_items = items[S.RAW_ITEM] if S.RAW_ITEM in items.columns else pl.Series([], dtype=pl.String)
+    raw_users = users[S.RAW_USER] if S.RAW_USER in users.columns else pl.Series([], dtype=pl.String)
+    splits = {s: _read_split(p, s, users.height, items.height) for s, p in split_paths.items()}
+    item_sid = read_sids(item_sids, key=S.ITEM, n=items.height, raw=raw_items, default_file=S.ITEM_SIDS_FILE)
+    user_sid = read_sids(user_sids, key=S.USER, n=users.height, raw=raw_users, default_file=S.USER_SIDS_FILE)
+
+    history = build_history(splits["train"], users.height)
+    arrays = {}
+    for split, df in splits.items():
+        user = df[S.USER].cast(pl.Int64).to_numpy()
+        end = history_end(history, user, df[S.TIMESTAMP].to_numpy())
+        arrays[split] = SplitArrays(
+            user=torch.from_numpy(user.copy()),
+            item=torch.from_numpy(df[S.ITEM].cast(pl.Int64).to_numpy().copy()),
+            label=torch.from_numpy(df[S.LABEL].cast(pl.Float32).to_numpy().copy()),
+            hist_end=torch.from_numpy(end.astype(np.int64)),
+        )
+    return Tables(
+        items=_entities(items, items_path, max_tokens_per_feature, item_sid),
+        users=_entities(users, users_path, max_tokens_per_feature, user_sid),
+        history=history,
+        splits=arrays,
+    )
+
+
+class SplitData(Dataset):
+    """One split; indexing with a tensor of sample indices returns the whole `Batch` (no collate)."""
+
+    def __init__(self, tables: Tables, split: str, history_len: int) -> None:
+        self.tables = tables
+        self.arrays = tables.splits[split]
+        self.history_len = history_len
+
+    def __len__(self) -> int:
+        return self.arrays.user.numel()
+
+    def __getitem__(self, idx: Tensor) -> Batch:
+        t, a = self.tables, self.arrays
+        user, item = a.user[idx], a.item[idx]  # (B,)
+        hist = gather_history(t.history, user, a.hist_end[idx], self.history_len)  # (B, H)
+        hist_sid = t.items.sid.codes[(hist - 1).clamp(min=0)] * (hist > 0).unsqueeze(-1)  # (B, H, L_i)
+        return Batch(
+            user=user,
+            item=item,
+            label=a.label[idx],
+            user_sid=t.users.sid.codes[user],  # (B, L_u)
+            item_sid=t.items.sid.codes[item],  # (B, L_i)
+            user_count=t.users.count[user],
+            item_count=t.items.count[item],
+            user_feats=t.users.feats.tokens[user],  # (B, F_u, M_u)
+            item_feats=t.items.feats.tokens[item],  # (B, F_i, M_i)
+            hist_item=hist,
+            hist_item_sid=hist_sid,
+            user_bucket=t.users.bucket[user],
+            item_bucket=t.items.bucket[item],
+        )
+
+
+class IndexBatches(Sampler[Tensor]):
+    """Yields index tensors, one per batch, for this rank.
+
+    shuffle=True (train): a permutation seeded by (seed, epoch); rank r takes every world_size-th index of it,
+    cut to n // world_size so that every rank runs the same number of steps (world_size 1 serves every sample).
+    shuffle=False (eval): file order in batches; rank r takes batches r::world_size (disjoint, covering all).
+    """
+
+    def __init__(
+        self, n: int, *, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at the start of every epoch (the train order depends on it)."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[Tensor]:
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            mine = torch.from_numpy(perm[self.rank :: self.world_size][: self.n // self.world_size])
+            return list(mine.split(self.batch_size))
+        return list(torch.arange(self.n).split(self.batch_size))[self.rank :: self.world_size]
+
+    def __iter__(self):
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return math.ceil((self.n // self.world_size) / self.batch_size)
+        return len(range(self.rank, math.ceil(self.n / self.batch_size), self.world_size))
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    return batch
+
+
+class CTRDataModule(L.LightningDataModule):
+    """Serves `Batch`es of a prepared dataset; `spec` tells the model the cardinalities (link it in LightningCLI)."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        item_sids: str | None = None,
+        user_sids: str | None = None,
+        batch_size: int = 2048,
+        eval_batch_size: int = 8192,
+        history_len: int = 20,
+        max_tokens_per_feature: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        predict_split: Literal["val", "test"] = "test",
+    ) -> None:
+        """
+        Args:
+            data_dir: a prepared dataset directory (`semid prepare` output).
+            item_sids: item ID table (item_sids.parquet, or the directory holding it); None = one constant code.
+            user_sids: user ID table (user_sids.parquet, or its directory); None = one constant code.
+            batch_size: training batch size (per rank).
+            eval_batch_size: validation / test / predict batch size.
+            history_len: number of past positive train items per sample.
+            max_tokens_per_feature: multi-valued side features keep at most this many tokens.
+            num_workers: DataLoader worker processes (0 = gather in the main process, usually fastest).
+            seed: seeds the per-epoch shuffling.
+            predict_split: the split `predict_dataloader` serves.
+        """
+        super().__init__()
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("history_len", history_len, 0),
+            ("max_tokens_per_feature", max_tokens_per_feature, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if value < low:
+                raise InputError(f"{name}={value} must be >= {low}", fix=f"set data.{name} to at least {low}")
+        if predict_split not in ("val", "test"):
+            raise InputError(
+                f"predict_split={predict_split!r}", fix="set data.predict_split to 'val' or 'test'"
+            )
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.item_sids = item_sids
+        self.user_sids = user_sids
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.history_len = history_len
+        self.max_tokens_per_feature = max_tokens_per_feature
+        self.num_workers = num_workers
+        self.seed = seed
+        self.predict_split = predict_split
+        self.tables: Tables | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read everything once; later calls (every Trainer stage, `spec`) return at once."""
+        if self.tables is None:
+            self.tables = load_tables(
+                self.data_dir,
+                item_sids=self.item_sids,
+                user_sids=self.user_sids,
+                max_tokens_per_feature=self.max_tokens_per_feature,
+            )
+
+    @property
+    def spec(self) -> DataSpec:
+        self.setup()
+        items, users = self.tables.items, self.tables.users
+        return DataSpec(
+            n_users=users.count.numel(),
+            n_items=items.count.numel(),
+            user_feature_names=users.feats.names,
+            item_feature_names=items.feats.names,
+            user_feature_vocab=users.feats.vocab,
+            item_feature_vocab=items.feats.vocab,
+            user_sid_sizes=users.sid.sizes,
+            item_sid_sizes=items.sid.sizes,
+            history_len=self.history_len,
+            user_count_max=float(users.count.max()),
+            item_count_max=float(items.count.max()),
+        )
+
+    @property
+    def world_size(self) -> int:
+        return int(self.trainer.world_size) if self.trainer is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return int(self.trainer.global_rank) if self.trainer is not None else 0
+
+    def dataset(self, split: Split) -> SplitData:
+        self.setup()
+        return SplitData(self.tables, split, self.history_len)
+
+    def loader(
+        self, split: Split, *, shuffle: bool, rank: int | None = None, world_size: int | None = None
+    ) -> DataLoader:
+        """Batches of `split` for one rank (default: the trainer's rank and world size, else 0 and 1)."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        if world_size > 1 and self.trainer is not None:
+            connector = getattr(self.trainer, "_accelerator_connector", None)
+            if getattr(connector, "use_distributed_sampler", False):
+                raise InputError(
+                    "CTRDataModule shards batches by rank itself; Lightning's distributed sampler would re-shard them",
+                    fix="create the Trainer with use_distributed_sampler=False (trainer.use_distributed_sampler: false)",
+                )
+        data = self.dataset(split)
+        sampler = IndexBatches(
+            len(data),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataLoader(
+            data,
+            sampler=sampler,
+            batch_size=None,
+            collate_fn=_whole_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.predict_split, shuffle=False)

@@ -1,0 +1,194 @@
+"""CTR metrics: AUC, GAUC (impression-weighted per-user AUC, DIN KDD'18) and log loss, overall and per bucket.
+
+Functional forms are vectorised torch (no per-group Python loop); the `Metric` classes keep every prediction in
+`cat` states, so they are exact (not binned) and correct under DDP. Ties count one half (average ranks).
+GAUC follows DIN / FuxiCTR: a group with a single label class has no AUC and is left out of the numerator and the
+denominator. torchmetrics' RetrievalAUROC differs on both counts (unweighted, one-class groups scored 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from semid.schema import BUCKETS
+
+LOGLOSS_EPS = 1e-7
+"""Probabilities are clamped to [eps, 1 - eps] before the log (float32 predictions saturate at 1 - 6e-8)."""
+
+
+def _segment_ids(*keys: Tensor) -> tuple[Tensor, Tensor]:
+    """For rows already sorted by `keys`: a run id per row (a new run where any key changes) and each run's start."""
+    n = keys[0].numel()
+    change = torch.zeros(n, dtype=torch.bool, device=keys[0].device)
+    change[0:1] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    run = torch.cumsum(change.long(), 0) - 1  # (n,) 0-based run id
+    start = torch.nonzero(change).squeeze(1)  # (n_runs,) position of each run's first row
+    return run, start
+
+
+def _rank_auc_parts(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per group (in sorted group order): sum of the positives' average ranks within the group, #pos, #rows."""
+    preds = preds.detach().reshape(-1).to(torch.float64)
+    target = target.detach().reshape(-1).to(torch.float64)
+    groups = groups.detach().reshape(-1).long()
+    # sort by (group, score): stable sort on the minor key first, then on the major key
+    order = torch.sort(preds, stable=True).indices
+    order = order[torch.sort(groups[order], stable=True).indices]
+    g, p, y = groups[order], preds[order], target[order]
+    grp, grp_start = _segment_ids(g)  # (n,), (n_groups,)
+    tie, tie_start = _segment_ids(g, p)  # (n,), (n_ties,)
+    tie_count = torch.bincount(tie).to(torch.float64)  # (n_ties,)
+    # 1-based average rank within the group: rank of the tie run's first row plus (count - 1) / 2
+    first = (tie_start - grp_start[grp[tie_start]]).to(torch.float64) + 1.0  # (n_ties,)
+    rank = (first + (tie_count - 1.0) / 2.0)[tie]  # (n,)
+    n_groups = grp_start.numel()
+    rank_pos = torch.zeros(n_groups, dtype=torch.float64, device=y.device).index_add_(
+        0, grp, rank * y
+    )  # (n_groups,)
+    n_pos = torch.zeros(n_groups, dtype=torch.float64, device=y.device).index_add_(0, grp, y)  # (n_groups,)
+    n_all = torch.bincount(grp, minlength=n_groups).to(torch.float64)  # (n_groups,)
+    return rank_pos, n_pos, n_all
+
+
+def _group_auc(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+    """AUC of every group (NaN where one class only) and its number of rows."""
+    rank_pos, n_pos, n_all = _rank_auc_parts(preds, target, groups)
+    n_neg = n_all - n_pos
+    auc_g = (rank_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)  # NaN (0/0) or inf/NaN where one class
+    auc_g = torch.where((n_pos > 0) & (n_neg > 0), auc_g, torch.full_like(auc_g, math.nan))
+    return auc_g, n_all
+
+
+def _check(preds: Tensor, target: Tensor, groups: Tensor | None = None) -> None:
+    if preds.numel() != target.numel() or (groups is not None and groups.numel() != preds.numel()):
+        raise ValueError(
+            f"preds, target{', groups' if groups is not None else ''} differ in size: {preds.numel()}, "
+            f"{target.numel()}{f', {groups.numel()}' if groups is not None else ''}"
+        )
+
+
+def auc(preds: Tensor, target: Tensor) -> float:
+    """ROC AUC = P(score of a random positive > score of a random negative), ties count 1/2. NaN if one class."""
+    _check(preds, target)
+    if preds.numel() == 0:
+        return math.nan
+    auc_g, _ = _group_auc(preds, target, torch.zeros(preds.numel(), dtype=torch.long, device=preds.device))
+    return float(auc_g[0])
+
+
+def gauc(preds: Tensor, target: Tensor, groups: Tensor) -> float:
+    """Group AUC: per-group AUC weighted by the group's number of rows (impressions); groups with one label class
+    count in neither numerator nor denominator. NaN if no group has both classes."""
+    _check(preds, target, groups)
+    if preds.numel() == 0:
+        return math.nan
+    auc_g, n_all = _group_auc(preds, target, groups)
+    ok = ~torch.isnan(auc_g)
+    if not bool(ok.any()):
+        return math.nan
+    return float((auc_g[ok] * n_all[ok]).sum() / n_all[ok].sum())
+
+
+def logloss(preds: Tensor, target: Tensor, eps: float = LOGLOSS_EPS) -> float:
+    """Mean binary cross-entropy of probabilities `preds` (clamped to [eps, 1 - eps]). NaN if empty."""
+    _check(preds, target)
+    if preds.numel() == 0:
+        return math.nan
+    p = preds.detach().reshape(-1).to(torch.float64).clamp(eps, 1.0 - eps)
+    y = target.detach().reshape(-1).to(torch.float64)
+    return float(-(y * torch.log(p) + (1.0 - y) * torch.log1p(-p)).mean())
+
+
+def _cat(state: Tensor | list[Tensor], dtype: torch.dtype) -> Tensor:
+    """A `cat` state as one tensor; an empty one (no update yet) as an empty tensor instead of an error."""
+    if isinstance(state, list) and not state:
+        return torch.zeros(0, dtype=dtype)
+    return dim_zero_cat(state)
+
+
+class _CatMetric(Metric):
+    """Shared flags: exact metrics over every stored row (compute() before any update gives NaN, not a crash;
+    torchmetrics still warns about it)."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+
+class GAUC(_CatMetric):
+    """Impression-weighted group AUC (see `gauc`) over all updates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("groups", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
+        _check(preds, target, groups)
+        self.preds.append(preds.detach().reshape(-1))
+        self.target.append(target.detach().reshape(-1))
+        self.groups.append(groups.detach().reshape(-1).long())
+
+    def compute(self) -> Tensor:
+        value = gauc(
+            _cat(self.preds, torch.float32), _cat(self.target, torch.float32), _cat(self.groups, torch.long)
+        )
+        return torch.tensor(value, dtype=torch.float64)
+
+
+class CTRMetrics(_CatMetric):
+    """AUC, GAUC (by user), log loss, count and positive rate overall and per item / user activity bucket.
+
+    compute() keys: "auc", "gauc", "logloss", "n", "pos_rate", and f"{kind}_{bucket}/{name}" for kind in
+    (item, user), bucket in semid.schema.BUCKETS, name in (auc, gauc, logloss, n). NaN where undefined.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("preds", "target", "user", "item_bucket", "user_bucket"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self, preds: Tensor, target: Tensor, user: Tensor, item_bucket: Tensor, user_bucket: Tensor
+    ) -> None:
+        """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, item_bucket / user_bucket (B,) BUCKETS indices."""
+        _check(preds, target, user)
+        _check(preds, item_bucket, user_bucket)
+        self.preds.append(preds.detach().reshape(-1))
+        self.target.append(target.detach().reshape(-1))
+        self.user.append(user.detach().reshape(-1).long())
+        self.item_bucket.append(item_bucket.detach().reshape(-1).long())
+        self.user_bucket.append(user_bucket.detach().reshape(-1).long())
+
+    def compute(self) -> dict[str, float]:
+        preds = _cat(self.preds, torch.float32)
+        target = _cat(self.target, torch.float32)
+        user = _cat(self.user, torch.long)
+        out = _scores(preds, target, user)
+        out["pos_rate"] = float(target.double().mean()) if target.numel() else math.nan
+        for kind, bucket in (
+            ("item", _cat(self.item_bucket, torch.long)),
+            ("user", _cat(self.user_bucket, torch.long)),
+        ):
+            for b, name in enumerate(BUCKETS):
+                mask = bucket == b
+                for key, value in _scores(preds[mask], target[mask], user[mask]).items():
+                    out[f"{kind}_{name}/{key}"] = value
+        return out
+
+
+def _scores(preds: Tensor, target: Tensor, user: Tensor) -> dict[str, float]:
+    return {
+        "auc": auc(preds, target),
+        "gauc": gauc(preds, target, user),
+        "logloss": logloss(preds, target),
+        "n": float(preds.numel()),
+    }

@@ -1,0 +1,354 @@
+"""ctr.data on a tiny prepared directory: batches, epochs, shuffling, history oracle, vocabularies, errors, DDP shards."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from ctr.batch import Batch
+from ctr.data import CTRDataModule, IndexBatches
+from semid import schema as S
+from semid.errors import InputError
+from semid.io import write_parquet
+
+N_USERS, N_ITEMS, H = 7, 15, 4
+GENRES = ["drama", "comedy", "action", "sci-fi", "noir"]
+
+
+def make_prepared(root: Path, *, seed: int = 0) -> Path:
+    """A prepared dataset: unique (user, item) pairs per split, timestamps with many ties, one cold item."""
+    rng = np.random.default_rng(seed)
+    pairs = rng.permutation(N_USERS * (N_ITEMS - 1))  # item N_ITEMS - 1 never interacts (cold)
+    user, item = pairs // (N_ITEMS - 1), pairs % (N_ITEMS - 1)
+    ts = rng.integers(0, 12, pairs.size)  # few distinct timestamps -> ties in the history
+    label = (rng.random(pairs.size) < 0.5).astype(np.int8)
+    inter = pl.DataFrame(
+        {
+            S.USER: user.astype(np.int32),
+            S.ITEM: item.astype(np.int32),
+            S.LABEL: label,
+            S.TIMESTAMP: ts.astype(np.int64),
+            S.RATING: rng.random(pairs.size).astype(np.float32),
+        },
+        schema=S.INTERACTIONS,
+    )
+    n = inter.height
+    parts = {
+        "train": inter[: int(n * 0.6)],
+        "val": inter[int(n * 0.6) : int(n * 0.8)],
+        "test": inter[int(n * 0.8) :],
+    }
+    for split, df in parts.items():
+        write_parquet(df, root / S.split_file(split), {"split": split})
+    train = parts["train"]
+    genre = [[GENRES[(i + k) % 5] for k in range(i % 4)] for i in range(N_ITEMS)]  # 0..3 tokens, one empty
+    genre[5] = None
+    tags = [[f"t{j:02d}" for j in range(i)] for i in range(N_ITEMS)]  # up to 14 tokens: truncated to 3
+    items = pl.DataFrame(
+        {
+            S.ITEM: np.arange(N_ITEMS, dtype=np.int32)[::-1],  # stored out of order on purpose
+            S.RAW_ITEM: [f"m{i}" for i in range(N_ITEMS)][::-1],
+            S.TEXT: [f"movie {i}" for i in range(N_ITEMS)][::-1],
+            S.TRAIN_COUNT: [train.filter(pl.col(S.ITEM) == i).height for i in range(N_ITEMS)][::-1],
+            S.BUCKET: [
+                ["head", "torso", "tail"][i % 3] if i < N_ITEMS - 1 else "cold" for i in range(N_ITEMS)
+            ][::-1],
+            "genre": genre[::-1],
+            "tags": tags[::-1],
+            "not_a_feature": [["x"]] * N_ITEMS,
+        },
+        schema_overrides={"genre": S.FEATURE_DTYPE, "tags": S.FEATURE_DTYPE},
+    )
+    write_parquet(items, root / S.ITEMS_FILE, {"features": ["genre", "tags"]})
+    users = pl.DataFrame(
+        {
+            S.USER: np.arange(N_USERS, dtype=np.int32),
+            S.RAW_USER: [f"u{u}" for u in range(N_USERS)],
+            S.TEXT: [""] * N_USERS,
+            S.TRAIN_COUNT: [train.filter(pl.col(S.USER) == u).height for u in range(N_USERS)],
+            S.BUCKET: [S.BUCKETS[u % 3] for u in range(N_USERS)],
+            "gender": [["f"] if u % 2 else ["m"] for u in range(N_USERS)],
+        }
+    )
+    write_parquet(users, root / S.USERS_FILE, {})  # no "features" key: every List(String) column is one
+    item_sids = pl.DataFrame(
+        {S.ITEM: np.arange(N_ITEMS), "sid_0": np.arange(N_ITEMS) % 4, "sid_1": np.arange(N_ITEMS) % 5,
+         "sid_2": np.arange(N_ITEMS) % 3, S.SID_DEDUP: np.zeros(N_ITEMS)},
+        schema=S.sid_schema(S.ITEM, 3),
+    )  # fmt: skip
+    write_parquet(item_sids.reverse(), root / "sids" / S.ITEM_SIDS_FILE, {"codebook_sizes": [4, 5, 6]})
+    user_sids = pl.DataFrame(
+        {S.USER: np.arange(N_USERS), "sid_0": np.arange(N_USERS) % 2, "sid_1": np.arange(N_USERS) % 3,
+         S.SID_DEDUP: np.zeros(N_USERS)},
+        schema=S.sid_schema(S.USER, 2),
+    )  # fmt: skip
+    write_parquet(user_sids, root / "sids" / S.USER_SIDS_FILE, {})
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return make_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+def module(root: Path, **overrides) -> CTRDataModule:
+    args = dict(
+        data_dir=str(root),
+        item_sids=str(root / "sids" / S.ITEM_SIDS_FILE),
+        user_sids=str(root / "sids"),  # a directory: its user_sids.parquet
+        batch_size=16,
+        eval_batch_size=10,
+        history_len=H,
+        max_tokens_per_feature=3,
+    )
+    return CTRDataModule(**{**args, **overrides})
+
+
+def collect(loader) -> list[Batch]:
+    return list(loader)
+
+
+def cat(batches: list[Batch], field: str) -> torch.Tensor:
+    return torch.cat([getattr(b, field) for b in batches])
+
+
+def split_rows(root: Path, split: str) -> pl.DataFrame:
+    return pl.read_parquet(root / S.split_file(split))
+
+
+def test_batch_shapes_dtypes_and_spec(prepared: Path) -> None:
+    dm = module(prepared)
+    spec = dm.spec  # works before any trainer exists
+    assert (spec.n_users, spec.n_items, spec.history_len) == (N_USERS, N_ITEMS, H)
+    assert spec.item_feature_names == ("genre", "tags") and spec.user_feature_names == ("gender",)
+    assert spec.item_feature_vocab == (len(GENRES) + 1, N_ITEMS - 1 + 1) and spec.user_feature_vocab == (3,)
+    assert spec.item_sid_sizes == (4, 5, 6)  # from the metadata
+    assert spec.user_sid_sizes == (2, 3)  # max + 1: the table has no metadata
+    train = split_rows(prepared, "train")
+    assert spec.item_count_max == train[S.ITEM].value_counts()["count"].max()
+    b = next(iter(dm.train_dataloader()))
+    assert isinstance(b, Batch)
+    B = 16
+    expected = {
+        "user": (B,), "item": (B,), "label": (B,), "user_sid": (B, 2), "item_sid": (B, 3), "user_count": (B,),
+        "item_count": (B,), "user_feats": (B, 1, 1), "item_feats": (B, 2, 3), "hist_item": (B, H),
+        "hist_item_sid": (B, H, 3), "user_bucket": (B,), "item_bucket": (B,),
+    }  # fmt: skip
+    for field, shape in expected.items():
+        value = getattr(b, field)
+        assert tuple(value.shape) == shape, field
+        assert value.dtype == (
+            torch.float32 if field in ("label", "user_count", "item_count") else torch.int64
+        ), field
+    assert torch.equal(b.item_sid, torch.stack([b.item % 4, b.item % 5, b.item % 3], 1))
+    assert torch.equal(b.user_sid, torch.stack([b.user % 2, b.user % 3], 1))
+    assert torch.equal(b.item_bucket, torch.where(b.item == N_ITEMS - 1, 3, b.item % 3))
+    assert torch.equal(b.user_bucket, b.user % 3)
+    counts = train[S.USER].value_counts()
+    assert torch.equal(
+        b.user_count, torch.tensor([dict(counts.iter_rows()).get(int(u), 0) for u in b.user]).float()
+    )
+
+
+def test_id_only_without_sid_tables(prepared: Path) -> None:
+    dm = module(prepared, item_sids=None, user_sids=None)
+    assert dm.spec.item_sid_sizes == (1,) and dm.spec.user_sid_sizes == (1,)
+    b = next(iter(dm.val_dataloader()))
+    assert b.item_sid.shape == (10, 1) and int(b.item_sid.abs().sum()) == 0
+
+
+def test_every_sample_once_per_epoch_and_seeded_shuffle(prepared: Path) -> None:
+    dm = module(prepared, seed=3)
+    loader = dm.train_dataloader()
+    train = split_rows(prepared, "train")
+    want = Counter(zip(train[S.USER].to_list(), train[S.ITEM].to_list(), train[S.LABEL].to_list()))
+    orders = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # what Lightning does at every epoch start
+        batches = collect(loader)
+        assert len(batches) == len(loader) == -(-train.height // 16)
+        got = Counter(
+            zip(
+                cat(batches, "user").tolist(),
+                cat(batches, "item").tolist(),
+                cat(batches, "label").int().tolist(),
+            )
+        )
+        assert got == want  # every sample exactly once (pairs are unique)
+        orders.append(cat(batches, "item"))
+    assert not torch.equal(orders[0], orders[1])  # a new order each epoch
+    again = module(prepared, seed=3).train_dataloader()
+    again.sampler.set_epoch(1)
+    assert torch.equal(cat(collect(again), "item"), orders[1])  # reproducible with the seed
+    other = module(prepared, seed=4).train_dataloader()
+    other.sampler.set_epoch(1)
+    assert not torch.equal(cat(collect(other), "item"), orders[1])
+    # eval is file order
+    val = split_rows(prepared, "val")
+    assert cat(collect(dm.val_dataloader()), "item").tolist() == val[S.ITEM].to_list()
+    assert (
+        cat(collect(dm.predict_dataloader()), "item").tolist()
+        == split_rows(prepared, "test")[S.ITEM].to_list()
+    )
+    assert (
+        cat(collect(module(prepared, predict_split="val").predict_dataloader()), "item").tolist()
+        == val[S.ITEM].to_list()
+    )
+
+
+def oracle_history(train: pl.DataFrame, user: int, ts: int, length: int) -> list[int]:
+    pos = [
+        (t, i)
+        for u, i, y, t in train.select(S.USER, S.ITEM, S.LABEL, S.TIMESTAMP).iter_rows()
+        if u == user and y == 1 and t < ts
+    ]
+    pos.sort(reverse=True)  # most recent first; equal timestamps: larger item id first
+    out = [i + 1 for _, i in pos[:length]]
+    return out + [0] * (length - len(out))
+
+
+@pytest.mark.parametrize("split", S.SPLITS)
+def test_history_matches_bruteforce_oracle(prepared: Path, split: str) -> None:
+    dm = module(prepared)
+    batches = collect(dm.loader(split, shuffle=False))
+    hist = cat(batches, "hist_item")
+    rows = split_rows(prepared, split)
+    train = split_rows(prepared, "train")
+    want = [oracle_history(train, u, t, H) for u, t in rows.select(S.USER, S.TIMESTAMP).iter_rows()]
+    assert hist.tolist() == want
+    assert (hist > 0).sum(1).max() == H and (hist == 0).all(1).any()  # full and empty histories both occur
+    # ties: some sample has a history positive at the same timestamp as a later-excluded one
+    hist_sid = cat(batches, "hist_item_sid")
+    item = (hist - 1).clamp(min=0)
+    expected_sid = torch.stack([item % 4, item % 5, item % 3], -1) * (hist > 0).unsqueeze(-1)
+    assert torch.equal(hist_sid, expected_sid)
+
+
+def test_history_ties_are_excluded_strictly(tmp_path: Path) -> None:
+    """Positives at the sample's own timestamp are not history; earlier ones are, most recent first."""
+    root = make_prepared(tmp_path)
+    train = pl.DataFrame(
+        {S.USER: [0, 0, 0, 0, 1], S.ITEM: [3, 1, 2, 4, 5], S.LABEL: [1, 1, 1, 0, 1], S.TIMESTAMP: [5, 5, 7, 6, 1],
+         S.RATING: [None] * 5},
+        schema=S.INTERACTIONS,
+    )  # fmt: skip
+    write_parquet(train, root / S.split_file("train"))
+    test = pl.DataFrame(
+        {S.USER: [0, 0, 0, 1, 2], S.ITEM: [9, 9, 9, 9, 9], S.LABEL: [0, 1, 0, 1, 0], S.TIMESTAMP: [5, 7, 8, 1, 9],
+         S.RATING: [None] * 5},
+        schema=S.INTERACTIONS,
+    )  # fmt: skip
+    write_parquet(test, root / S.split_file("test"))
+    b = next(iter(module(root).test_dataloader()))
+    assert b.hist_item.tolist() == [[0, 0, 0, 0], [4, 2, 0, 0], [3, 4, 2, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_feature_vocab_and_tokens(prepared: Path) -> None:
+    dm = module(prepared)
+    dm.setup()
+    feats = dm.tables.items.feats
+    vocab = sorted(GENRES)
+    for i in range(N_ITEMS):
+        genre = [] if i == 5 else [GENRES[(i + k) % 5] for k in range(i % 4)]
+        want = [vocab.index(g) + 1 for g in genre[:3]]
+        assert feats.tokens[i, 0].tolist() == want + [0] * (3 - len(want)), i
+        tags = [j + 1 for j in range(min(i, 3))]  # t00 < t01 < ... sorted; first 3 kept
+        assert feats.tokens[i, 1].tolist() == tags + [0] * (3 - len(tags)), i
+    gender = dm.tables.users.feats.tokens[:, 0, 0]
+    assert gender.tolist() == [2 if u % 2 == 0 else 1 for u in range(N_USERS)]  # f -> 1, m -> 2
+
+
+def test_eval_shards_are_disjoint_and_cover(prepared: Path) -> None:
+    dm = module(prepared, eval_batch_size=3)
+    for split in ("val", "test"):
+        n = split_rows(prepared, split).height
+        seen = []
+        for rank in range(2):
+            sampler = dm.loader(split, shuffle=False, rank=rank, world_size=2).sampler
+            seen.extend(torch.cat(list(sampler)).tolist())
+            assert len(list(sampler)) == len(sampler)
+        assert sorted(seen) == list(range(n))  # exactly once, no padding duplicates
+    n = split_rows(prepared, "train").height
+    shards = [
+        torch.cat(list(dm.loader("train", shuffle=True, rank=r, world_size=2).sampler)) for r in range(2)
+    ]
+    assert len(shards[0]) == len(shards[1]) == n // 2  # equal steps per rank
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_index_batches_sizes() -> None:
+    s = IndexBatches(10, batch_size=4, shuffle=False)
+    assert [b.tolist() for b in s] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and len(s) == 3
+    s = IndexBatches(10, batch_size=4, shuffle=True, seed=1)
+    assert sorted(torch.cat(list(s)).tolist()) == list(range(10)) and len(s) == 3
+
+
+def test_input_errors(tmp_path: Path) -> None:
+    root = make_prepared(tmp_path / "ok")
+    with pytest.raises(InputError, match="not found"):
+        module(tmp_path / "nowhere").setup()
+    # an ID table missing items names the file, the column and a few missing ids
+    sids = pl.read_parquet(root / "sids" / S.ITEM_SIDS_FILE)
+    write_parquet(sids.filter(pl.col(S.ITEM) != 7), tmp_path / "short.parquet")
+    with pytest.raises(InputError) as err:
+        module(root, item_sids=str(tmp_path / "short.parquet")).setup()
+    assert err.value.column == S.ITEM and err.value.file.endswith("short.parquet") and "[7]" in str(err.value)
+    assert "m7" in str(err.value)  # raw id
+    write_parquet(sids.with_columns(pl.col(S.ITEM) + 1), tmp_path / "shifted.parquet")
+    with pytest.raises(InputError, match="unknown to the dataset") as err:
+        module(root, item_sids=str(tmp_path / "shifted.parquet")).setup()
+    assert err.value.column == S.ITEM
+    bad = split_rows(root, "val").with_columns(pl.lit(2, dtype=pl.Int8).alias(S.LABEL))
+    write_parquet(bad, root / S.split_file("val"))
+    with pytest.raises(InputError, match="labels must be 0 or 1") as err:
+        module(root).setup()
+    assert err.value.column == S.LABEL and err.value.file.endswith("val.parquet")
+    write_parquet(bad.clear(), root / S.split_file("val"))
+    with pytest.raises(InputError, match="val split is empty"):
+        module(root).setup()
+    (root / S.split_file("val")).unlink()
+    with pytest.raises(InputError, match="not found") as err:
+        module(root).setup()
+    assert err.value.file.endswith("val.parquet")
+
+
+class _Recorder(L.LightningModule):
+    """No model: records the items of each training epoch to check Lightning drives set_epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: dict[int, list[int]] = {}
+
+    def training_step(self, batch: Batch, batch_idx: int):
+        self.seen.setdefault(self.current_epoch, []).extend(batch.item.tolist())
+        return (self.w * batch.label).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def test_lightning_trainer_shuffles_per_epoch(prepared: Path) -> None:
+    model = _Recorder()
+    trainer = L.Trainer(
+        max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=module(prepared))
+    n = split_rows(prepared, "train").height
+    assert len(model.seen[0]) == len(model.seen[1]) == n
+    assert sorted(model.seen[0]) == sorted(model.seen[1]) and model.seen[0] != model.seen[1]
+
+
+def test_worker_processes_serve_the_same_batches(prepared: Path) -> None:
+    plain, workers = module(prepared).train_dataloader(), module(prepared, num_workers=1).train_dataloader()
+    for loader in (plain, workers):
+        loader.sampler.set_epoch(2)
+    for a, b in zip(plain, workers, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

@@ -1,0 +1,145 @@
+"""ctr.metrics against brute-force pairwise oracles (concordant pairs + 1/2 ties), per user in plain Python."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from ctr.metrics import GAUC, CTRMetrics, auc, gauc, logloss
+from semid.schema import BUCKETS
+
+
+def oracle_auc(preds: list[float], target: list[int]) -> float:
+    pos = [p for p, y in zip(preds, target) if y == 1]
+    neg = [p for p, y in zip(preds, target) if y == 0]
+    if not pos or not neg:
+        return math.nan
+    won = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a in pos for b in neg)
+    return won / (len(pos) * len(neg))
+
+
+def oracle_gauc(preds: list[float], target: list[int], groups: list[int]) -> float:
+    num = den = 0.0
+    for g in set(groups):
+        rows = [i for i, h in enumerate(groups) if h == g]
+        a = oracle_auc([preds[i] for i in rows], [target[i] for i in rows])
+        if not math.isnan(a):
+            num += a * len(rows)
+            den += len(rows)
+    return num / den if den else math.nan
+
+
+def oracle_logloss(preds: list[float], target: list[int], eps: float = 1e-7) -> float:
+    total = 0.0
+    for p, y in zip(preds, target):
+        p = min(max(p, eps), 1 - eps)
+        total -= math.log(p) if y == 1 else math.log(1 - p)
+    return total / len(preds)
+
+
+def random_data(seed: int, n: int = 600, n_users: int = 40, decimals: int = 1):
+    """Scores rounded so ties are frequent; a few users get a single label class."""
+    g = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, n_users, (n,), generator=g) * 7 + 3  # sparse, non-dense ids
+    target = (torch.rand(n, generator=g) < 0.4).long()
+    target[user % 5 == 0] = 1  # one-class users (all positive)
+    target[user % 11 == 0] = 0  # one-class users (all negative)
+    preds = torch.round((0.3 * target + 0.7 * torch.rand(n, generator=g, dtype=torch.float64)) * 10**decimals)
+    preds = (preds / 10**decimals).clamp(0, 1)
+    return preds, target, user
+
+
+def assert_close(a: float, b: float, tol: float = 1e-9) -> None:
+    if math.isnan(b):
+        assert math.isnan(a), (a, b)
+    else:
+        assert abs(a - b) <= tol, (a, b)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auc_gauc_match_pairwise_oracle(seed: int) -> None:
+    preds, target, user = random_data(seed, decimals=1 + seed % 2)
+    p, y, u = preds.tolist(), target.tolist(), user.tolist()
+    assert_close(auc(preds, target), oracle_auc(p, y))
+    assert_close(gauc(preds, target, user), oracle_gauc(p, y, u))
+    assert_close(logloss(preds, target), oracle_logloss(p, y))
+    # the data must exercise what the oracle is about: ties and excluded one-class users
+    assert len(set(p)) < len(p) // 5
+    per_user = {g: {t for t, h in zip(y, u) if h == g} for g in set(u)}
+    assert any(len(s) == 1 for s in per_user.values()) and any(len(s) == 2 for s in per_user.values())
+
+
+def test_known_values() -> None:
+    assert auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
+    assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == 0.5
+    assert math.isnan(auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1])))
+    assert math.isnan(auc(torch.tensor([]), torch.tensor([])))
+    # user 0: AUC 1 over 3 rows; user 1: AUC 0 over 2 rows; user 2 one class (excluded) -> (3 * 1 + 2 * 0) / 5
+    preds = torch.tensor([0.9, 0.1, 0.2, 0.1, 0.9, 0.5])
+    target = torch.tensor([1, 0, 0, 1, 0, 1])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2])
+    assert gauc(preds, target, groups) == pytest.approx(0.6, abs=1e-12)
+    assert math.isnan(gauc(preds[5:], target[5:], groups[5:]))
+    assert logloss(torch.tensor([0.0, 1.0]), torch.tensor([0, 1])) == pytest.approx(-math.log(1 - 1e-7))
+    assert math.isfinite(logloss(torch.tensor([1.0]), torch.tensor([0])))  # clamped, not inf
+
+
+def test_gauc_metric_accumulates_updates() -> None:
+    preds, target, user = random_data(7)
+    metric = GAUC()
+    for chunk in torch.arange(len(preds)).split(97):
+        metric.update(preds[chunk], target[chunk], user[chunk])
+    assert_close(float(metric.compute()), oracle_gauc(preds.tolist(), target.tolist(), user.tolist()))
+
+
+def test_ctr_metrics_equals_functional_overall_and_per_bucket() -> None:
+    preds, target, user = random_data(3, n=800)
+    g = torch.Generator().manual_seed(0)
+    item_bucket = torch.randint(0, len(BUCKETS), (len(preds),), generator=g)
+    item_bucket[item_bucket == 3] = 2  # the item "cold" bucket stays empty: NaN and n = 0
+    user_bucket = user % len(BUCKETS)
+    metric = CTRMetrics()
+    for chunk in torch.arange(len(preds)).split(150):
+        metric.update(
+            preds[chunk].float(), target[chunk], user[chunk], item_bucket[chunk], user_bucket[chunk]
+        )
+    out = metric.compute()
+    p32 = preds.float()  # what was stored
+    assert_close(out["auc"], auc(p32, target))
+    assert_close(out["gauc"], gauc(p32, target, user))
+    assert_close(out["logloss"], logloss(p32, target))
+    assert out["n"] == len(preds)
+    assert out["pos_rate"] == pytest.approx(target.double().mean().item())
+    expected_keys = {"auc", "gauc", "logloss", "n", "pos_rate"}
+    for kind, bucket in (("item", item_bucket), ("user", user_bucket)):
+        for b, name in enumerate(BUCKETS):
+            m = bucket == b
+            expected_keys |= {f"{kind}_{name}/{k}" for k in ("auc", "gauc", "logloss", "n")}
+            assert out[f"{kind}_{name}/n"] == int(m.sum())
+            sub_p, sub_y, sub_u = p32[m].tolist(), target[m].tolist(), user[m].tolist()
+            assert_close(out[f"{kind}_{name}/auc"], oracle_auc(sub_p, sub_y))
+            assert_close(out[f"{kind}_{name}/gauc"], oracle_gauc(sub_p, sub_y, sub_u) if sub_p else math.nan)
+            assert_close(out[f"{kind}_{name}/logloss"], oracle_logloss(sub_p, sub_y) if sub_p else math.nan)
+    assert set(out) == expected_keys
+    assert out["item_cold/n"] == 0 and math.isnan(out["item_cold/auc"])
+
+
+def test_ctr_metrics_without_updates_is_all_nan() -> None:
+    metric = CTRMetrics()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = metric.compute()
+    assert out["n"] == 0
+    assert all(math.isnan(v) for k, v in out.items() if not k.endswith("n"))
+    assert all(out[f"{kind}_{b}/n"] == 0 for kind in ("item", "user") for b in BUCKETS)
+    metric.reset()
+    metric.update(
+        torch.tensor([0.2, 0.7]), torch.tensor([0, 1]), torch.tensor([5, 5]), torch.zeros(2), torch.ones(2)
+    )
+    out = metric.compute()
+    assert (
+        out["auc"] == 1.0 and out["gauc"] == 1.0 and out["item_head/auc"] == 1.0 and out["user_torso/n"] == 2
+    )
