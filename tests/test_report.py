@@ -1,0 +1,436 @@
+"""ctr.report on a synthetic run directory: files, documented JSON keys, values against ctr.metrics, deltas, the
+baseline rule, the bootstrap, input errors and hand-computed semantic-ID health."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from ctr import metrics
+from ctr.report import (
+    BUCKET_KINDS,
+    bootstrap_gauc_delta,
+    build_report,
+    main,
+    merge_health,
+    read_sid_table,
+    roles,
+    select_best,
+    sid_health,
+    user_auc_table,
+)
+from semid import schema
+from semid.errors import InputError
+from semid.io import write_parquet
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "report.md"
+STRENGTH = {"akt": 1.6, "akt_no_gate": 1.2, "deepfm": 1.0, "dcnv2": 0.8}  # signal of the label in the score
+VAL_GAUC = {
+    "akt": 0.75,
+    "akt_no_gate": 0.72,
+    "deepfm": 0.70,
+    "dcnv2": 0.71,
+}  # dcnv2 wins on val, deepfm on test
+SEEDS = (0, 1)
+
+
+def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int = 300) -> Path:
+    """4 models x 2 seeds of 2,000 predictions (scores rounded: ties), one-class users, ID tables with metadata."""
+    rng = np.random.default_rng(0)
+    n = n_users * per_user
+    user = np.repeat(np.arange(n_users), per_user).astype(np.int32)
+    item = rng.integers(0, n_items, n).astype(np.int32)
+    label = (rng.random(n) < 0.35).astype(np.int8)
+    label[user % 17 == 0] = 1  # users with one label class: no AUC, left out of GAUC
+    names = np.array(schema.BUCKETS)
+    for s_i, seed in enumerate(SEEDS):
+        for m, k in STRENGTH.items():
+            noise = np.random.default_rng(100 * s_i + len(m)).normal(size=n)
+            score = np.round(1 / (1 + np.exp(-(2 * k * (label - 0.5) + noise))), 2)
+            d = root / "models" / m / f"seed{seed}"
+            d.mkdir(parents=True)
+            frame = pl.DataFrame(
+                {
+                    schema.USER: user,
+                    schema.ITEM: item,
+                    schema.LABEL: label,
+                    schema.SCORE: score,
+                    schema.ITEM_BUCKET: names[item % 4],
+                    schema.USER_BUCKET: names[np.minimum(user % 5, 3)],
+                }
+            ).cast(dict(schema.PREDICTIONS))
+            write_parquet(frame, d / schema.PREDICTIONS_FILE)
+            metrics_json = {
+                "val": {"gauc": VAL_GAUC[m] + 0.001 * seed},
+                "test": {},
+                "fit_seconds": 10.0,
+                "epochs": 3,
+            }
+            (d / "metrics.json").write_text(json.dumps(metrics_json))
+    sizes = [16, 8, 4]
+    for key, n_ent, file in (
+        (schema.ITEM, n_items, schema.ITEM_SIDS_FILE),
+        (schema.USER, n_users, schema.USER_SIDS_FILE),
+    ):
+        codes = np.stack([np.minimum(rng.zipf(1.5, n_ent) - 1, s - 1) for s in sizes], 1).astype(np.int32)
+        cols = [schema.sid_column(i) for i in range(len(sizes))]
+        table = pl.DataFrame({key: np.arange(n_ent, dtype=np.int32), **dict(zip(cols, codes.T))})
+        table = table.with_columns(pl.int_range(pl.len()).over(cols).cast(pl.Int32).alias(schema.SID_DEDUP))
+        write_parquet(
+            table, root / "semids" / file, {"levels": 3, "codebook_sizes": sizes, "encoder": "tiny"}
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("run") / "synthetic-run")
+    return run, build_report(run, n_boot=300, seed=0)
+
+
+def predictions(run: Path, model: str, seed: int) -> pl.DataFrame:
+    return pl.read_parquet(run / "models" / model / f"seed{seed}" / schema.PREDICTIONS_FILE)
+
+
+def tensors(frame: pl.DataFrame) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.tensor(frame[schema.SCORE].to_numpy()),
+        torch.tensor(frame[schema.LABEL].to_numpy()),
+        torch.tensor(frame[schema.USER].to_numpy()),
+    )
+
+
+def close(a: float | None, b: float, tol: float = 1e-9) -> bool:
+    return (a is None and math.isnan(b)) or (a is not None and abs(a - b) <= tol)
+
+
+# -- files and schema --------------------------------------------------------------------------------------------
+
+
+def test_files_written_and_pngs_valid(built):
+    run, report = built
+    out = run / "report"
+    assert (out / "report.md").stat().st_size > 1000
+    assert json.loads((out / "report.json").read_text()) == report
+    assert report["plots"] == [
+        "auc_by_bucket.png",
+        "gauc_by_bucket.png",
+        "codebook_usage.png",
+        "prefix_sizes.png",
+    ]
+    import matplotlib.image
+
+    for name in report["plots"]:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01  # not a blank canvas
+    assert not [p for p in run.iterdir() if p.name.startswith(".report")]  # no staging leftovers
+    md = (out / "report.md").read_text()
+    assert md.startswith("# CTR report: synthetic-run")
+    for needle in (
+        "| model | role |",
+        "## By item popularity bucket",
+        "## Deltas",
+        "## Ablations",
+        "(auc_by_bucket.png)",
+    ):
+        assert needle in md
+    assert f"{report['models']['akt']['overall']['gauc']['mean']:.4f} ± " in md
+
+
+def documented_paths() -> list[list[str]]:
+    schema_section = DOCS.read_text().split("## report.json", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \|", schema_section, flags=re.M)
+    assert len(rows) > 50
+    return [row.replace("[]", ".[]").split(".") for row in rows]
+
+
+PLACEHOLDERS = {
+    "<metric>": ("auc", "gauc", "logloss"),
+    "<dmetric>": ("auc", "gauc"),
+    "<kind>": ("item_buckets", "user_buckets"),
+    "<bucket>": schema.BUCKETS,
+    "<table>": ("item", "user"),
+    "<model>": None,  # every key of the dict
+}
+
+
+def resolve(node, path: list[str], where: str) -> None:
+    """Every documented path exists: a placeholder = each of its documented keys (<model>: every key of a
+    non-empty dict), [] = every list element; a key with more path below it is not null in a full run."""
+    if not path:
+        return
+    head, rest = path[0], path[1:]
+    if head.startswith("<"):
+        assert isinstance(node, dict) and node, f"{where}: expected a non-empty dict for {head}"
+        keys = PLACEHOLDERS[head] or list(node)
+        for key in keys:
+            assert key in node, f"{where}: {head} key {key!r} missing"
+            if rest:
+                assert node[key] is not None, f"{where}.{key} is null in a fully populated run"
+            resolve(node[key], rest, f"{where}.{key}")
+    elif head == "[]":
+        assert isinstance(node, list) and node, f"{where}: expected a non-empty list"
+        for i, value in enumerate(node):
+            resolve(value, rest, f"{where}[{i}]")
+    else:
+        assert isinstance(node, dict) and head in node, f"{where}: documented key {head!r} missing"
+        if rest:
+            assert node[head] is not None, f"{where}.{head} is null in a fully populated run"
+        resolve(node[head], rest, f"{where}.{head}")
+
+
+def test_report_json_has_every_documented_key(built):
+    _, report = built
+    paths = documented_paths()
+    for path in paths:
+        resolve(report, path, "report")
+    assert set(report) == {p[0] for p in paths}  # and nothing undocumented at the top level
+    assert report["schema_version"] == 1
+    assert set(report["models"]) == set(STRENGTH) and report["models"]["akt"]["seeds"] == list(SEEDS)
+    assert report["roles"] == {
+        "akt": "target",
+        "akt_no_gate": "ablation",
+        "deepfm": "baseline",
+        "dcnv2": "baseline",
+    }
+    json.loads((built[0] / "report" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+# -- values --------------------------------------------------------------------------------------------------------
+
+
+def test_per_seed_values_equal_ctr_metrics(built):
+    run, report = built
+    for model in STRENGTH:
+        summary = report["models"][model]
+        for i, seed in enumerate(SEEDS):
+            frame = predictions(run, model, seed)
+            cells = [(summary["overall"], frame)]
+            for kind, column in BUCKET_KINDS.items():
+                cells += [(summary[kind][b], frame.filter(pl.col(column) == b)) for b in schema.BUCKETS]
+            for cell, rows in cells:
+                p, y, u = tensors(rows)
+                assert cell["n_values"][i] == rows.height
+                assert close(cell["auc"]["values"][i], metrics.auc(p, y))
+                assert close(cell["gauc"]["values"][i], metrics.gauc(p, y, u))
+                assert close(cell["logloss"]["values"][i], metrics.logloss(p, y))
+
+
+def test_mean_and_std_over_seeds(built):
+    _, report = built
+    for model in STRENGTH:
+        for cell in [report["models"][model]["overall"], report["models"][model]["item_buckets"]["tail"]]:
+            for m in ("auc", "gauc", "logloss"):
+                values = np.array(cell[m]["values"])
+                assert close(cell[m]["mean"], values.mean())
+                assert close(cell[m]["std"], values.std(ddof=1))
+        assert close(report["models"][model]["val_gauc"]["mean"], VAL_GAUC[model] + 0.0005)
+
+
+def test_deltas_are_differences_of_means(built):
+    _, report = built
+    best = report["best_baseline"]
+    a, b = report["models"]["akt"], report["models"][best]
+    for m in ("auc", "gauc"):
+        expected = 100 * (a["overall"][m]["mean"] - b["overall"][m]["mean"])
+        assert close(report["deltas"]["overall"][m], expected)
+        paired = report["significance"]["paired"]["overall"][m]
+        assert close(paired["mean"], expected, 1e-7)  # same seeds on both sides
+        per_seed = 100 * (np.array(a["overall"][m]["values"]) - np.array(b["overall"][m]["values"]))
+        assert close(paired["std"], per_seed.std(ddof=1), 1e-7) and paired["positive"] == int(
+            (per_seed > 0).sum()
+        )
+        for kind in BUCKET_KINDS:
+            for bucket in schema.BUCKETS:
+                want = 100 * (a[kind][bucket][m]["mean"] - b[kind][bucket][m]["mean"])
+                assert close(report["deltas"][kind][bucket][m], want)
+    abl = report["ablations"]["delta_vs_target"]["akt_no_gate"]["overall"]["gauc"]
+    assert close(
+        abl, 100 * (report["models"]["akt_no_gate"]["overall"]["gauc"]["mean"] - a["overall"]["gauc"]["mean"])
+    )
+    assert report["ablations"]["models"] == ["akt_no_gate"]
+
+
+def test_best_baseline_by_val_gauc_then_by_test_gauc(built, tmp_path):
+    run, report = built
+    models = report["models"]
+    # the synthetic data make the two rules disagree, so the test can tell them apart
+    assert models["dcnv2"]["val_gauc"]["mean"] > models["deepfm"]["val_gauc"]["mean"]
+    assert models["deepfm"]["overall"]["gauc"]["mean"] > models["dcnv2"]["overall"]["gauc"]["mean"]
+    assert (report["selection_rule"], report["best_baseline"]) == ("val_gauc", "dcnv2")
+    assert "validation GAUC" in (run / "report" / "report.md").read_text()
+
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    (copy / "models" / "deepfm" / "seed1" / "metrics.json").unlink()
+    again = build_report(copy, n_boot=20)
+    assert (again["selection_rule"], again["best_baseline"]) == ("test_gauc", "deepfm")
+    assert again["models"]["deepfm"]["val_gauc"]["values"][1] is None
+    assert "test GAUC" in (copy / "report" / "report.md").read_text()
+    # an explicit baseline list: the others are reported with role "other" and not compared
+    chosen = roles(list(models), "akt", ["dcnv2"], copy)
+    assert (
+        chosen.baselines == ["dcnv2"] and chosen.others == ["deepfm"] and chosen.ablations == ["akt_no_gate"]
+    )
+    assert select_best(chosen.baselines, again["models"]).best == "dcnv2"
+    with pytest.raises(InputError, match="baselines"):
+        roles(list(models), "akt", ["akt"], copy)
+
+
+def test_bootstrap_interval_contains_the_estimate(built):
+    _, report = built
+    boot = report["significance"]["bootstrap"]
+    cells = [boot["overall"]] + [boot[k][b] for k in BUCKET_KINDS for b in schema.BUCKETS]
+    for cell in cells:
+        assert cell["n_valid"] == 300
+        assert cell["ci_low"] < cell["estimate"] < cell["ci_high"]
+    assert close(boot["overall"]["estimate"], report["deltas"]["overall"]["gauc"], 1e-7)
+    assert close(
+        boot["item_buckets"]["tail"]["estimate"], report["deltas"]["item_buckets"]["tail"]["gauc"], 1e-7
+    )
+    assert boot["overall"]["p_le_0"] == 0.0  # akt is far better than the baseline on every user sample
+
+
+def test_bootstrap_is_seeded_and_centred_on_a_null_delta(built):
+    run, _ = built
+    tables = [user_auc_table(predictions(run, "dcnv2", s)) for s in SEEDS]
+    one = bootstrap_gauc_delta(tables, tables, n_boot=50, seed=3)
+    assert one == bootstrap_gauc_delta(tables, tables, n_boot=50, seed=3)
+    assert one["overall"]["estimate"] == 0.0 and one["overall"]["ci_low"] == one["overall"]["ci_high"] == 0.0
+    assert one["overall"]["p_le_0"] == 1.0
+
+
+def test_per_user_auc_reproduces_gauc_with_ties_and_one_class_users():
+    g = torch.Generator().manual_seed(0)
+    n = 3000
+    user = torch.randint(0, 150, (n,), generator=g) * 3 + 1
+    label = (torch.rand(n, generator=g) < 0.4).to(torch.int8)
+    label[user % 7 == 0] = 0
+    score = torch.round(torch.rand(n, generator=g) * 10 + 3 * label) / 13  # heavy ties
+    names = np.array(schema.BUCKETS)
+    frame = pl.DataFrame(
+        {
+            schema.USER: user.numpy().astype(np.int32),
+            schema.ITEM: np.arange(n, dtype=np.int32),
+            schema.LABEL: label.numpy(),
+            schema.SCORE: score.numpy().astype(np.float32),
+            schema.ITEM_BUCKET: names[np.arange(n) % 4],
+            schema.USER_BUCKET: names[user.numpy() % 4],
+        }
+    )
+    table = user_auc_table(frame)
+
+    def weighted(rows: pl.DataFrame) -> float:
+        rows = rows.filter(pl.col("auc").is_not_null())
+        return float((rows["auc"] * rows["n"]).sum() / rows["n"].sum())
+
+    p, y, u = tensors(frame)
+    assert close(weighted(table.filter(pl.col("scope") == "overall")), metrics.gauc(p, y, u))
+    for kind, column in BUCKET_KINDS.items():
+        for b in schema.BUCKETS:
+            p, y, u = tensors(frame.filter(pl.col(column) == b))
+            got = weighted(table.filter((pl.col("scope") == kind) & (pl.col("bucket") == b)))
+            assert close(got, metrics.gauc(p, y, u))
+    assert (
+        table.filter(pl.col("scope") == "overall")["auc"].null_count() > 0
+    )  # one-class users are kept, as null
+
+
+# -- errors ------------------------------------------------------------------------------------------------------
+
+
+def test_missing_column_names_it_and_writes_nothing(built, tmp_path):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    path = copy / "models" / "dcnv2" / "seed0" / schema.PREDICTIONS_FILE
+    write_parquet(pl.read_parquet(path).drop(schema.ITEM_BUCKET), path)
+    with pytest.raises(InputError, match="item_bucket") as err:
+        build_report(copy, n_boot=10)
+    assert err.value.column == schema.ITEM_BUCKET and err.value.file == str(path)
+    assert not (copy / "report").exists()
+
+
+def test_run_without_models_or_predictions(tmp_path):
+    with pytest.raises(InputError, match="no trained models"):
+        build_report(tmp_path, n_boot=10)
+    (tmp_path / "models" / "akt" / "seed0").mkdir(parents=True)
+    with pytest.raises(InputError, match="no predictions") as err:
+        build_report(tmp_path, n_boot=10)
+    assert err.value.file == str(tmp_path / "models" / "akt")
+
+
+def test_unknown_target(built, tmp_path):
+    run, _ = built
+    with pytest.raises(InputError, match="'nope' is not in the run"):
+        build_report(run, target="nope", n_boot=10)
+
+
+# -- semantic-ID health ------------------------------------------------------------------------------------------
+
+
+def hand_table() -> pl.DataFrame:
+    # tuples (0,0) x2, (0,1), (1,2) x2, (2,2); sizes 4 and 3
+    return pl.DataFrame(
+        {
+            schema.ITEM: [0, 1, 2, 3, 4, 5],
+            "sid_0": [0, 0, 0, 1, 1, 2],
+            "sid_1": [0, 0, 1, 2, 2, 2],
+            schema.SID_DEDUP: [0, 1, 0, 0, 1, 0],
+        }
+    ).cast(dict(schema.sid_schema(schema.ITEM, 2)))
+
+
+def test_health_equals_hand_computed():
+    h = sid_health(hand_table(), ["sid_0", "sid_1"], [4, 3])
+    bits = -(0.5 * math.log2(0.5) + 2 / 6 * math.log2(2 / 6) + 1 / 6 * math.log2(1 / 6))  # counts 3, 2, 1
+    assert [lv["used"] for lv in h["per_level"]] == [3, 3]
+    assert [lv["utilization"] for lv in h["per_level"]] == [0.75, 1.0]
+    assert all(abs(lv["entropy_bits"] - bits) < 1e-12 for lv in h["per_level"])
+    assert abs(h["per_level"][0]["entropy_normalized"] - bits / 2) < 1e-12
+    assert abs(h["per_level"][1]["entropy_normalized"] - bits / math.log2(3)) < 1e-12
+    assert h["collision_rate"] == 2 / 6 and h["colliding_tuples"] == 2 and h["largest_bucket"] == 2
+    assert h["unique_full_ids"] == 1.0 and h["rows"] == 6
+
+
+def test_metadata_health_wins_and_disagreement_is_flagged(tmp_path):
+    recomputed = sid_health(hand_table(), ["sid_0", "sid_1"], [4, 3])
+    merged = merge_health(recomputed, {"collision_rate": 0.5, "levels": [{"utilization": 0.75}]})
+    assert merged["collision_rate"] == 0.5 and merged["source"]["collision_rate"] == "metadata"
+    assert merged["largest_bucket"] == 2 and merged["source"]["largest_bucket"] == "recomputed"
+    assert merged["source"]["per_level"][0]["utilization"] == "metadata"
+    assert merged["mismatches"] == ["collision_rate"]
+    # read from a file: no health in the metadata -> every value recomputed; sizes from the metadata
+    path = tmp_path / schema.ITEM_SIDS_FILE
+    write_parquet(hand_table(), path, {"levels": 2, "codebook_sizes": [4, 3]})
+    table = read_sid_table(path, schema.ITEM)
+    assert table.health["collision_rate"] == 2 / 6 and table.health["codebook_sizes"] == [4, 3]
+    assert [p["n_prefixes"] for p in table.health["prefix_sizes"]] == [3, 4]
+    assert sorted(table.prefixes[0].tolist()) == [1, 2, 3] and table.counts[0].tolist() == [3, 2, 1, 0]
+    write_parquet(hand_table().drop(schema.SID_DEDUP), path, {"codebook_sizes": [4, 3]})
+    with pytest.raises(InputError, match="sid_dedup"):
+        read_sid_table(path, schema.ITEM)
+
+
+def test_main_cli(built, tmp_path):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    assert (
+        main([str(copy), "--target", "akt", "--baselines", "[deepfm]", "--n_boot", "20", "--seed", "1"])
+        is None
+    )
+    report = json.loads((copy / "report" / "report.json").read_text())
+    assert report["best_baseline"] == "deepfm" and report["roles"]["dcnv2"] == "other"
+    assert (
+        report["significance"]["bootstrap"]["n_boot"] == 20
+        and report["significance"]["bootstrap"]["seed"] == 1
+    )
+    assert (copy / "report" / "report.json").is_file()
