@@ -1,0 +1,307 @@
+"""RQ-VAE that turns content vectors into hierarchical codes (TIGER, Rajput et al. 2023), on vector-quantize-pytorch.
+
+MLP encoder -> `vector_quantize_pytorch.ResidualVQ` (k-means init, EMA codebooks, dead-code replacement) -> MLP
+decoder, trained with Lightning on CPU. We never write a quantizer of our own: codes, code vectors and the
+commitment loss come from `ResidualVQ`; this file only chooses its sizes, trains it and saves it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from vector_quantize_pytorch import ResidualVQ
+
+from semid.errors import InputError
+
+SAVE_FORMAT = 1
+
+# -- the "auto" codebook rule ----------------------------------------------------------------------------
+AUTO_CAPACITY = 512
+"""auto aims for prod(sizes) >= 512 * N: a uniform spread would leave <= 1/(2*512) ~ 0.1% collisions, and the
+real, clustered spread of ML-1M text embeddings stays under 1% (benchmarks/results/rqvae_sizes.md)."""
+AUTO_MULTIPLE = 8
+AUTO_MIN, AUTO_MAX = 2, 256
+AUTO_MIN_PER_CODE = 8
+"""auto never gives a level more codes than N / 8: a code needs a few vectors for k-means and EMA to keep it alive."""
+
+
+@dataclass
+class RQVAEConfig:
+    """Everything that decides the codes: the architecture, the quantizer, the optimiser and the seed."""
+
+    levels: int = 3
+    codebook_size: int | list[int] | Literal["auto"] = "auto"
+    """Codes per level: one size for every level, one per level, or "auto" (see `auto_codebook_sizes`)."""
+    latent_dim: int = 32
+    hidden_dims: list[int] = field(default_factory=lambda: [256, 128])
+    commitment_weight: float = 0.25
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    threshold_ema_dead_code: int = 2
+    """A code whose EMA cluster size drops below this is replaced by a vector of the current batch."""
+    decay: float = 0.99
+    lr: float = 1e-3
+    batch_size: int = 1024
+    max_epochs: int = 100
+    min_level0_utilization: float = 0.5
+    """The ID build refuses codes that use less than this fraction of level 0 (a collapsed codebook)."""
+    seed: int = 0
+
+
+class RQVAEOutput(NamedTuple):
+    recon: Tensor  # (N, D)
+    codes: Tensor  # (N, L) int64
+    recon_loss: Tensor  # ()
+    commit_loss: Tensor  # () zero in eval mode: ResidualVQ only computes it while training
+    loss: Tensor  # ()
+
+
+def auto_codebook_sizes(n: int, levels: int) -> list[int]:
+    """The same size K for every level, the smallest multiple of 8 with K**levels >= 512 * n, within [2, 256].
+
+    K is also capped at n // 8 so that every level-0 code can hold a few vectors. With three levels: ML-1M items
+    (3,706) -> 128, users (6,040) -> 152, 100k items -> 376 capped to 256, and 256 from then on (16.7M tuples: for
+    millions of entities add a level to keep collisions low -- the dedup suffix keeps IDs unique either way).
+    """
+    if n < 2:
+        raise InputError(f"{n} vectors cannot be quantized", fix="give the RQ-VAE at least 2 vectors")
+    k = math.ceil((AUTO_CAPACITY * n) ** (1.0 / levels) - 1e-9)
+    k = AUTO_MULTIPLE * math.ceil(k / AUTO_MULTIPLE)
+    k = min(k, AUTO_MAX, max(AUTO_MIN, n // AUTO_MIN_PER_CODE))
+    return [max(k, AUTO_MIN)] * levels
+
+
+def resolve_codebook_sizes(cfg: RQVAEConfig, n: int) -> list[int]:
+    """Per-level codebook sizes for `n` vectors; InputError if a level asks for more codes than there are vectors."""
+    if cfg.levels < 1:
+        raise InputError(f"levels={cfg.levels}", column="levels", fix="use levels >= 1")
+    if cfg.codebook_size == "auto":
+        return auto_codebook_sizes(n, cfg.levels)
+    if isinstance(cfg.codebook_size, int):
+        sizes = [cfg.codebook_size] * cfg.levels
+    else:
+        sizes = [int(s) for s in cfg.codebook_size]
+    if len(sizes) != cfg.levels:
+        raise InputError(
+            f"codebook_size lists {len(sizes)} sizes for {cfg.levels} levels",
+            column="codebook_size",
+            fix=f"give one size per level ({cfg.levels}), a single int, or 'auto'",
+        )
+    for level, size in enumerate(sizes):
+        if size < 2 or size > n:
+            raise InputError(
+                f"level {level} has codebook_size {size} but there are {n} vectors to quantize"
+                if size > n
+                else f"level {level} has codebook_size {size}",
+                column="codebook_size",
+                fix=f"use a codebook_size between 2 and {n} (e.g. {auto_codebook_sizes(n, cfg.levels)[0]}), "
+                "or codebook_size: auto",
+            )
+    return sizes
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    """MLP encoder -> ResidualVQ -> MLP decoder (TIGER's RQ-VAE). Codes are (N, levels) int64."""
+
+    def __init__(self, *, input_dim: int, codebook_sizes: list[int], cfg: RQVAEConfig):
+        super().__init__()
+        self.input_dim = input_dim
+        self.codebook_sizes = list(codebook_sizes)
+        self.cfg = cfg
+        dims = [input_dim, *cfg.hidden_dims, cfg.latent_dim]
+        self.encoder = _mlp(dims)
+        self.decoder = _mlp(dims[::-1])
+        self.rvq = ResidualVQ(
+            dim=cfg.latent_dim,
+            num_quantizers=len(codebook_sizes),
+            codebook_size=tuple(codebook_sizes),
+            commitment_weight=cfg.commitment_weight,
+            kmeans_init=cfg.kmeans_init,
+            kmeans_iters=cfg.kmeans_iters,
+            threshold_ema_dead_code=cfg.threshold_ema_dead_code,
+            decay=cfg.decay,
+        )
+
+    @property
+    def levels(self) -> int:
+        return len(self.codebook_sizes)
+
+    def forward(self, x: Tensor) -> RQVAEOutput:
+        z = self.encoder(x)  # (N, latent)
+        quantized, codes, commit = self.rvq(z)  # (N, latent), (N, L), (L,)
+        recon = self.decoder(quantized)  # (N, D)
+        # squared error per vector (summed over features): its scale does not shrink with the input dimension
+        recon_loss = (recon - x).pow(2).sum(-1).mean()
+        commit_loss = commit.sum()
+        return RQVAEOutput(recon, codes.long(), recon_loss, commit_loss, recon_loss + commit_loss)
+
+    @torch.no_grad()
+    def init_codebooks(self, x: Tensor) -> None:
+        """k-means-initialise every level on `x` (level l on the residuals left by levels < l), no EMA update."""
+        was_training = self.training
+        self.train()  # ResidualVQ only runs its k-means init in training mode
+        self.rvq(self.encoder(x), freeze_codebook=True)
+        self.train(was_training)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, *, batch_size: int = 65536) -> Tensor:
+        """Codes (N, L) int64 of `x` (N, D): eval mode, nearest code per level, never updates the codebooks."""
+        was_training = self.training
+        self.eval()
+        codes = [self.rvq(self.encoder(chunk))[1] for chunk in x.split(batch_size)]  # [(n, L)]
+        self.train(was_training)
+        return torch.cat(codes).long()  # (N, L)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Reconstructions (N, D) from codes (N, L), through ResidualVQ.get_output_from_indices."""
+        quantized = self.rvq.get_output_from_indices(codes.long())  # (N, latent)
+        return self.decoder(quantized)  # (N, D)
+
+
+class RQVAEModule(L.LightningModule):
+    """Trains an RQVAE on (x,) batches; logs the losses and, per epoch, the fraction of each level's codes used."""
+
+    def __init__(self, model: RQVAE, *, lr: float):
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.used: list[Tensor] = []
+
+    def on_train_epoch_start(self) -> None:
+        self.used = [torch.zeros(size, dtype=torch.bool) for size in self.model.codebook_sizes]
+
+    def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
+        (x,) = batch
+        out = self.model(x)
+        for level, used in enumerate(self.used):
+            used[out.codes[:, level].unique()] = True
+        self.log_dict(
+            {"loss": out.loss, "recon": out.recon_loss, "commit": out.commit_loss},
+            prog_bar=True,
+            batch_size=len(x),
+        )
+        return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        usage = {f"util_{level}": used.float().mean() for level, used in enumerate(self.used)}
+        self.log_dict(usage, prog_bar=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+
+KMEANS_INIT_MAX = 100_000
+"""k-means init runs on at most this many vectors (a seeded sample), which bounds its memory for large catalogues."""
+
+
+def train_rqvae(
+    vectors: Tensor, cfg: RQVAEConfig, *, progress_bar: bool = True, num_threads: int | None = 1
+) -> RQVAE:
+    """Train an RQ-VAE on `vectors` (N, D) on CPU; same cfg and vectors -> identical codes. Returns it in eval mode.
+
+    Training runs on `num_threads` torch threads (restored afterwards; None keeps the current setting). One is the
+    default because the model is tiny (batches of 1024 through a few hundred units): on a machine whose cores are
+    shared, two OpenMP threads spin-waiting on each other made a 10-epoch ML-1M run 48 s instead of 2 s.
+    """
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(vectors, cfg, progress_bar=progress_bar)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(vectors: Tensor, cfg: RQVAEConfig, *, progress_bar: bool) -> RQVAE:
+    if vectors.ndim != 2:
+        raise InputError(f"vectors have shape {tuple(vectors.shape)}", fix="pass a 2-d (N, D) tensor")
+    x = vectors.detach().float().cpu().contiguous()  # (N, D)
+    if not torch.isfinite(x).all():
+        raise InputError("vectors contain NaN or inf", fix="check the encoder output before building IDs")
+    sizes = resolve_codebook_sizes(cfg, len(x))
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = RQVAE(input_dim=x.shape[1], codebook_sizes=sizes, cfg=cfg)
+    if cfg.kmeans_init:
+        sample = torch.randperm(len(x))[:KMEANS_INIT_MAX]  # (min(N, cap),)
+        model.init_codebooks(x[sample])
+    # whole batches of indices: TensorDataset gathers x[batch] in one op, no per-row Python
+    batches = BatchSampler(
+        RandomSampler(x, generator=torch.Generator().manual_seed(cfg.seed)), cfg.batch_size, drop_last=False
+    )
+    loader = DataLoader(TensorDataset(x), sampler=batches, batch_size=None)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=cfg.max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress_bar,
+        num_sanity_val_steps=0,
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself
+        trainer.fit(RQVAEModule(model, lr=cfg.lr), train_dataloaders=loader)
+    return model.eval()
+
+
+def save_rqvae(model: RQVAE, cfg: RQVAEConfig, path: str | Path) -> None:
+    """Write the state dict (codebooks, k-means `initted` flags and EMA buffers included) and the config, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": SAVE_FORMAT,
+        "config": asdict(cfg),
+        "input_dim": model.input_dim,
+        "codebook_sizes": model.codebook_sizes,
+        "state_dict": model.state_dict(),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_rqvae(path: str | Path) -> RQVAE:
+    """The RQVAE `save_rqvae` wrote, in eval mode; its `encode` gives the codes the saved model gave."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(
+            "no such RQ-VAE checkpoint", file=path, fix="run the semantic-ID build first"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
+        raise InputError(
+            "not an RQ-VAE checkpoint of this version", file=path, fix="rebuild the semantic IDs"
+        )
+    cfg = RQVAEConfig(**payload["config"])
+    model = RQVAE(input_dim=payload["input_dim"], codebook_sizes=payload["codebook_sizes"], cfg=cfg)
+    # strict: a missing `initted` buffer would make the first forward re-run k-means and silently change every code
+    model.load_state_dict(payload["state_dict"], strict=True)
+    return model.eval()
