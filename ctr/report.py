@@ -700,7 +700,7 @@ def _f(x: float | None, digits: int = 4) -> str:
 
 
 def _ms(s: dict[str, Any] | None, digits: int = 4, sign: str = "") -> str:
-    if s is None or not math.isfinite(s["mean"]):
+    if s is None or s["mean"] is None or not math.isfinite(s["mean"]):
         return "n/a"
     return f"{s['mean']:{sign}.{digits}f} ± {s['std']:.{digits}f}"
 

@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 from semid import data
+from semid import schema as S
 from semid.datasets import SOURCES, Columns, fetch
 from semid.errors import InputError
-from semid.io import cache_dir
+from semid.io import cache_dir, read_meta
 
 
 def prepare(
@@ -22,6 +23,8 @@ def prepare(
     split: data.SplitConfig = data.SplitConfig(),
     buckets: data.BucketConfig = data.BucketConfig(),
     cache: str | None = None,
+    force: bool = False,
+    name: str | None = None,
 ) -> Path:
     """Prepare a dataset directory (items, users, train/val/test parquet with activity buckets).
 
@@ -36,6 +39,8 @@ def prepare(
         split: train/val/test split by time.
         buckets: activity buckets (head/torso/tail by train count rank; cold = absent from train).
         cache: cache directory (default: $SEMID_CACHE or the user's cache dir).
+        force: rebuild even when `out` already holds this data prepared with this config.
+        name: the dataset's name in metadata and reports (default: `dataset`, or the interactions file stem).
     """
     if dataset is not None:
         if interactions is not None:
@@ -47,7 +52,7 @@ def prepare(
         paths = fetch(dataset, cache)
         files = data.RawFiles(inter=paths["inter"], item=paths["item"], user=paths["user"])
         columns = columns or SOURCES[dataset].columns
-        name = dataset
+        name = name or dataset
     else:
         if interactions is None or items is None:
             raise InputError(
@@ -56,10 +61,19 @@ def prepare(
             )
         files = data.RawFiles(Path(interactions), Path(items), None if users is None else Path(users))
         columns = columns or Columns()
-        name = Path(interactions).stem
+        name = name or Path(interactions).stem
     config = data.PrepareConfig(label_threshold=label_threshold, split=split, buckets=buckets)
     target = Path(out) if out is not None else cache_dir(cache) / "prepared" / name
     start = time.perf_counter()
+    fingerprint = data.fingerprint(files, columns, config)
+    if not force and (target / S.ITEMS_FILE).exists():
+        try:
+            done = read_meta(target / S.ITEMS_FILE).get("data_hash") == fingerprint
+        except (OSError, ValueError):
+            done = False
+        if done and all((target / S.split_file(s)).exists() for s in S.SPLITS):
+            print(f"[prepare] {name}: up to date -> {target}")
+            return target
     prepared = data.build(files, columns, config, name=name)
     data.write(prepared, target)
     m = prepared.meta

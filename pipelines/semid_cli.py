@@ -8,9 +8,11 @@ from semid.errors import InputError
 
 
 def _commands() -> dict:
+    from pipelines.build_semids import assign, build, inspect
     from pipelines.prepare import prepare
+    from pipelines.run import run
 
-    return {"prepare": prepare}
+    return {"prepare": prepare, "build": build, "assign": assign, "inspect": inspect, "run": run}
 
 
 def main(args: list[str] | None = None) -> None:

@@ -272,6 +272,17 @@ class Prepared:
     meta: dict[str, Any]
 
 
+def _input_hashes(files: RawFiles) -> dict[str, str]:
+    return {role: sha256_file(p) for role, p in asdict(files).items() if p is not None}
+
+
+def fingerprint(files: RawFiles, cols: Columns, cfg: PrepareConfig) -> str:
+    """Hash of everything a prepared directory is a function of: input file contents, column mapping, config."""
+    return sha256_json(
+        {"schema": S.SCHEMA_VERSION, "inputs": _input_hashes(files), "columns": asdict(cols), "config": asdict(cfg)}
+    )
+
+
 def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> Prepared:
     """Read, validate and transform the raw files into the prepared tables (nothing is written here)."""
     inter = read_raw(files.inter)
@@ -463,14 +474,13 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
     )
     users = users.select(*S.USERS_BASE.names(), *(cols.user_features if files.user is not None else []))
 
-    inputs = {role: sha256_file(p) for role, p in asdict(files).items() if p is not None}
     meta = {
         "schema_version": S.SCHEMA_VERSION,
         "dataset": name,
-        "inputs_sha256": inputs,
+        "inputs_sha256": _input_hashes(files),
         "columns": asdict(cols),
         "config": asdict(cfg),
-        "data_hash": sha256_json({"inputs": inputs, "columns": asdict(cols), "config": asdict(cfg)}),
+        "data_hash": fingerprint(files, cols, cfg),
         "n_users": users.height,
         "n_items": items.height,
         "n_interactions": frame.height,

@@ -221,3 +221,17 @@ def test_real_ml1m_counts(tmp_path):
     assert (
         users.filter(pl.col(S.RAW_USER) == "1m_1")[S.TEXT].item().startswith("age: under 18; gender: female")
     )
+
+
+def test_prepare_skips_when_unchanged_and_redoes_on_change(synthetic_raw, tmp_path, capsys):
+    cols = tmp_path / "cols.yaml"
+    cols.write_text("item_text_template: '{title}.'\n")
+    common = ["prepare", "--interactions", str(synthetic_raw["inter"]), "--items", str(synthetic_raw["item"])]
+    out = tmp_path / "p"
+    semid_main([*common, "--columns", str(cols), "--out", str(out)])
+    stamp = (out / S.ITEMS_FILE).stat().st_mtime_ns
+    semid_main([*common, "--columns", str(cols), "--out", str(out)])
+    assert "up to date" in capsys.readouterr().out
+    assert (out / S.ITEMS_FILE).stat().st_mtime_ns == stamp
+    semid_main([*common, "--columns", str(cols), "--out", str(out), "--label_threshold", "5"])
+    assert read_meta(out / S.ITEMS_FILE)["config"]["label_threshold"] == 5

@@ -46,11 +46,14 @@ def test_round_trip_decode_equals_forward(trained: RQVAE, vectors: torch.Tensor)
     assert torch.equal(codes, out.codes)
     assert int(codes.min()) >= 0 and int(codes.max()) < 8
     torch.testing.assert_close(trained.decode_codes(codes), out.recon, rtol=1e-5, atol=1e-6)
-    # the decoded vector is the sum of the chosen code vectors, pushed through the decoder
+    # the decoded vector is the sum of the chosen code vectors, pushed through the decoder and un-standardized
     summed = sum(trained.rvq.codebooks[level][codes[:, level]] for level in range(2))  # (N, latent)
-    torch.testing.assert_close(
-        trained.decode_codes(codes), trained.decoder(summed).detach(), rtol=1e-5, atol=1e-6
-    )
+    expected = trained.decoder(summed).detach() * trained.scale + trained.center  # (N, D)
+    torch.testing.assert_close(trained.decode_codes(codes), expected, rtol=1e-5, atol=1e-6)
+    # the standardizer maps the training vectors to zero mean and unit RMS norm
+    xs = trained.standardize(vectors)
+    torch.testing.assert_close(xs.mean(0), torch.zeros(xs.shape[1]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(xs.pow(2).sum(-1).mean(), torch.tensor(1.0), rtol=1e-4, atol=1e-4)
 
 
 def test_encode_never_updates_codebooks(trained: RQVAE, vectors: torch.Tensor) -> None:

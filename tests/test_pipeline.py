@@ -1,0 +1,202 @@
+"""The whole chain on tiny synthetic data and tiny models: every artifact, the report schema, and crash-resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from pipelines.run import main as run_main
+from semid import schema as S
+from semid.io import read_meta
+
+MODELS = ("deepfm", "akt", "akt_no_gate")
+
+
+@pytest.fixture(scope="module")
+def pipeline_config(tmp_path_factory, synthetic_raw, tiny_bert_dir) -> Path:
+    root = tmp_path_factory.mktemp("pipeline_cfg")
+    (root / "columns.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "item_text_template": "{title}. Genres: {genre}.",
+                "item_features": ["genre"],
+                "multi_valued": ["genre"],
+                "user_features": ["age", "gender"],
+            }
+        )
+    )
+    rq = {"levels": 2, "codebook_size": 8, "max_epochs": 15, "batch_size": 32}
+    (root / "semid.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "encoder": {"model": str(tiny_bert_dir), "batch_size": 32, "max_length": 32},
+                "align_config": {"max_epochs": 1, "max_pairs": 400, "batch_size": 64, "user_max_length": 32},
+                "item_rqvae": rq,
+                "user_rqvae": rq,
+            }
+        )
+    )
+    (root / "common.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {"max_epochs": 2, "enable_progress_bar": False, "enable_model_summary": False},
+                "data": {"batch_size": 256, "history_len": 5},
+            }
+        )
+    )
+    small = {"embed_dim": 8}
+    model_cfgs = {
+        "deepfm": {"class_path": "ctr.models.deepfm.DeepFM", "init_args": {**small, "mlp_dims": [16]}},
+        "akt": {
+            "class_path": "ctr.models.akt.AKT",
+            "init_args": {**small, "view_dim": 16, "tower_dims": [16]},
+        },
+        "akt_no_gate": {
+            "class_path": "ctr.models.akt.AKT",
+            "init_args": {**small, "view_dim": 16, "tower_dims": [16], "use_gate": False},
+        },
+    }
+    for name, cfg in model_cfgs.items():
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({"model": cfg}))
+    pipeline = {
+        "name": "synthetic",
+        "prepare": {
+            "dataset": None,
+            "interactions": str(synthetic_raw["inter"]),
+            "items": str(synthetic_raw["item"]),
+            "users": str(synthetic_raw["user"]),
+            "columns": str(root / "columns.yaml"),
+        },
+        "semids": str(root / "semid.yaml"),
+        "common": [str(root / "common.yaml")],
+        "models": [{"name": n, "config": str(root / f"{n}.yaml")} for n in MODELS],
+        "seeds": [0],
+        "target": "akt",
+    }
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    return root / "pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def finished_run(pipeline_config, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "full"
+    run_main(["--config", str(pipeline_config), "--run_dir", str(out)])
+    return out
+
+
+def _predictions(run: Path) -> dict[str, pl.DataFrame]:
+    return {m: pl.read_parquet(run / "models" / m / "seed0" / S.PREDICTIONS_FILE) for m in MODELS}
+
+
+def test_every_artifact(finished_run):
+    run = finished_run
+    for f in (S.ITEMS_FILE, S.USERS_FILE, *(S.split_file(s) for s in S.SPLITS)):
+        assert (run / "prepared" / f).exists()
+    items = pl.read_parquet(run / "prepared" / S.ITEMS_FILE)
+    users = pl.read_parquet(run / "prepared" / S.USERS_FILE)
+    for table, key, n in ((S.ITEM_SIDS_FILE, S.ITEM, items.height), (S.USER_SIDS_FILE, S.USER, users.height)):
+        df = pl.read_parquet(run / "semids" / table)
+        assert df.schema == S.sid_schema(key, 2)
+        assert df.height == n and df[key].to_list() == list(range(n))
+        assert df.select(pl.all().exclude(key)).is_duplicated().sum() == 0  # full IDs unique
+        meta = read_meta(run / "semids" / table)
+        assert meta["codebook_sizes"] == [8, 8] and "health" in meta and meta["stage_hash"]
+    test = pl.read_parquet(run / "prepared" / S.split_file("test"))
+    for name, pred in _predictions(run).items():
+        assert pred.schema == S.PREDICTIONS, name
+        assert pred.height == test.height
+        assert pred[S.SCORE].is_between(0, 1).all()
+        metrics = json.loads((run / "models" / name / "seed0" / "metrics.json").read_text())
+        assert {"val", "test", "stage_hash", "fit_seconds", "best_checkpoint"} <= set(metrics)
+        assert 0 <= metrics["test"]["auc"] <= 1
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["schema_version"] == 1 and report["target"] == "akt"
+    assert set(report["models"]) == set(MODELS)
+    assert report["best_baseline"] == "deepfm"  # akt_no_gate is an ablation, not a baseline
+    for png in report["plots"]:
+        assert (run / "report" / png).stat().st_size > 1000
+    assert "| deepfm" in (run / "report" / "report.md").read_text()
+
+
+def test_rerun_skips_every_stage(finished_run, pipeline_config, capsys):
+    before = {m: p[S.SCORE].to_list() for m, p in _predictions(finished_run).items()}
+    run_main(["--config", str(pipeline_config), "--run_dir", str(finished_run)])
+    out = capsys.readouterr().out
+    assert "[prepare] synthetic: up to date" in out
+    assert "[semids] up to date" in out
+    assert all(f"[fit] {m} seed 0: up to date" in out for m in MODELS)
+    assert {m: p[S.SCORE].to_list() for m, p in _predictions(finished_run).items()} == before
+
+
+def test_killed_run_resumes_with_the_same_result(finished_run, pipeline_config, tmp_path, capsys):
+    out = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.semid_cli",
+        "run",
+        "--config",
+        str(pipeline_config),
+        "--run_dir",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_done = out / "models" / MODELS[0] / "seed0" / "metrics.json"
+    deadline = time.monotonic() + 300
+    while not first_done.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # mid-way: the first model is done, the next one is being fitted
+    proc.wait()
+    assert first_done.exists()
+    assert not (out / "report" / "report.json").exists()
+
+    run_main(["--config", str(pipeline_config), "--run_dir", str(out)])
+    log = capsys.readouterr().out
+    assert f"[fit] {MODELS[0]} seed 0: up to date" in log
+    resumed, reference = _predictions(out), _predictions(finished_run)
+    for m in MODELS:
+        assert resumed[m][S.SCORE].to_list() == pytest.approx(reference[m][S.SCORE].to_list(), abs=1e-6), m
+    assert (out / "report" / "report.json").exists()
+
+
+def test_changed_model_config_reruns_only_that_model(finished_run, pipeline_config, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "changed"
+    shutil.copytree(finished_run, run)
+    cfg_dir = tmp_path / "cfg"
+    shutil.copytree(pipeline_config.parent, cfg_dir)
+    pipeline = yaml.safe_load((cfg_dir / "pipeline.yaml").read_text())
+    for m in pipeline["models"]:
+        m["config"] = str(cfg_dir / Path(m["config"]).name)
+    (cfg_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
+    deepfm = yaml.safe_load((cfg_dir / "deepfm.yaml").read_text())
+    deepfm["model"]["init_args"]["mlp_dims"] = [12]
+    (cfg_dir / "deepfm.yaml").write_text(yaml.safe_dump(deepfm))
+    run_main(["--config", str(cfg_dir / "pipeline.yaml"), "--run_dir", str(run)])
+    log = capsys.readouterr().out
+    assert "[semids] up to date" in log
+    assert "[fit] deepfm seed 0: up to date" not in log
+    assert "[fit] akt seed 0: up to date" in log
+
+
+def test_missing_model_config_is_a_clear_error_before_any_work(pipeline_config, tmp_path, capsys):
+    pipeline = yaml.safe_load(pipeline_config.read_text())
+    pipeline["models"].append({"name": "ghost", "config": str(tmp_path / "nope.yaml")})
+    bad = tmp_path / "pipeline.yaml"
+    bad.write_text(yaml.safe_dump(pipeline))
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--config", str(bad), "--run_dir", str(tmp_path / "run")])
+    assert exc.value.code == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "prepared").exists()
