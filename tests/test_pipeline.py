@@ -200,3 +200,34 @@ def test_missing_model_config_is_a_clear_error_before_any_work(pipeline_config, 
     assert exc.value.code == 2
     assert "nope.yaml" in capsys.readouterr().err
     assert not (tmp_path / "run" / "prepared").exists()
+
+
+def test_assign_gives_new_items_ids_and_keeps_old_ones(finished_run, tmp_path, capsys):
+    from pipelines.semid_cli import main as semid_main
+
+    semids = finished_run / "semids"
+    old = pl.read_parquet(semids / S.ITEM_SIDS_FILE)
+    new_items = pl.DataFrame(
+        {
+            S.ITEM: [old.height, old.height + 1],
+            S.TEXT: ["The robot of space 7. Genres: robot space.", "A love war."],
+        }
+    )
+    new_items.write_parquet(tmp_path / "new.parquet")
+    out = tmp_path / "item_sids_v2.parquet"
+    semid_main(
+        ["assign", "--semids", str(semids), "--items", str(tmp_path / "new.parquet"), "--out", str(out)]
+    )
+    table = pl.read_parquet(out)
+    assert table.head(old.height).equals(old)  # existing IDs untouched
+    assert table[S.ITEM].to_list()[-2:] == new_items[S.ITEM].to_list()
+    assert table.drop(S.ITEM).is_duplicated().sum() == 0
+    assert read_meta(out)["version"] == read_meta(semids / S.ITEM_SIDS_FILE)["version"] + 1
+    semid_main(["assign", "--semids", str(semids), "--items", str(tmp_path / "new.parquet")])  # in place
+    assert pl.read_parquet(semids / S.ITEM_SIDS_FILE).equals(table)
+    # the same items again are refused: an item already in the table keeps its ID
+    with pytest.raises(SystemExit):
+        semid_main(["assign", "--semids", str(semids), "--items", str(tmp_path / "new.parquet")])
+    assert pl.read_parquet(semids / S.ITEM_SIDS_FILE).equals(table)
+    semid_main(["inspect", "--table", str(semids / S.ITEM_SIDS_FILE)])
+    assert "collision" in capsys.readouterr().out.lower()
