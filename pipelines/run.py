@@ -152,7 +152,7 @@ def run(
         raise InputError("no models to fit", fix="list models (name + config) in the pipeline config")
     for path in [semids, *common, *(m.config for m in models)]:
         _load_yaml(path, "stage")  # fail before any work on a missing file
-    out = Path(run_dir) if run_dir is not None else Path("runs") / name
+    out = (Path(run_dir) if run_dir is not None else Path("runs") / name).resolve()
     out.mkdir(parents=True, exist_ok=True)
     total = time.perf_counter()
 

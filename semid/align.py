@@ -73,7 +73,13 @@ class AlignConfig:
     """Training pairs drawn (popularity-damped) per run, reshuffled each epoch. The cost is tokens through the
     top layer, so this, not the data size, bounds the run time: 20k pairs is ~80 steps per epoch."""
     batch_size: int = 256
-    """Pairs per step, i.e. in-batch negatives. Users per step = train users / steps (one pass per epoch)."""
+    """Pairs per step, i.e. in-batch negatives."""
+    users_per_step: int = 64
+    """User examples per step (a fresh random subset of the train users each epoch). User texts are ~3x longer
+    than item texts, so this bounds their share of the cost."""
+    bf16: bool = True
+    """Train the top layers under bf16 autocast (CPU): ~2x faster on AVX-512 BF16 CPUs. Output vectors are
+    always computed in float32."""
     lr: float = 2e-4
     """AdamW; well below from-scratch rates because the top layer is pretrained."""
     weight_decay: float = 0.01
@@ -513,13 +519,17 @@ class AlignModule(L.LightningModule):
 
     def _loss(self, pairs: Tensor, users: Tensor) -> Tensor:
         loss = torch.zeros(())
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.training)
         if pairs.shape[0] > 1:
-            z = self._vectors(pairs.reshape(-1), "item").reshape(pairs.shape[0], 2, -1)  # (B, 2, D)
+            with autocast:
+                z = self._vectors(pairs.reshape(-1), "item").reshape(pairs.shape[0], 2, -1)  # (B, 2, D)
+            z = z.float()
             loss = loss + info_nce(z[:, 0], z[:, 1], pairs[:, 0], pairs[:, 1], self.cfg.temperature)
         if users.shape[0] > 1:
-            zu = self._vectors(users[:, 0], "user")  # (b, D)
-            zi = self._vectors(users[:, 1], "item")  # (b, D)
-            loss = loss + info_nce(zu, zi, -1 - users[:, 0], users[:, 1], self.cfg.temperature)
+            with autocast:
+                zu = self._vectors(users[:, 0], "user")  # (b, D)
+                zi = self._vectors(users[:, 1], "item")  # (b, D)
+            loss = loss + info_nce(zu.float(), zi.float(), -1 - users[:, 0], users[:, 1], self.cfg.temperature)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -549,6 +559,7 @@ class AlignModule(L.LightningModule):
             pairs = pairs[torch.randperm(pairs.shape[0], generator=generator)]
             users = users[torch.randperm(users.shape[0], generator=generator)]
         steps = max(1, math.ceil(pairs.shape[0] / self.cfg.batch_size))
+        users = users[: steps * self.cfg.users_per_step]
         return list(zip(torch.tensor_split(pairs, steps), torch.tensor_split(users, steps)))
 
     def train_dataloader(self) -> DataLoader:
