@@ -18,7 +18,7 @@ declare -A PEER=(
 # extra runtime deps each run script needs (pyarrow: parquet in/out; polars pinned <2 for fuxictr is not needed
 # because our run script feeds fuxictr parquet through pandas)
 declare -A EXTRA=(
-  [deepctr_torch]="pandas pyarrow scikit-learn"
+  [deepctr_torch]="pandas pyarrow scikit-learn requests"
   [torch_rechub]="pandas pyarrow scikit-learn"
   [fuxictr]="pandas pyarrow scikit-learn"
 )

@@ -34,7 +34,9 @@ def pipeline_config(tmp_path_factory, synthetic_raw, tiny_bert_dir) -> Path:
             }
         )
     )
-    rq = {"levels": 2, "codebook_size": 8, "max_epochs": 15, "batch_size": 32}
+    # A tiny random BERT gives nearly parallel vectors whose spread depends on float details (thread count):
+    # the collapse check is tested on controlled vectors in test_ids.py, so here it only guards against 1 code.
+    rq = {"levels": 2, "codebook_size": 4, "max_epochs": 15, "batch_size": 32, "min_level0_utilization": 0.3}
     (root / "semid.yaml").write_text(
         yaml.safe_dump(
             {
@@ -109,7 +111,7 @@ def test_every_artifact(finished_run):
         assert df.height == n and df[key].to_list() == list(range(n))
         assert df.select(pl.all().exclude(key)).is_duplicated().sum() == 0  # full IDs unique
         meta = read_meta(run / "semids" / table)
-        assert meta["codebook_sizes"] == [8, 8] and "health" in meta and meta["stage_hash"]
+        assert meta["codebook_sizes"] == [4, 4] and "health" in meta and meta["stage_hash"]
     test = pl.read_parquet(run / "prepared" / S.split_file("test"))
     for name, pred in _predictions(run).items():
         assert pred.schema == S.PREDICTIONS, name
