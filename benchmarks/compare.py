@@ -10,8 +10,9 @@ One run, one machine, one prepared ML-1M temporal split. Figures (each a ratio m
   6. Scaling: AKT on synthetic data of growing size (benchmarks/scaling.py).
 Peers run in their own venvs (benchmarks/setup_peers.sh) as subprocesses (benchmarks/peers/*_run.py).
 
-    python benchmarks/compare.py            # the full run (the lead runs it; ~30-45 min on 2 cores)
-    python benchmarks/compare.py --quick    # a tiny subset to check the wiring (a few minutes; figures meaningless)
+    bash benchmarks/run_all.sh [--quick]          # peer venvs + this script (from the repository root)
+    python -m benchmarks.compare                  # the full run (the lead runs it; ~30-45 min on 2 cores)
+    python -m benchmarks.compare --quick          # a tiny subset to check the wiring (a few minutes; figures meaningless)
 """
 
 from __future__ import annotations
@@ -126,8 +127,14 @@ QUICK = Profile(
 
 def machine() -> dict:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?")
-    mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?"
+    )
+    mem_kb = next(
+        int(ln.split()[1])
+        for ln in Path("/proc/meminfo").read_text().splitlines()
+        if ln.startswith("MemTotal")
+    )
     return {
         "cpu": model,
         "cores": os.cpu_count(),
@@ -139,7 +146,15 @@ def machine() -> dict:
 
 
 def our_versions() -> dict:
-    names = ("semid-ctr", "torch", "lightning", "torchmetrics", "polars", "transformers", "vector-quantize-pytorch")
+    names = (
+        "semid-ctr",
+        "torch",
+        "lightning",
+        "torchmetrics",
+        "polars",
+        "transformers",
+        "vector-quantize-pytorch",
+    )
     out = {}
     for name in names:
         try:
@@ -150,8 +165,12 @@ def our_versions() -> dict:
 
 
 def git_commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE.parent)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE.parent).stdout
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE.parent
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE.parent
+    ).stdout
     return done.stdout.strip() + (" (+ uncommitted changes)" if dirty.strip() else "")
 
 
@@ -195,7 +214,9 @@ def run_cmd(cmd: list[str], *, log: Path, env: dict | None = None, timeout: int 
     full_env = {**os.environ, **(env or {})}
     print(f"[compare] $ {shlex.join(cmd)}", flush=True)
     with log.open("w") as err:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env, timeout=timeout)
+        done = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=full_env, timeout=timeout
+        )
     if done.returncode != 0:
         tail = log.read_text()[-4000:]
         raise RuntimeError(f"{cmd[1]} failed with exit code {done.returncode}; log {log}:\n{tail}")
@@ -274,11 +295,28 @@ def semantic_ids(ctx: Ctx, ids: np.ndarray, emb: np.ndarray) -> tuple[dict, Path
         },
     }
     if "torch_rechub" in ctx.peers:
-        cmd = [str(ctx.venvs / "torch_rechub" / "bin" / "python"), str(HERE / "peers" / "torch_rechub_rqvae.py")]
-        cmd += ["--emb", str(emb_path), "--out", str(ctx.work / "rechub-rqvae"), "--sizes", ",".join(map(str, sizes))]
+        cmd = [
+            str(ctx.venvs / "torch_rechub" / "bin" / "python"),
+            str(HERE / "peers" / "torch_rechub_rqvae.py"),
+        ]
+        cmd += [
+            "--emb",
+            str(emb_path),
+            "--out",
+            str(ctx.work / "rechub-rqvae"),
+            "--sizes",
+            ",".join(map(str, sizes)),
+        ]
         cmd += ["--latent-dim", str(cfg.latent_dim), "--hidden", ",".join(map(str, cfg.hidden_dims))]
         cmd += ["--epochs", str(cfg.max_epochs), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr)]
-        cmd += ["--repeats", str(ctx.profile.sid_repeats), "--threads", str(ctx.threads), "--seed", str(ctx.seed)]
+        cmd += [
+            "--repeats",
+            str(ctx.profile.sid_repeats),
+            "--threads",
+            str(ctx.threads),
+            "--seed",
+            str(ctx.seed),
+        ]
         res = last_json(run_cmd(cmd, log=ctx.work / "logs" / "torch_rechub_rqvae.log", env=ctx.thread_env()))
         codes = np.load(res["codes"])
         out["torch_rechub"] = {
@@ -323,28 +361,28 @@ def ctr_section(ctx: Ctx, peer_dir: Path, sid_path: Path) -> dict:
         torch.manual_seed(ctx.seed)
         return AKT(dm_akt.spec, embed_dim=16, dropout=0.0, lr=1e-3)
 
-    def lightning_steps(model, dm):
-        sec, _ = timed(lambda: trainer(max_steps=steps).fit(model, train_dataloaders=dm.train_dataloader()))
-        return steps * bs / sec
+    def lightning_steps(model, dm, n=steps):
+        sec, _ = timed(lambda: trainer(max_steps=n).fit(model, train_dataloaders=dm.train_dataloader()))
+        return n * bs / sec
 
     def lightning_predict(model, dm):
         loader = dm.loader("test", shuffle=False)
-        sec, preds = timed(lambda: trainer().predict(model, dataloaders=loader))
+        sec, _ = timed(lambda: trainer().predict(model, dataloaders=loader))
         return len(test) / sec
 
-    def bare_steps(model, dm):
+    def bare_steps(model, dm, n=steps):
         """What CTRTask.training_step does, in a plain loop over the same DataModule batches."""
         model.train()
         opt = model.configure_optimizers()
         start = time.perf_counter()
         for i, batch in enumerate(dm.loader("train", shuffle=True)):
-            if i == steps:
+            if i == n:
                 break
             loss, _ = model.loss(batch, model(batch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return steps * bs / (time.perf_counter() - start)
+        return n * bs / (time.perf_counter() - start)
 
     def bare_predict(model, dm):
         model.eval()
@@ -354,8 +392,15 @@ def ctr_section(ctx: Ctx, peer_dir: Path, sid_path: Path) -> dict:
                 torch.sigmoid(model(batch).logit)
         return len(test) / (time.perf_counter() - start)
 
-    lightning_steps(deepfm(), dm_fm), bare_steps(deepfm(), dm_fm), lightning_steps(akt(), dm_akt)  # warm-up
-    runs: dict[str, dict[str, list[float]]] = {k: {"train": [], "predict": []} for k in ("deepfm", "bare", "akt")}
+    warm = min(steps, 10)
+    (
+        lightning_steps(deepfm(), dm_fm, warm),
+        bare_steps(deepfm(), dm_fm, warm),
+        lightning_steps(akt(), dm_akt, warm),
+    )
+    runs: dict[str, dict[str, list[float]]] = {
+        k: {"train": [], "predict": []} for k in ("deepfm", "bare", "akt")
+    }
     for _ in range(p.repeats):  # interleaved so that background load hits all alike
         m = deepfm()
         runs["deepfm"]["train"].append(lightning_steps(m, dm_fm))
@@ -373,7 +418,9 @@ def ctr_section(ctx: Ctx, peer_dir: Path, sid_path: Path) -> dict:
         ("akt", akt, dm_akt, "semid-ctr AKT (Lightning)"),
     ):
         model = build()
-        sec, _ = timed(lambda m=model, d=dm: trainer(max_epochs=p.epochs).fit(m, train_dataloaders=d.train_dataloader()))
+        sec, _ = timed(
+            lambda m=model, d=dm: trainer(max_epochs=p.epochs).fit(m, train_dataloaders=d.train_dataloader())
+        )
         scores = scores_of(trainer().predict(model, dataloaders=dm.loader("test", shuffle=False)))
         np.save(ctx.work / f"{key}_test_pred.npy", scores)
         models[key] = {
@@ -490,7 +537,9 @@ def render(results: dict) -> str:
         "Ours: " + ", ".join(f"{k} {v}" for k, v in results["versions"]["ours"].items()) + "  ",
     ]
     for peer, v in results["versions"].get("peers", {}).items():
-        lines.append(f"{PEER_NAMES.get(peer, peer)} venv: " + ", ".join(f"{k} {x}" for k, x in v.items()) + "  ")
+        lines.append(
+            f"{PEER_NAMES.get(peer, peer)} venv: " + ", ".join(f"{k} {x}" for k, x in v.items()) + "  "
+        )
     d = results["data"]
     lines += [
         f"Data: `{d['prepared']}` (ML-1M temporal split, label = rating >= 4): {d['rows']['train']:,} train / "
@@ -523,7 +572,7 @@ def render(results: dict) -> str:
             "| model | train samples/s (runs) | predict samples/s (runs) | full-epoch samples/s | AUC | GAUC | logloss |",
             "|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for key, r in c["models"].items():
+        for r in c["models"].values():
             q = r.get("quality")
             runs_t = ", ".join(f"{x:,.0f}" for x in r["train_runs"])
             runs_p = ", ".join(f"{x:,.0f}" for x in r["predict_runs"])
@@ -534,7 +583,9 @@ def render(results: dict) -> str:
                 f"{r['predict_samples_per_s']:,.0f} ({runs_p}) | {ep} | {qs} |"
             )
         lines += ["", "Ratios (ours / peer):", ""]
-        lines += ["| peer | DeepFM train | DeepFM predict | AKT train | AKT predict | ΔAUC (DeepFM) | ΔGAUC (DeepFM) | ΔAUC (AKT) | ΔGAUC (AKT) |"]
+        lines += [
+            "| peer | DeepFM train | DeepFM predict | AKT train | AKT predict | ΔAUC (DeepFM) | ΔGAUC (DeepFM) | ΔAUC (AKT) | ΔGAUC (AKT) |"
+        ]
         lines += ["|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         ours, akt = c["models"]["deepfm"], c["models"]["akt"]
         for peer in PEERS:
@@ -607,11 +658,21 @@ def render(results: dict) -> str:
             ent = " / ".join(f"{lv['entropy_normalized']:.2f}" for lv in h["levels"])
             return f"| {name} | {secs:.1f} | {h['collision_rate']:.2%} | {h['unique_full_ids']:.3f} | {util} | {ent} |"
 
-        lines.append(row("semid-ctr (codes; the suffix makes full IDs unique)", s["ours"]["build_seconds"], s["ours"]["health"]))
+        lines.append(
+            row(
+                "semid-ctr (codes; the suffix makes full IDs unique)",
+                s["ours"]["build_seconds"],
+                s["ours"]["health"],
+            )
+        )
         if "torch_rechub" in s:
             r = s["torch_rechub"]
-            lines.append(row("torch-rechub, nearest codes", r["train_seconds"][-1], r["health_raw"]))
-            lines.append(row("torch-rechub, after its collision handling", r["build_seconds"], r["health_final"]))
+            lines.append(
+                row("torch-rechub, nearest codes (train time only)", r["train_seconds"][-1], r["health_raw"])
+            )
+            lines.append(
+                row("torch-rechub, after its collision handling", r["build_seconds"], r["health_final"])
+            )
             lines += [
                 "",
                 f"Build time ratio (torch-rechub / ours): {r['build_seconds'] / s['ours']['build_seconds']:.2f}x.",
@@ -663,7 +724,11 @@ def render(results: dict) -> str:
             f"{fit['rows_at_24gib_1000000_items'] / 1e6:,.0f}M rows with 1M items.",
             sc["growth"],
         ]
-    lines += ["", "Raw numbers: `benchmarks/results/results.json`.", ""]
+    lines += [
+        "",
+        "Raw numbers: `results.json` written beside this file's run (benchmarks/results/ for a full run).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -679,25 +744,73 @@ def goals(results: dict) -> list[dict]:
             t = ours["train_samples_per_s"] / r["train_samples_per_s"]
             pr = ours["predict_samples_per_s"] / r["predict_samples_per_s"]
             a = akt["train_samples_per_s"] / r["train_samples_per_s"]
-            out.append({"goal": f"our DeepFM train >= {GOALS['train_vs_peer']}x {name} DeepFM", "measured": f"{t:.2f}x", "ok": t >= GOALS["train_vs_peer"]})
-            out.append({"goal": f"our DeepFM predict >= {GOALS['predict_vs_peer']}x {name} DeepFM", "measured": f"{pr:.2f}x", "ok": pr >= GOALS["predict_vs_peer"]})
-            out.append({"goal": f"AKT train >= {GOALS['akt_train_vs_peer']}x {name} DeepFM", "measured": f"{a:.2f}x", "ok": a >= GOALS["akt_train_vs_peer"]})
+            out.append(
+                {
+                    "goal": f"our DeepFM train >= {GOALS['train_vs_peer']}x {name} DeepFM",
+                    "measured": f"{t:.2f}x",
+                    "ok": t >= GOALS["train_vs_peer"],
+                }
+            )
+            out.append(
+                {
+                    "goal": f"our DeepFM predict >= {GOALS['predict_vs_peer']}x {name} DeepFM",
+                    "measured": f"{pr:.2f}x",
+                    "ok": pr >= GOALS["predict_vs_peer"],
+                }
+            )
+            out.append(
+                {
+                    "goal": f"AKT train >= {GOALS['akt_train_vs_peer']}x {name} DeepFM",
+                    "measured": f"{a:.2f}x",
+                    "ok": a >= GOALS["akt_train_vs_peer"],
+                }
+            )
             for metric in ("auc", "gauc"):
                 dlt = ours["quality"][metric] - r["quality"][metric]
-                out.append({"goal": f"our DeepFM test {metric.upper()} not worse than {name} DeepFM", "measured": f"{dlt:+.4f}", "ok": dlt >= 0})
+                out.append(
+                    {
+                        "goal": f"our DeepFM test {metric.upper()} not worse than {name} DeepFM",
+                        "measured": f"{dlt:+.4f}",
+                        "ok": dlt >= 0,
+                    }
+                )
         for peer in PEERS:
             if peer in c["models"]:
                 for metric in ("auc", "gauc"):
                     dlt = akt["quality"][metric] - c["models"][peer]["quality"][metric]
-                    out.append({"goal": f"AKT test {metric.upper()} vs {PEER_NAMES[peer]} DeepFM (reported, no target)", "measured": f"{dlt:+.4f}", "ok": None})
+                    out.append(
+                        {
+                            "goal": f"AKT test {metric.upper()} vs {PEER_NAMES[peer]} DeepFM (reported, no target)",
+                            "measured": f"{dlt:+.4f}",
+                            "ok": None,
+                        }
+                    )
     g = results.get("gauc")
     if g and "speedup" in g:
-        out.append({"goal": f"ctr.metrics.gauc >= {GOALS['gauc_speedup']:.0f}x faster than FuxiCTR gAUC", "measured": f"{g['speedup']:.0f}x", "ok": g["speedup"] >= GOALS["gauc_speedup"]})
-        out.append({"goal": f"GAUC values equal to {GAUC_TOL:g}", "measured": f"{g['abs_diff']:.1e}", "ok": g["abs_diff"] <= GAUC_TOL})
+        out.append(
+            {
+                "goal": f"ctr.metrics.gauc >= {GOALS['gauc_speedup']:.0f}x faster than FuxiCTR gAUC",
+                "measured": f"{g['speedup']:.0f}x",
+                "ok": g["speedup"] >= GOALS["gauc_speedup"],
+            }
+        )
+        out.append(
+            {
+                "goal": f"GAUC values equal to {GAUC_TOL:g}",
+                "measured": f"{g['abs_diff']:.1e}",
+                "ok": g["abs_diff"] <= GAUC_TOL,
+            }
+        )
     e = results.get("encoder")
     if e:
         over = 1 / e["ratio"] - 1
-        out.append({"goal": f"encode overhead over a bare HF forward <= {ENCODE_OVERHEAD_BUDGET:.0%} (encoder_speed.py budget)", "measured": f"{over:+.1%}", "ok": over <= ENCODE_OVERHEAD_BUDGET})
+        out.append(
+            {
+                "goal": f"encode overhead over a bare HF forward <= {ENCODE_OVERHEAD_BUDGET:.0%} (encoder_speed.py budget)",
+                "measured": f"{over:+.1%}",
+                "ok": over <= ENCODE_OVERHEAD_BUDGET,
+            }
+        )
     return out
 
 
@@ -718,8 +831,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--eval-batch-size", type=int, default=8192)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out-md", type=Path, default=HERE / "RESULTS.md")
-    ap.add_argument("--out-json", type=Path, default=HERE / "results" / "results.json")
+    ap.add_argument(
+        "--out-md", type=Path, help="default: benchmarks/RESULTS.md (--quick: <work>/quick/RESULTS.md)"
+    )
+    ap.add_argument(
+        "--out-json", type=Path, help="default: benchmarks/results/results.json (--quick: in <work>/quick)"
+    )
     a = ap.parse_args(argv)
     start = time.perf_counter()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -737,6 +854,9 @@ def main(argv: list[str] | None = None) -> dict:
     skip = {x for x in a.skip.split(",") if x}
     work = a.work / ("quick" if a.quick else "full")
     work.mkdir(parents=True, exist_ok=True)
+    # a quick run never overwrites the repository's real figures
+    out_md = a.out_md or (work / "RESULTS.md" if a.quick else HERE / "RESULTS.md")
+    out_json = a.out_json or (work / "results.json" if a.quick else HERE / "results" / "results.json")
     for peer in peers:
         if not (a.venvs / peer / "bin" / "python").is_file():
             sys.exit(f"no venv for {peer} under {a.venvs}: run `bash benchmarks/setup_peers.sh` first")
@@ -745,11 +865,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     prepared = a.prepared
     if profile.quick:
-        prepared = peer_data.subset(a.prepared, work / "prepared", train_rows=profile.train_rows, eval_rows=profile.eval_rows)
+        prepared = peer_data.subset(
+            a.prepared, work / "prepared", train_rows=profile.train_rows, eval_rows=profile.eval_rows
+        )
     ctx = Ctx(profile, prepared, work, a.venvs, a.threads, a.batch_size, a.eval_batch_size, a.seed, peers)
     results: dict = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": git_commit(),
         "machine": machine(),
         "profile": dataclasses.asdict(profile),
@@ -761,7 +883,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"[compare] exporting {prepared} for the peers", flush=True)
     peer_dir = work / "peer-data"
     doc = peer_data.export(prepared, peer_dir)
-    results["data"] = {"prepared": str(a.prepared) + (" (quick subset)" if profile.quick else ""), "rows": doc["rows"], "fields": doc["vocab"]}
+    results["data"] = {
+        "prepared": str(a.prepared) + (" (quick subset)" if profile.quick else ""),
+        "rows": doc["rows"],
+        "fields": doc["vocab"],
+    }
 
     sid_path = None
     if "sids" not in skip or "ctr" not in skip:
@@ -804,8 +930,9 @@ def main(argv: list[str] | None = None) -> dict:
     results["machine"]["load_avg_1min_end"] = os.getloadavg()[0]
     results["wall_seconds"] = time.perf_counter() - start
     results["goals"] = goals(results)
-    write_json(results, a.out_json)
-    a.out_md.write_text(render(results))
+    write_json(results, out_json)
+    out_md.write_text(render(results))
+    print(f"[compare] wrote {out_md} and {out_json}", flush=True)
     print(render(results), flush=True)
     return results
 

@@ -40,7 +40,10 @@ def export(prepared: Path, out: Path) -> dict:
     tables = load_tables(prepared)
     users, items = tables.users.feats, tables.items.feats
     out.mkdir(parents=True, exist_ok=True)
-    vocab: dict[str, int] = {S.USER: int(tables.users.count.numel()) + 1, S.ITEM: int(tables.items.count.numel()) + 1}
+    vocab: dict[str, int] = {
+        S.USER: int(tables.users.count.numel()) + 1,
+        S.ITEM: int(tables.items.count.numel()) + 1,
+    }
     single: list[str] = [S.USER, S.ITEM]
     multi: dict[str, int] = {}
     for feats in (users, items):
@@ -69,7 +72,14 @@ def export(prepared: Path, out: Path) -> dict:
         frame = pl.DataFrame(cols)
         frame.write_parquet(out / f"{split}.parquet")
         rows[split] = frame.height
-    doc = {"vocab": vocab, "single": single, "multi": multi, "label": LABEL, "rows": rows, "source": str(prepared)}
+    doc = {
+        "vocab": vocab,
+        "single": single,
+        "multi": multi,
+        "label": LABEL,
+        "rows": rows,
+        "source": str(prepared),
+    }
     (out / "vocab.json").write_text(json.dumps(doc, indent=1))
     return doc
 

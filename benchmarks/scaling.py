@@ -88,7 +88,9 @@ def write_synthetic(size: Size, out: Path, *, seed: int = 0) -> Path:
         pl.format("item {}", S.ITEM).alias(S.TEXT),
         S.TRAIN_COUNT,
         S.BUCKET,
-        pl.concat_list(pl.format("g{}", "g0"), pl.format("g{}", "g1")).list.unique(maintain_order=True).alias("genre"),
+        pl.concat_list(pl.format("g{}", "g0"), pl.format("g{}", "g1"))
+        .list.unique(maintain_order=True)
+        .alias("genre"),
     )
     write_parquet(items, out / S.ITEMS_FILE, {"features": ["genre"]})
     users = pl.DataFrame(
@@ -134,7 +136,9 @@ def measure_one(data: Path, *, steps: int, warmup: int, batch_size: int, threads
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    dm = CTRDataModule(str(data), item_sids=str(data / S.ITEM_SIDS_FILE), batch_size=batch_size, history_len=20)
+    dm = CTRDataModule(
+        str(data), item_sids=str(data / S.ITEM_SIDS_FILE), batch_size=batch_size, history_len=20
+    )
     dm.setup()
     load_s = time.perf_counter() - start
     rss_loaded = _status("VmRSS")
@@ -220,7 +224,9 @@ def fit_growth(results: list[dict], limit_gib: float = 24.0) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, help="measure this prepared dir (what the parent runs per size)")
-    p.add_argument("--rows", type=int, help="write a synthetic dir of this many rows to a temp dir and measure it")
+    p.add_argument(
+        "--rows", type=int, help="write a synthetic dir of this many rows to a temp dir and measure it"
+    )
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--users", type=int, default=0, help="0 = rows // 20")
     p.add_argument("--steps", type=int, default=50)
@@ -236,8 +242,19 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give --data or --rows")
     size = Size(a.rows, a.items, a.users or max(a.rows // 20, 100))
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "semid-bench-scaling"
-    print(json.dumps(run([size], work, steps=a.steps, warmup=a.warmup, batch_size=a.batch_size,
-                         threads=a.threads, timeout=3600)[0]))
+    print(
+        json.dumps(
+            run(
+                [size],
+                work,
+                steps=a.steps,
+                warmup=a.warmup,
+                batch_size=a.batch_size,
+                threads=a.threads,
+                timeout=3600,
+            )[0]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -153,10 +153,14 @@ class ContentEncoder(nn.Module):
     def accepts_images(self) -> bool:
         return self.kind == "clip" or getattr(self.processor, "image_processor", None) is not None
 
-    def tokenize(self, texts: list[str]) -> dict[str, Tensor]:
+    def tokenize(self, texts: list[str], *, max_length: int | None = None) -> dict[str, Tensor]:
         return dict(
             self.tokenizer(
-                texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
+                texts,
+                padding=True,
+                truncation=True,
+                max_length=max_length or self.cfg.max_length,
+                return_tensors="pt",
             )
         )
 
@@ -164,13 +168,16 @@ class ContentEncoder(nn.Module):
         emb = emb.float()
         return nn.functional.normalize(emb, dim=-1) if self.cfg.normalize else emb
 
-    def embed_batch(self, texts: list[str], images: list[str | None] | None = None) -> Tensor:
-        """(B, D) float32 vectors of one batch; `images[i]` is a path or None (clip and vlm kinds only)."""
+    def embed_batch(
+        self, texts: list[str], images: list[str | None] | None = None, *, max_length: int | None = None
+    ) -> Tensor:
+        """(B, D) float32 vectors of one batch; `images[i]` is a path or None (clip and vlm kinds only);
+        `max_length` overrides the config's token cap for text models (user texts)."""
         if self.kind == "clip":
             return self._finish(self._embed_clip(texts, images))
         if self.kind == "vlm":
             return self._finish(self._embed_vlm(texts, images))
-        batch = self.tokenize(texts)
+        batch = self.tokenize(texts, max_length=max_length)
         hidden = self.model(**batch).last_hidden_state  # (B, T, D)
         return self._finish(pool(hidden, batch["attention_mask"], self.cfg.pooling))
 

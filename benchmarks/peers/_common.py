@@ -50,7 +50,9 @@ def parse_args(description: str, argv: list[str] | None = None) -> Args:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=100, help="train steps per throughput repetition")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=1, help="epochs of the quality run (fixed, no early stopping)")
+    p.add_argument(
+        "--epochs", type=int, default=1, help="epochs of the quality run (fixed, no early stopping)"
+    )
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     return Args(

@@ -27,10 +27,14 @@ def main(argv: list[str] | None = None) -> None:
 
     doc = C.vocab(args)
     train, test = C.read_split(args, "train"), C.read_split(args, "test")
-    columns = [SparseFeat(n, vocabulary_size=doc["vocab"][n], embedding_dim=args.embed_dim) for n in doc["single"]]
+    columns = [
+        SparseFeat(n, vocabulary_size=doc["vocab"][n], embedding_dim=args.embed_dim) for n in doc["single"]
+    ]
     columns += [
         VarLenSparseFeat(
-            SparseFeat(n, vocabulary_size=doc["vocab"][n], embedding_dim=args.embed_dim), maxlen=w, combiner="mean"
+            SparseFeat(n, vocabulary_size=doc["vocab"][n], embedding_dim=args.embed_dim),
+            maxlen=w,
+            combiner="mean",
         )
         for n, w in doc["multi"].items()
     ]
@@ -65,12 +69,19 @@ def main(argv: list[str] | None = None) -> None:
     x_steps, y_steps = {k: v[rows] for k, v in x_train.items()}, y_train[rows]
 
     warm = build()  # allocator, lazy imports
-    warm.fit({k: v[: 5 * args.batch_size] for k, v in x_steps.items()}, y_steps[: 5 * args.batch_size],
-             batch_size=args.batch_size, epochs=1, verbose=0)
+    warm.fit(
+        {k: v[: 5 * args.batch_size] for k, v in x_steps.items()},
+        y_steps[: 5 * args.batch_size],
+        batch_size=args.batch_size,
+        epochs=1,
+        verbose=0,
+    )
     train_runs, predict_runs = [], []
     for _ in range(args.repeats):
         model = build()
-        sec, _ = C.timed(lambda m=model: m.fit(x_steps, y_steps, batch_size=args.batch_size, epochs=1, verbose=0))
+        sec, _ = C.timed(
+            lambda m=model: m.fit(x_steps, y_steps, batch_size=args.batch_size, epochs=1, verbose=0)
+        )
         train_runs.append(n / sec)
         sec, _ = C.timed(lambda m=model: m.predict(x_test, batch_size=args.eval_batch_size))
         predict_runs.append(len(test) / sec)

@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         out = evaluate_metrics(y, s, ["gAUC"], group_id=g)
         seconds.append(time.perf_counter() - start)
         values.append(float(out["gAUC"]))
-    print(json.dumps({"gauc": values[0], "values": values, "seconds": seconds, "fuxictr": metadata.version("fuxictr")}))
+    print(
+        json.dumps(
+            {"gauc": values[0], "values": values, "seconds": seconds, "fuxictr": metadata.version("fuxictr")}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -74,9 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             train_s = time.perf_counter() - start
             model.eval()
             raw = model.get_indices(x).numpy()  # (N, L) nearest codes, no collision handling
-            ids = model.generate_semantic_ids(
-                x, DataLoader(x, batch_size=1024, shuffle=False), device="cpu"
-            )
+            ids = model.generate_semantic_ids(x, DataLoader(x, batch_size=1024, shuffle=False), device="cpu")
         total_s = time.perf_counter() - start
         final = np.array([[int(re.sub(r"\D", "", t)) for t in ids[i]] for i in range(len(ids))])  # (N, L)
         return train_s, total_s, raw, final

@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     train, val, test = (C.read_split(args, s) for s in ("train", "val", "test"))
     features = [SparseFeature(n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim) for n in doc["single"]]
     features += [
-        SequenceFeature(n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim, pooling="mean", padding_idx=0)
+        SequenceFeature(
+            n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim, pooling="mean", padding_idx=0
+        )
         for n in doc["multi"]
     ]
 
@@ -65,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     n = min(args.steps * args.batch_size, len(train))
     rows = np.random.default_rng(args.seed).permutation(len(train))[:n]
     steps_gen = DataGenerator({k: v[rows] for k, v in x_train.items()}, y_train[rows])
-    steps_loader, _, _ = steps_gen.generate_dataloader(x_val, y_val, x_test, y_test, batch_size=args.batch_size)
+    steps_loader, _, _ = steps_gen.generate_dataloader(
+        x_val, y_val, x_test, y_test, batch_size=args.batch_size
+    )
     test_loader = DataLoader(TorchDataset(x_test, y_test), batch_size=args.eval_batch_size, shuffle=False)
 
     warm = build()
