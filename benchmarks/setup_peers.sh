@@ -15,8 +15,9 @@ declare -A PEER=(
   [torch_rechub]="torch-rechub==0.9.0"
   [fuxictr]="fuxictr==2.3.10"
 )
-# extra runtime deps each run script needs (pyarrow: parquet in/out; polars pinned <2 for fuxictr is not needed
-# because our run script feeds fuxictr parquet through pandas)
+# extra runtime deps the run scripts need (pyarrow: parquet in/out; requests: deepctr_torch imports it at start-up).
+# fuxictr brings polars and ray[data] itself; its run script feeds it parquet with genre pre-joined by "^" because
+# its List-column path breaks on polars 2.x.
 declare -A EXTRA=(
   [deepctr_torch]="pandas pyarrow scikit-learn requests"
   [torch_rechub]="pandas pyarrow scikit-learn"
@@ -29,7 +30,7 @@ names=("$@")
 for name in "${names[@]}"; do
   spec=${PEER[$name]:?unknown peer $name (known: ${!PEER[*]})}
   venv=$ROOT/$name
-  if [ -x "$venv/bin/python" ] && [ -f "$venv/.semid-ok" ] && [ "$(cat "$venv/.semid-ok")" = "$spec $TORCH_PIN" ]; then
+  if [ -x "$venv/bin/python" ] && [ -f "$venv/.semid-ok" ] && [ "$(cat "$venv/.semid-ok")" = "$spec $TORCH_PIN ${EXTRA[$name]}" ]; then
     echo "[$name] ready: $venv"
     continue
   fi
@@ -42,6 +43,6 @@ for name in "${names[@]}"; do
   "$venv/bin/python" -c "import torch, sys; sys.exit(0 if '+cpu' in torch.__version__ else 'got torch ' + torch.__version__ + ', expected a +cpu build')"
   "$venv/bin/pip" install -q "$spec" ${EXTRA[$name]} "$TORCH_PIN"
   "$venv/bin/python" -c "import torch; print('[$name] torch', torch.__version__)"
-  echo "$spec $TORCH_PIN" > "$venv/.semid-ok"
+  echo "$spec $TORCH_PIN ${EXTRA[$name]}" > "$venv/.semid-ok"
   echo "[$name] ready: $venv"
 done
