@@ -8,6 +8,7 @@ existing ones; `semid inspect` prints a table's health.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -114,7 +115,7 @@ def build(
         )
         state = tmp / ALIGN_STATE
         Path(result.state_path).replace(state)
-        _remove_tree(tmp / "align_work")
+        shutil.rmtree(tmp / "align_work", ignore_errors=True)
         print(
             f"[semids] encode + align: probe {result.probe} ({time.perf_counter() - start:.1f}s)", flush=True
         )
@@ -141,12 +142,6 @@ def build(
         write_table(user_table, tmp / S.USER_SIDS_FILE, {**common, **user_meta, "seed": user_rqvae.seed})
         write_json({**common, "items": item_meta, "users": user_meta}, tmp / "build.json")
     return out_path, fingerprint
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def build_from_config(

@@ -114,6 +114,17 @@ def _cast(df: pl.DataFrame, col: str, dtype: pl.DataType, path: Path) -> pl.Seri
         ) from err
 
 
+def _string_keys(df: pl.DataFrame, key: str, path: Path, what: str) -> pl.DataFrame:
+    """The entity table with its key column as strings, after checking the key is unique."""
+    df = df.with_columns(pl.col(key).cast(pl.String))
+    dup = df.filter(pl.col(key).is_duplicated())[key].unique().head(5).to_list()
+    if dup:
+        raise InputError(
+            f"duplicate {what} ids, e.g. {dup}", file=path, column=key, fix=f"keep one row per {what} id"
+        )
+    return df
+
+
 def _dense_ids(raw: pl.Series) -> pl.DataFrame:
     """raw id -> dense Int32 code in order of the raw id (numeric order when every id is a number)."""
     uniq = raw.unique()
@@ -279,7 +290,12 @@ def _input_hashes(files: RawFiles) -> dict[str, str]:
 def fingerprint(files: RawFiles, cols: Columns, cfg: PrepareConfig) -> str:
     """Hash of everything a prepared directory is a function of: input file contents, column mapping, config."""
     return sha256_json(
-        {"schema": S.SCHEMA_VERSION, "inputs": _input_hashes(files), "columns": asdict(cols), "config": asdict(cfg)}
+        {
+            "schema": S.SCHEMA_VERSION,
+            "inputs": _input_hashes(files),
+            "columns": asdict(cols),
+            "config": asdict(cfg),
+        }
     )
 
 
@@ -336,15 +352,7 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
     _require(
         items_raw, [item_key, *cols.item_text, *cols.item_features, cols.image_path], files.item, "items"
     )
-    items_raw = items_raw.with_columns(pl.col(item_key).cast(pl.String))
-    dup = items_raw.filter(pl.col(item_key).is_duplicated())[item_key].unique().head(5).to_list()
-    if dup:
-        raise InputError(
-            f"duplicate item ids, e.g. {dup}",
-            file=files.item,
-            column=item_key,
-            fix="keep one row per item id",
-        )
+    items_raw = _string_keys(items_raw, item_key, files.item, "item")
     seen = raw_item.unique()
     unknown = seen.filter(~seen.is_in(items_raw[item_key].implode()))
     if unknown.len():
@@ -409,15 +417,7 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
         users_raw = read_raw(files.user)
         user_key = cols.user_key or cols.user
         _require(users_raw, [user_key, *cols.user_features], files.user, "users")
-        users_raw = users_raw.with_columns(pl.col(user_key).cast(pl.String))
-        dup = users_raw.filter(pl.col(user_key).is_duplicated())[user_key].unique().head(5).to_list()
-        if dup:
-            raise InputError(
-                f"duplicate user ids, e.g. {dup}",
-                file=files.user,
-                column=user_key,
-                fix="keep one row per user id",
-            )
+        users_raw = _string_keys(users_raw, user_key, files.user, "user")
         known = users_raw[user_key].implode()
         unknown = user_codes.filter(~pl.col(S.RAW_USER).is_in(known))[S.RAW_USER]
         if unknown.len():
