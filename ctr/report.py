@@ -702,6 +702,9 @@ def _f(x: float | None, digits: int = 4) -> str:
 def _ms(s: dict[str, Any] | None, digits: int = 4, sign: str = "") -> str:
     if s is None or s["mean"] is None or not math.isfinite(s["mean"]):
         return "n/a"
+    # one seed: a std of 0 would claim a precision that was never measured
+    if "values" in s and sum(v is not None and math.isfinite(v) for v in s["values"]) < 2:
+        return f"{s['mean']:{sign}.{digits}f}"
     return f"{s['mean']:{sign}.{digits}f} ± {s['std']:.{digits}f}"
 
 
@@ -719,7 +722,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "## Models (overall, test)",
         "",
-        "Mean ± std over seeds (std with ddof = 1 when there are >= 2 seeds). "
+        "Mean ± std over seeds (std with ddof = 1; no std with one seed). "
         f"n = {models[target]['overall']['n']:,} test rows per seed.",
         "",
         "| model | role | seeds | AUC | GAUC | logloss | val GAUC | fit s |",

@@ -4,6 +4,9 @@ Writes one directory: item_sids.parquet and user_sids.parquet (metadata: encoder
 alignment probe, seed, data hash, stage fingerprint, version), the aligned encoder state and the two RQ-VAE
 checkpoints `semid assign` needs, and the aligned embeddings. `semid assign` gives new items IDs without touching
 existing ones; `semid inspect` prints a table's health.
+
+Items with an `image_path` (in items.parquet, or in the new items given to `assign`) are embedded from text +
+image by a clip / vlm encoder; alignment then trains the projection heads only (see semid.align).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from semid import data
 from semid import schema as S
-from semid.align import AlignConfig, align, load_aligned_encoder, user_texts
+from semid.align import AlignConfig, align, load_aligned_encoder, usable_images, user_texts
 from semid.encoder import EncoderConfig
 from semid.errors import InputError
 from semid.ids import assign_new, check_health, format_health, health, make_table, read_table, write_table
@@ -77,7 +80,8 @@ def build(
         align_config: collaborative fine-tuning of the encoder (items and users).
         item_rqvae: RQ-VAE for item vectors (levels, codebook sizes, training).
         user_rqvae: RQ-VAE for user vectors.
-        cache: cache directory (embeddings of texts already encoded are reused).
+        cache: cache directory (frozen embeddings of texts and images already encoded are reused when
+            alignment trains the heads only).
         force: rebuild even if `out` holds a build of the same data and config.
 
     Returns:
@@ -103,6 +107,7 @@ def build(
     item_ids = items[S.ITEM].to_numpy()
     user_ids = users[S.USER].to_numpy()
     u_texts, _ = user_texts(users, items, train, n_recent=align_config.user_history)
+    images = items[S.IMAGE_PATH].cast(pl.String).to_list() if S.IMAGE_PATH in items.columns else None
     start = time.perf_counter()
     with staged_dir(out_path) as tmp:
         result = align(
@@ -112,6 +117,8 @@ def build(
             encoder,
             align_config,
             work_dir=tmp / "align_work",
+            images=images,
+            cache=Path(cache) if cache is not None else None,
         )
         state = tmp / ALIGN_STATE
         Path(result.state_path).replace(state)
@@ -160,12 +167,34 @@ def build_from_config(
     return build(**kwargs)
 
 
+def _new_item_images(new: pl.DataFrame, items: str) -> list[str | None] | None:
+    """The optional image_path column of new items: paths (relative ones taken from the items file's folder,
+    as `semid prepare` does) or None where empty; InputError naming the first missing file."""
+    if S.IMAGE_PATH not in new.columns:
+        return None
+    base = Path(items).parent
+    paths = [
+        None if p is None or not p.strip() else str(Path(p) if Path(p).is_absolute() else base / p)
+        for p in new[S.IMAGE_PATH].cast(pl.String).to_list()
+    ]
+    missing = [p for p in paths if p is not None and not Path(p).is_file()]
+    if missing:
+        raise InputError(
+            f"{len(missing)} image files of new items in {items} do not exist (first: {missing[0]!r})",
+            file=missing[0],
+            column=S.IMAGE_PATH,
+            fix="fix the paths (absolute, or relative to the items file) or leave the cell empty",
+        )
+    return paths
+
+
 def assign(semids: str, items: str, out: str | None = None) -> Path:
     """Give new items semantic IDs with the trained aligned encoder and item RQ-VAE; existing IDs never change.
 
     Args:
         semids: a `semid build` output directory.
-        items: parquet/CSV with `item_id` (new dense ids, not in the table) and `text` columns.
+        items: parquet/CSV with `item_id` (new dense ids, not in the table) and `text` columns, and optionally
+            `image_path` (embedded with the text by a clip / vlm encoder; empty = no image).
         out: where to write the new item table (default: replace <semids>/item_sids.parquet atomically).
     """
     root = Path(semids)
@@ -182,9 +211,11 @@ def assign(semids: str, items: str, out: str | None = None) -> Path:
         raise InputError(
             f"{empty.height} new items have empty text", file=items, column=S.TEXT, fix="fill the text"
         )
+    images = _new_item_images(new, items)
     keys = new[S.ITEM].cast(pl.Int64).to_numpy()
     encoder = load_aligned_encoder(EncoderConfig(**meta["encoder"]), root / ALIGN_STATE)
-    emb = encoder.encode_items(new[S.TEXT].cast(pl.String).to_list())  # (N_new, D)
+    texts = new[S.TEXT].cast(pl.String).to_list()
+    emb = encoder.encode_items(texts, usable_images(encoder.encoder, images))  # (N_new, D)
     model = load_rqvae(root / ITEM_RQVAE)
     codes = model.encode(emb)  # (N_new, L)
     table, meta = assign_new(table, meta, keys, codes)

