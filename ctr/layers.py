@@ -276,8 +276,10 @@ class AdaptiveEmbedding(NamedTuple):
 class ClusterGuidedEmbedding(nn.Module):
     """Cluster-guided adaptive embedding of one id space (AKT-Rec): e = g * v + (1 - g) * u.
 
-    v = E[id] (individual), u = sum_l E_l[prefix_l(id)] (cluster, `SIDPrefixEmbedding`), g = `ActivityGate`.
-    `use_cluster=False` -> e = v; `use_gate=False` -> e = v + u. Ids are shifted by one (0 = padding).
+    v = E[id] (individual), u = sum_{l <= cluster_depths} E_l[prefix_l(id)] (cluster, `SIDPrefixEmbedding`),
+    g = `ActivityGate`. `use_cluster=False` -> e = v; `use_gate=False` -> e = v + u. Ids are shifted by one
+    (0 = padding). `cluster_depths` (None = every level) keeps u to the coarse prefixes: the deepest levels of a
+    fine RQ-VAE are nearly one prefix per id, i.e. a second individual embedding rather than a cluster.
     """
 
     def __init__(
@@ -292,8 +294,12 @@ class ClusterGuidedEmbedding(nn.Module):
         gate_mode: Literal["scalar", "vector"] = "scalar",
         max_rows: int = 1 << 20,
         sparse: bool = False,
+        cluster_depths: int | None = None,
     ):
         super().__init__()
+        if cluster_depths is not None and cluster_depths < 1:
+            raise ValueError(f"cluster_depths={cluster_depths} must be >= 1 (or None for every level)")
+        self.cluster_depths = cluster_depths
         self.individual = nn.Embedding(n + 1, dim, padding_idx=0, sparse=sparse)
         init_table(self.individual)
         self.prefix = SIDPrefixEmbedding(sid_sizes, dim, max_rows=max_rows, n_ids=n, sparse=sparse)
@@ -304,7 +310,7 @@ class ClusterGuidedEmbedding(nn.Module):
     def forward(self, ids: Tensor, codes: Tensor, count: Tensor) -> AdaptiveEmbedding:
         v = self.individual(ids)  # (...,) -> (..., d)
         prefixes = self.prefix(codes)  # (..., L) -> (..., L, d)
-        u = prefixes.sum(-2)  # (..., d)
+        u = prefixes[..., : self.cluster_depths, :].sum(-2)  # (..., D, d) -> (..., d)
         if not self.use_cluster:
             return AdaptiveEmbedding(v, v, u, prefixes, None)
         if self.gate is None:

@@ -144,8 +144,9 @@ class CTRTask(L.LightningModule):
             {"params": dense, "weight_decay": self.weight_decay},
             {"params": embedding_tables(self), "weight_decay": 0.0},
         ]
-        # fused: one kernel per step instead of a dozen elementwise passes; 26% faster AKT steps on ML-1M (its
-        # SID-prefix tables hold 5M of its 5.4M parameters), DeepFM unchanged (benchmarks/results/train_loop.md)
+        # fused: one kernel per step instead of a dozen elementwise passes. Measured on ML-1M batches of 2048, one
+        # thread: AKT 96.7 -> 71.7 ms/step (its SID-prefix tables hold 5.0M of its 5.4M parameters), DeepFM
+        # 23.6 -> 23.1 ms/step.
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, fused=True)
 
     # -- evaluation ----------------------------------------------------------------------------------------

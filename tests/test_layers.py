@@ -153,6 +153,13 @@ def test_cluster_guided_embedding_modes():
     alone = layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, use_cluster=False)
     out = alone(ids, codes, count)
     torch.testing.assert_close(out.e, out.v)
+    coarse = layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, use_gate=False, cluster_depths=1)
+    out = coarse(ids, codes, count)
+    torch.testing.assert_close(out.u, out.prefixes[:, 0])  # only the level-1 prefix is the cluster
+    assert out.prefixes.shape == (3, 2, 4)  # every depth is still embedded (the semantic view uses them)
+    torch.testing.assert_close(out.e, out.v + out.prefixes[:, 0])
+    with pytest.raises(ValueError, match="cluster_depths"):
+        layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, cluster_depths=0)
 
 
 def test_prototype_update_is_ema_of_head_only():

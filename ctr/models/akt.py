@@ -5,7 +5,8 @@ item) with semantic-ID codes c_1..c_L and train count n_e:
 
   activity        a_e = log(1 + n_e) / log(1 + n_max)                                          in [0, 1]
   individual      v_e = E[e]
-  cluster         u_e = sum_l E_l[prefix_l(e)]      (one table per prefix depth, `SIDPrefixEmbedding`; a depth's
+  cluster         u_e = sum_{l<=D} E_l[prefix_l(e)] (D = `cluster_depths`, default all; one table per prefix depth,
+                                                     `SIDPrefixEmbedding`; a depth's
                                                      rows: min(codes product, max_prefix_rows, 16 n), hashed)
   gate            g_e = sigmoid(k a_e + b + MLP([a_e, v_e, u_e]))     k = 6, b = -3, MLP output 0 at init
   adaptive        e   = g_e v_e + (1 - g_e) u_e       (use_gate=False: e = v_e + u_e; use_cluster=False: e = v_e)
@@ -93,6 +94,7 @@ class AKT(CTRTask):
         use_fusion: bool = True,
         fusion_mode: Literal["sum", "concat"] = "sum",
         gate_mode: Literal["scalar", "vector"] = "scalar",
+        cluster_depths: int | None = None,
         lambda_cl: float = 0.1,
         tau: float = 0.2,
         proto_momentum: float = 0.9,
@@ -119,6 +121,7 @@ class AKT(CTRTask):
             use_cluster=use_cluster,
             use_gate=use_gate,
             gate_mode=gate_mode,
+            cluster_depths=cluster_depths,
             max_rows=max_prefix_rows,
             sparse=sparse_embeddings,
         )
