@@ -1,13 +1,26 @@
-"""Shared fixtures: seeded synthetic raw files and a prepared dataset directory built by the real `prepare`."""
+"""Shared fixtures: seeded synthetic raw files, a prepared dataset directory built by the real `prepare`, and a
+one-thread torch setting for modules of tiny models."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on an oversubscribed CPU OpenMP spin-waiting makes them
+    20-50x slower. A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`; the setting is
+    restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

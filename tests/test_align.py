@@ -23,13 +23,7 @@ Groups = tuple[list[str], list[str], pl.DataFrame, pl.DataFrame]  # item texts, 
 Run = tuple[al.AlignResult, EncoderConfig]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on a shared 2-core machine (20x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 WORDS = [

@@ -11,15 +11,7 @@ import torch
 from ctr import layers
 from ctr.batch import Batch, DataSpec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on an oversubscribed CPU OpenMP spin-waiting makes them
-    ~50x slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def test_activity_and_first_occurrence():

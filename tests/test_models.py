@@ -39,14 +39,7 @@ FAMILIES = {
 AKT_SMALL = FAMILIES["akt"][1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on an oversubscribed CPU OpenMP spin-waiting makes them
-    ~50x slower; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def codes(sizes: tuple[int, ...], shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:

@@ -34,13 +34,7 @@ RQ = RQVAEConfig(levels=2, codebook_size=4, max_epochs=15, batch_size=32, min_le
 ALIGN = AlignConfig(max_epochs=2, max_pairs=400, batch_size=64, lr=1e-2, holdout=0.15)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread avoids OpenMP spin-waiting on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
 
 def _word_tokenizer(specials: list[str], *, model_max_length: int, wrap: tuple[str, str] | None = None):
