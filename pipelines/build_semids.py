@@ -172,12 +172,7 @@ def _new_item_images(new: pl.DataFrame, items: str) -> list[str | None] | None:
     as `semid prepare` does) or None where empty; InputError naming the first missing file."""
     if S.IMAGE_PATH not in new.columns:
         return None
-    base = Path(items).parent
-    paths = [
-        None if p is None or not p.strip() else str(Path(p) if Path(p).is_absolute() else base / p)
-        for p in new[S.IMAGE_PATH].cast(pl.String).to_list()
-    ]
-    missing = [p for p in paths if p is not None and not Path(p).is_file()]
+    paths, missing = data.resolve_image_paths(new[S.IMAGE_PATH].cast(pl.String).to_list(), Path(items).parent)
     if missing:
         raise InputError(
             f"{len(missing)} image files of new items in {items} do not exist (first: {missing[0]!r})",

@@ -170,6 +170,16 @@ def render_text(df: pl.DataFrame, template: str, cols: Columns, path: Path) -> p
     return pl.concat_str(parts) if parts else pl.lit("")
 
 
+def resolve_image_paths(paths: list[str | None], base: Path) -> tuple[list[str | None], list[str]]:
+    """Image paths made absolute (relative ones are taken from `base`, the items file's folder; empty -> None),
+    and those of them that are not files."""
+    resolved = [
+        None if p is None or not p.strip() else str(Path(p) if Path(p).is_absolute() else base / p)
+        for p in paths
+    ]
+    return resolved, [p for p in resolved if p is not None and not Path(p).is_file()]
+
+
 def _all_empty(df: pl.DataFrame, names: list[str]) -> pl.Expr:
     """True where every one of the text columns is null or blank: such an item has no content to encode."""
     empty = []
@@ -398,10 +408,7 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
             fix="fill the text columns of those items (or drop the items and their interactions)",
         )
     if cols.image_path:
-        base = files.item.parent
-        paths = items[S.IMAGE_PATH].to_list()
-        resolved = [None if p in (None, "") else str(p if Path(p).is_absolute() else base / p) for p in paths]
-        missing = [p for p in resolved if p is not None and not Path(p).exists()]
+        resolved, missing = resolve_image_paths(items[S.IMAGE_PATH].to_list(), files.item.parent)
         if missing:
             raise InputError(
                 f"{len(missing)} image files do not exist, e.g. {missing[:3]}",
