@@ -100,3 +100,25 @@ PREDICTIONS = pl.Schema(
     }
 )
 PREDICTIONS_FILE = "predictions.parquet"
+
+
+# -- run directory layout (semid run; read by the report) ------------------------------------------------
+PREPARED_DIR = "prepared"  # <run>/prepared: a prepared dataset directory
+SEMIDS_DIR = "semids"  # <run>/semids: item_sids.parquet, user_sids.parquet and what `semid assign` needs
+MODELS_DIR = "models"  # <run>/models/<model>/seed<k>/
+REPORT_DIR = "report"  # <run>/report: report.md, report.json, plots
+METRICS_FILE = "metrics.json"  # <run>/models/<model>/seed<k>/metrics.json, written last: marks the fit done
+LOGS_DIR = "logs"
+CHECKPOINTS_DIR = "checkpoints"
+ALIGN_STATE_FILE = "aligned_encoder.pt"  # <semids>/aligned_encoder.pt
+ITEM_RQVAE_FILE = "item_rqvae.pt"
+USER_RQVAE_FILE = "user_rqvae.pt"
+ITEM_EMB_FILE = "item_embeddings.parquet"
+USER_EMB_FILE = "user_embeddings.parquet"
+OUTPUT_MARKER = ".semid-output.json"
+"""Written into every output directory a command owns ({"command": ..., "version": ...}); a command replaces or
+deletes a directory only if this marker says the same command wrote it (see semid.io)."""
+
+
+def seed_dir_name(seed: int) -> str:
+    return f"seed{seed}"
