@@ -4,17 +4,23 @@ Functional forms are vectorised torch (no per-group Python loop); the `Metric` c
 `cat` states, so they are exact (not binned) and correct under DDP. Ties count one half (average ranks).
 GAUC follows DIN / FuxiCTR: a group with a single label class has no AUC and is left out of the numerator and the
 denominator. torchmetrics' RetrievalAUROC differs on both counts (unweighted, one-class groups scored 0).
+
+This module is the one GAUC implementation: `user_auc` gives the per-group parts and `gauc_from_users` folds them
+(optionally re-weighted by bootstrap counts); the Metric classes, `ctr.report` and its bootstrap all call these.
+Every function refuses non-finite scores (NonFiniteScoreError): a rank-based AUC of NaN scores would look like 0.5.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
+from semid.errors import InputError
 from semid.schema import BUCKETS
 
 LOGLOSS_EPS = 1e-7
@@ -57,20 +63,74 @@ def _rank_auc_parts(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tens
     return rank_pos, n_pos, n_all
 
 
-def _group_auc(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
-    """AUC of every group (NaN where one class only) and its number of rows."""
+class NonFiniteScoreError(InputError):
+    """Scores with NaN or inf: a model that diverged (or a corrupt predictions file); no metric is computed."""
+
+
+class UserAUC(NamedTuple):
+    """Per group (user), in ascending group order: the id, its AUC (NaN where it has one label class only), its
+    rows (impressions) and positives."""
+
+    group: Tensor  # (G,) long
+    auc: Tensor  # (G,) float64, NaN where undefined
+    n: Tensor  # (G,) float64
+    n_pos: Tensor  # (G,) float64
+
+
+def user_auc(preds: Tensor, target: Tensor, groups: Tensor) -> UserAUC:
+    """AUC of every group (ties count 1/2), its rows and positives: the parts GAUC and its bootstrap are made of."""
+    _check(preds, target, groups)
+    if preds.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.float64, device=preds.device)
+        return UserAUC(torch.zeros(0, dtype=torch.long, device=preds.device), empty, empty, empty)
     rank_pos, n_pos, n_all = _rank_auc_parts(preds, target, groups)
     n_neg = n_all - n_pos
     auc_g = (rank_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)  # NaN (0/0) or inf/NaN where one class
     auc_g = torch.where((n_pos > 0) & (n_neg > 0), auc_g, torch.full_like(auc_g, math.nan))
-    return auc_g, n_all
+    ids = torch.unique(groups.detach().reshape(-1).long())  # (G,) sorted, as the groups of _rank_auc_parts
+    return UserAUC(ids, auc_g, n_all, n_pos)
 
 
-def _check(preds: Tensor, target: Tensor, groups: Tensor | None = None) -> None:
+def gauc_from_users(auc_g: Tensor, n: Tensor, counts: Tensor | None = None) -> Tensor:
+    """Impression-weighted mean of per-group AUCs, leaving out groups whose AUC is NaN.
+
+    auc_g, n: (G,) or (G, S) (S = e.g. seeds; a group absent from a column has NaN AUC there). counts: optional
+    (B, G) bootstrap multiplicities of the groups. Returns (), (S,), (B,) or (B, S) float64; NaN where no
+    group with an AUC is left (0 / 0).
+    """
+    ok = torch.isfinite(auc_g)
+    num = torch.where(ok, auc_g.to(torch.float64) * n.to(torch.float64), 0.0)  # (G, ...)
+    den = torch.where(ok, n.to(torch.float64), 0.0)  # (G, ...)
+    if counts is None:
+        return num.sum(0) / den.sum(0)
+    counts = counts.to(torch.float64)  # (B, G)
+    flat = (counts @ num.reshape(num.shape[0], -1)) / (counts @ den.reshape(den.shape[0], -1))  # (B, S')
+    return flat.reshape(counts.shape[0], *num.shape[1:])
+
+
+def gauc_users(preds: Tensor, target: Tensor, groups: Tensor) -> int:
+    """How many groups GAUC rests on: those with both label classes."""
+    return int(torch.isfinite(user_auc(preds, target, groups).auc).sum())
+
+
+def _check_sizes(preds: Tensor, target: Tensor, groups: Tensor | None = None) -> None:
     if preds.numel() != target.numel() or (groups is not None and groups.numel() != preds.numel()):
         raise ValueError(
             f"preds, target{', groups' if groups is not None else ''} differ in size: {preds.numel()}, "
             f"{target.numel()}{f', {groups.numel()}' if groups is not None else ''}"
+        )
+
+
+def _check(preds: Tensor, target: Tensor, groups: Tensor | None = None) -> None:
+    """Sizes agree and every score is finite (one device sync; the Metrics check at compute, not per batch)."""
+    _check_sizes(preds, target, groups)
+    finite = torch.isfinite(preds.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteScoreError(
+            f"{bad} of {preds.numel()} scores are NaN or inf; no metric is computed from them",
+            fix="the model diverged or the predictions are corrupt: lower the learning rate or check the inputs, "
+            "then re-run",
         )
 
 
@@ -79,8 +139,8 @@ def auc(preds: Tensor, target: Tensor) -> float:
     _check(preds, target)
     if preds.numel() == 0:
         return math.nan
-    auc_g, _ = _group_auc(preds, target, torch.zeros(preds.numel(), dtype=torch.long, device=preds.device))
-    return float(auc_g[0])
+    parts = user_auc(preds, target, torch.zeros(preds.numel(), dtype=torch.long, device=preds.device))
+    return float(parts.auc[0])
 
 
 def gauc(preds: Tensor, target: Tensor, groups: Tensor) -> float:
@@ -89,11 +149,8 @@ def gauc(preds: Tensor, target: Tensor, groups: Tensor) -> float:
     _check(preds, target, groups)
     if preds.numel() == 0:
         return math.nan
-    auc_g, n_all = _group_auc(preds, target, groups)
-    ok = ~torch.isnan(auc_g)
-    if not bool(ok.any()):
-        return math.nan
-    return float((auc_g[ok] * n_all[ok]).sum() / n_all[ok].sum())
+    parts = user_auc(preds, target, groups)
+    return float(gauc_from_users(parts.auc, parts.n))
 
 
 def logloss(preds: Tensor, target: Tensor, eps: float = LOGLOSS_EPS) -> float:
@@ -123,7 +180,7 @@ class _CatMetric(Metric):
 
 
 class GAUC(_CatMetric):
-    """Impression-weighted group AUC (see `gauc`) over all updates."""
+    """Impression-weighted group AUC (see `gauc`) over all updates; compute() refuses non-finite scores."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -132,7 +189,7 @@ class GAUC(_CatMetric):
         self.add_state("groups", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Tensor, target: Tensor, groups: Tensor) -> None:
-        _check(preds, target, groups)
+        _check_sizes(preds, target, groups)
         self.preds.append(preds.detach().reshape(-1))
         self.target.append(target.detach().reshape(-1))
         self.groups.append(groups.detach().reshape(-1).long())
@@ -149,6 +206,7 @@ class CTRMetrics(_CatMetric):
 
     compute() keys: "auc", "gauc", "logloss", "n", "pos_rate", and f"{kind}_{bucket}/{name}" for kind in
     (item, user), bucket in semid.schema.BUCKETS, name in (auc, gauc, logloss, n). NaN where undefined.
+    compute() raises NonFiniteScoreError if any stored score is NaN or inf.
     """
 
     def __init__(self) -> None:
@@ -160,8 +218,8 @@ class CTRMetrics(_CatMetric):
         self, preds: Tensor, target: Tensor, user: Tensor, item_bucket: Tensor, user_bucket: Tensor
     ) -> None:
         """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, item_bucket / user_bucket (B,) BUCKETS indices."""
-        _check(preds, target, user)
-        _check(preds, item_bucket, user_bucket)
+        _check_sizes(preds, target, user)
+        _check_sizes(preds, item_bucket, user_bucket)
         self.preds.append(preds.detach().reshape(-1))
         self.target.append(target.detach().reshape(-1))
         self.user.append(user.detach().reshape(-1).long())

@@ -8,7 +8,18 @@ import warnings
 import pytest
 import torch
 
-from ctr.metrics import GAUC, CTRMetrics, auc, gauc, logloss
+from ctr.metrics import (
+    GAUC,
+    CTRMetrics,
+    NonFiniteScoreError,
+    auc,
+    gauc,
+    gauc_from_users,
+    gauc_users,
+    logloss,
+    user_auc,
+)
+from semid.errors import InputError
 from semid.schema import BUCKETS
 
 
@@ -143,3 +154,64 @@ def test_ctr_metrics_without_updates_is_all_nan() -> None:
     assert (
         out["auc"] == 1.0 and out["gauc"] == 1.0 and out["item_head/auc"] == 1.0 and out["user_torso/n"] == 2
     )
+
+
+def test_user_auc_parts_match_the_oracle_and_fold_into_gauc() -> None:
+    preds, target, user = random_data(11)
+    parts = user_auc(preds, target, user)
+    assert parts.group.tolist() == sorted(set(user.tolist()))
+    for g, a, n, n_pos in zip(
+        parts.group.tolist(), parts.auc.tolist(), parts.n.tolist(), parts.n_pos.tolist()
+    ):
+        rows = (user == g).nonzero().squeeze(1)
+        assert_close(a, oracle_auc(preds[rows].tolist(), target[rows].tolist()))
+        assert n == len(rows) and n_pos == int(target[rows].sum())
+    assert_close(float(gauc_from_users(parts.auc, parts.n)), gauc(preds, target, user))
+    assert gauc_users(preds, target, user) == sum(
+        len(set(target[user == g].tolist())) == 2 for g in set(user.tolist())
+    )
+    # bootstrap weights: counting a user twice = the oracle on data where that user's rows appear twice
+    counts = torch.ones(2, len(parts.group), dtype=torch.float64)
+    counts[1, 0], counts[1, 3] = 2.0, 0.0
+    both = gauc_from_users(parts.auc, parts.n, counts)  # (2,)
+    keep = user != parts.group[3]
+    twice = user == parts.group[0]
+    p2 = torch.cat([preds[keep], preds[twice]])
+    y2 = torch.cat([target[keep], target[twice]])
+    u2 = torch.cat([user[keep], user[twice] + 10_000])  # the copy is its own user
+    assert_close(float(both[0]), gauc(preds, target, user))
+    assert_close(float(both[1]), oracle_gauc(p2.tolist(), y2.tolist(), u2.tolist()))
+    # (G, S) columns are folded independently; a group absent from a column has NaN AUC there
+    two = torch.stack([parts.auc, torch.full_like(parts.auc, math.nan)], 1)
+    out = gauc_from_users(two, torch.stack([parts.n, parts.n], 1), counts)  # (2, 2)
+    assert out.shape == (2, 2) and math.isnan(float(out[0, 1]))
+    assert_close(float(out[0, 0]), float(both[0]))
+    assert_close(float(out[1, 0]), float(both[1]))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_are_refused(bad: float) -> None:
+    """Issue 11: all-NaN predictions gave AUC ~0.5 and a finite GAUC; every metric must refuse them."""
+    preds, target, user = random_data(2)
+    all_bad = torch.full_like(preds, bad)
+    one_bad = preds.clone()
+    one_bad[5] = bad
+    for p in (all_bad, one_bad):
+        calls = (
+            lambda p=p: auc(p, target),
+            lambda p=p: gauc(p, target, user),
+            lambda p=p: logloss(p, target),
+        )
+        for call in calls:
+            with pytest.raises(NonFiniteScoreError, match="NaN or inf") as err:
+                call()
+            assert isinstance(err.value, InputError) and "learning rate" in err.value.fix
+    metric = GAUC()
+    metric.update(one_bad, target, user)  # storing is cheap and unchecked; compute refuses
+    with pytest.raises(NonFiniteScoreError):
+        metric.compute()
+    ctr = CTRMetrics()
+    zeros = torch.zeros_like(user)
+    ctr.update(all_bad.float(), target, user, zeros, zeros)
+    with pytest.raises(NonFiniteScoreError):
+        ctr.compute()

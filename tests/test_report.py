@@ -1,5 +1,5 @@
 """ctr.report on a synthetic run directory: files, documented JSON keys, values against ctr.metrics, deltas, the
-baseline rule, the bootstrap, input errors and hand-computed semantic-ID health."""
+baseline rule, the floor, GAUC user counts, the bootstrap, input errors and hand-computed semantic-ID health."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from ctr.report import (
     BUCKET_KINDS,
     bootstrap_gauc_delta,
     build_report,
-    main,
     merge_health,
     read_sid_table,
     roles,
@@ -27,23 +26,32 @@ from ctr.report import (
     sid_health,
     user_auc_table,
 )
-from semid import schema
+from pipelines.report import main
+from semid import ids, schema
 from semid.errors import InputError
 from semid.io import write_parquet
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "report.md"
-STRENGTH = {"akt": 1.6, "akt_no_gate": 1.2, "deepfm": 1.0, "dcnv2": 0.8}  # signal of the label in the score
+STRENGTH = {
+    "akt": 1.6,
+    "akt_no_gate": 1.2,
+    "deepfm": 1.0,
+    "dcnv2": 0.8,
+    "floor": 0.9,
+}  # label signal in score
 VAL_GAUC = {
     "akt": 0.75,
     "akt_no_gate": 0.72,
     "deepfm": 0.70,
     "dcnv2": 0.71,
-}  # dcnv2 wins on val, deepfm on test
+    "floor": 0.69,
+}  # dcnv2 wins on val, deepfm on test; dcnv2 does not beat the floor
 SEEDS = (0, 1)
 
 
 def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int = 300) -> Path:
-    """4 models x 2 seeds of 2,000 predictions (scores rounded: ties), one-class users, ID tables with metadata."""
+    """5 models x 2 seeds of 2,000 predictions (scores rounded: ties), one-class users, ID tables with metadata.
+    Users >= 90 are in the "cold" user bucket only: few GAUC users there (the † mark)."""
     rng = np.random.default_rng(0)
     n = n_users * per_user
     user = np.repeat(np.arange(n_users), per_user).astype(np.int32)
@@ -64,7 +72,7 @@ def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int
                     schema.LABEL: label,
                     schema.SCORE: score,
                     schema.ITEM_BUCKET: names[item % 4],
-                    schema.USER_BUCKET: names[np.minimum(user % 5, 3)],
+                    schema.USER_BUCKET: np.where(user >= 90, "cold", names[np.minimum(user % 5, 2)]),
                 }
             ).cast(dict(schema.PREDICTIONS))
             write_parquet(frame, d / schema.PREDICTIONS_FILE)
@@ -81,12 +89,17 @@ def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int
         (schema.USER, n_users, schema.USER_SIDS_FILE),
     ):
         codes = np.stack([np.minimum(rng.zipf(1.5, n_ent) - 1, s - 1) for s in sizes], 1).astype(np.int32)
-        cols = [schema.sid_column(i) for i in range(len(sizes))]
-        table = pl.DataFrame({key: np.arange(n_ent, dtype=np.int32), **dict(zip(cols, codes.T))})
-        table = table.with_columns(pl.int_range(pl.len()).over(cols).cast(pl.Int32).alias(schema.SID_DEDUP))
-        write_parquet(
-            table, root / "semids" / file, {"levels": 3, "codebook_sizes": sizes, "encoder": "tiny"}
+        table = ids.make_table(np.arange(n_ent), codes, key=key)
+        meta = ids.table_meta(
+            key=key,
+            codebook_sizes=sizes,
+            health=ids.health(table, sizes),
+            encoder="tiny",
+            seed=0,
+            data_hash="h",
         )
+        (root / "semids").mkdir(exist_ok=True)
+        ids.write_table(table, root / "semids" / file, meta)
     return root
 
 
@@ -161,6 +174,7 @@ PLACEHOLDERS = {
     "<bucket>": schema.BUCKETS,
     "<table>": ("item", "user"),
     "<model>": None,  # every key of the dict
+    "<other>": None,  # every key of the dict (models other than the floor)
 }
 
 
@@ -202,6 +216,7 @@ def test_report_json_has_every_documented_key(built):
         "akt_no_gate": "ablation",
         "deepfm": "baseline",
         "dcnv2": "baseline",
+        "floor": "floor",
     }
     json.loads((built[0] / "report" / "report.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
@@ -281,6 +296,7 @@ def test_best_baseline_by_val_gauc_then_by_test_gauc(built, tmp_path):
     assert (
         chosen.baselines == ["dcnv2"] and chosen.others == ["deepfm"] and chosen.ablations == ["akt_no_gate"]
     )
+    assert chosen.floor == "floor"
     assert select_best(chosen.baselines, again["models"]).best == "dcnv2"
     with pytest.raises(InputError, match="baselines"):
         roles(list(models), "akt", ["akt"], copy)
@@ -390,7 +406,7 @@ def hand_table() -> pl.DataFrame:
 
 
 def test_health_equals_hand_computed():
-    h = sid_health(hand_table(), ["sid_0", "sid_1"], [4, 3])
+    h = sid_health(hand_table(), [4, 3])
     bits = -(0.5 * math.log2(0.5) + 2 / 6 * math.log2(2 / 6) + 1 / 6 * math.log2(1 / 6))  # counts 3, 2, 1
     assert [lv["used"] for lv in h["per_level"]] == [3, 3]
     assert [lv["utilization"] for lv in h["per_level"]] == [0.75, 1.0]
@@ -402,22 +418,42 @@ def test_health_equals_hand_computed():
 
 
 def test_metadata_health_wins_and_disagreement_is_flagged(tmp_path):
-    recomputed = sid_health(hand_table(), ["sid_0", "sid_1"], [4, 3])
+    recomputed = sid_health(hand_table(), [4, 3])
     merged = merge_health(recomputed, {"collision_rate": 0.5, "levels": [{"utilization": 0.75}]})
     assert merged["collision_rate"] == 0.5 and merged["source"]["collision_rate"] == "metadata"
     assert merged["largest_bucket"] == 2 and merged["source"]["largest_bucket"] == "recomputed"
     assert merged["source"]["per_level"][0]["utilization"] == "metadata"
     assert merged["mismatches"] == ["collision_rate"]
-    # read from a file: no health in the metadata -> every value recomputed; sizes from the metadata
+    # read from a file (through semid.ids.read_table): metadata health as written, sizes from the metadata
     path = tmp_path / schema.ITEM_SIDS_FILE
-    write_parquet(hand_table(), path, {"levels": 2, "codebook_sizes": [4, 3]})
+    meta = ids.table_meta(
+        key=schema.ITEM, codebook_sizes=[4, 3], health={}, encoder="tiny", seed=0, data_hash="h"
+    )
+    ids.write_table(hand_table(), path, meta)
     table = read_sid_table(path, schema.ITEM)
     assert table.health["collision_rate"] == 2 / 6 and table.health["codebook_sizes"] == [4, 3]
+    assert table.health["source"]["collision_rate"] == "recomputed"
     assert [p["n_prefixes"] for p in table.health["prefix_sizes"]] == [3, 4]
     assert sorted(table.prefixes[0].tolist()) == [1, 2, 3] and table.counts[0].tolist() == [3, 2, 1, 0]
-    write_parquet(hand_table().drop(schema.SID_DEDUP), path, {"codebook_sizes": [4, 3]})
-    with pytest.raises(InputError, match="sid_dedup"):
+
+
+def test_id_tables_are_validated_by_the_one_reader(tmp_path):
+    """The report has no validation of its own: semid.ids.read_table's errors (file + column) reach the user."""
+    path = tmp_path / schema.ITEM_SIDS_FILE
+    meta = ids.table_meta(
+        key=schema.ITEM, codebook_sizes=[4, 3], health={}, encoder="tiny", seed=0, data_hash="h"
+    )
+    write_parquet(hand_table().drop(schema.SID_DEDUP), path, meta)
+    with pytest.raises(InputError, match="sid_dedup") as err:
         read_sid_table(path, schema.ITEM)
+    assert err.value.file == str(path)
+    write_parquet(hand_table(), path, {**meta, "codebook_sizes": [2, 3]})  # code 2 at level 0 is out of range
+    with pytest.raises(InputError, match="codes outside") as err:
+        read_sid_table(path, schema.ITEM)
+    assert err.value.column == "sid_0"
+    ids.write_table(hand_table(), path, meta)
+    with pytest.raises(InputError, match="user_id"):  # an item table where the user table belongs
+        read_sid_table(path, schema.USER)
 
 
 def test_main_cli(built, tmp_path):
@@ -434,3 +470,118 @@ def test_main_cli(built, tmp_path):
         and report["significance"]["bootstrap"]["seed"] == 1
     )
     assert (copy / "report" / "report.json").is_file()
+
+
+# -- GAUC users, the floor (issue 13) ----------------------------------------------------------------------------
+
+
+def gauc_user_count(rows: pl.DataFrame) -> int:
+    both = rows.group_by(schema.USER).agg(pl.col(schema.LABEL).n_unique() == 2)
+    return int(both[schema.LABEL].sum())
+
+
+def test_every_gauc_cell_counts_its_users_and_marks_few(built):
+    run, report = built
+    assert report["min_gauc_users"] == 50
+    for model in STRENGTH:
+        summary = report["models"][model]
+        for i, seed in enumerate(SEEDS):
+            frame = predictions(run, model, seed)
+            assert summary["overall"]["n_users_values"][i] == gauc_user_count(frame)
+            for kind, column in BUCKET_KINDS.items():
+                for b in schema.BUCKETS:
+                    rows = frame.filter(pl.col(column) == b)
+                    assert summary[kind][b]["n_users_values"][i] == gauc_user_count(rows)
+    akt = report["models"]["akt"]
+    assert akt["overall"]["n_users"] == 94 and akt["user_buckets"]["cold"]["n_users"] < 50
+    assert report["deltas"]["user_buckets"]["cold"]["n_users"] == akt["user_buckets"]["cold"]["n_users"]
+    md = (run / "report" / "report.md").read_text()
+    main_row = next(line for line in md.splitlines() if line.startswith("| akt | target |"))
+    assert f"(u={akt['overall']['n_users']})" in main_row and "†" not in main_row  # 94 users: not marked
+    cold = akt["user_buckets"]["cold"]
+    cold_row = next(line for line in md.splitlines() if line.startswith(f"| cold | {cold['n']:,} | akt |"))
+    assert f"(u={cold['n_users']} †)" in cold_row  # few users: shown and marked
+    assert "† fewer than 50 users" in md
+
+
+def test_models_are_shown_against_the_floor_and_losers_flagged(built):
+    run, report = built
+    floor = report["floor"]
+    assert floor["model"] == "floor" and report["roles"]["floor"] == "floor"
+    assert "floor" not in report["baselines"] and report["model_order"][0] == "floor"
+    assert set(floor["models"]) == set(STRENGTH) - {"floor"}
+    models = report["models"]
+    for name, d in floor["models"].items():
+        for m in ("auc", "gauc"):
+            want = 100 * (models[name]["overall"][m]["mean"] - models["floor"]["overall"][m]["mean"])
+            assert close(d["overall"][m], want)
+        assert d["beats_floor"] == (d["overall"]["auc"] > 0 and d["overall"]["gauc"] > 0)
+    # dcnv2 carries less signal than the floor in the synthetic scores (same noise): it must be flagged
+    assert floor["models"]["dcnv2"]["beats_floor"] is False and floor["models"]["akt"]["beats_floor"] is True
+    md = (run / "report" / "report.md").read_text()
+    assert "## Against the floor `floor`" in md
+    section = md.split("## Against the floor", 1)[1].split("\n## ", 1)[0]
+    dcnv2_row = next(line for line in section.splitlines() if line.startswith("| dcnv2 | baseline | "))
+    akt_row = next(line for line in section.splitlines() if line.startswith("| akt | target | "))
+    assert "**NO**" in dcnv2_row and "| yes |" in akt_row and "**`dcnv2` does not beat it**" in md
+    # no floor in the run (or floor=None): no comparison, "floor" is then an ordinary baseline
+    assert roles(list(models), "akt", None, run, floor=None).floor is None
+    assert "floor" in roles(list(models), "akt", None, run, floor=None).baselines
+    assert roles(list(models), "akt", None, run, floor="bias_only").floor is None
+    with pytest.raises(InputError, match="also the floor"):
+        roles(list(models), "floor", None, run)
+
+
+# -- bad inputs (issue 11) ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ['{"val": {"gauc": 0.7', "", "[1, 2]", "\xff\xfe"])
+def test_corrupt_metrics_json_is_one_input_error(built, tmp_path, text):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    path = copy / "models" / "deepfm" / "seed1" / "metrics.json"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError, match="JSON") as err:
+        build_report(copy, n_boot=10)
+    assert err.value.file == str(path) and "re-run the fit" in err.value.fix
+    assert not (copy / "report").exists()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, None, 1.5])
+def test_predictions_with_non_finite_or_impossible_scores_are_refused(built, tmp_path, bad):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    path = copy / "models" / "akt" / "seed0" / schema.PREDICTIONS_FILE
+    frame = pl.read_parquet(path)
+    scores = frame[schema.SCORE].to_list()
+    scores[7] = bad
+    write_parquet(frame.with_columns(pl.Series(schema.SCORE, scores, dtype=pl.Float32)), path)
+    with pytest.raises(InputError) as err:
+        build_report(copy, n_boot=10)
+    assert err.value.file == str(path) and err.value.column == schema.SCORE
+    assert not (copy / "report").exists()
+
+
+def test_a_report_folder_that_is_not_a_report_is_never_replaced(built, tmp_path):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    (copy / "report").mkdir()
+    (copy / "report" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty and was not written by `report`"):
+        build_report(copy, n_boot=10)
+    assert [p.name for p in (copy / "report").iterdir()] == ["notes.txt"]
+    assert (copy / "report" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in copy.iterdir()) == ["models", "report", "semids"]  # no staging left behind
+
+
+def test_ctr_report_command_turns_a_corrupt_run_into_one_line(built, tmp_path, capsys):
+    from pipelines.cli import main as cli_main
+
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    (copy / "models" / "akt" / "seed0" / "metrics.json").write_text('{"val": ')
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["ctr", "report", str(copy), "--n_boot", "5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "metrics.json" in err and "fix:" in err

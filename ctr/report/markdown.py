@@ -1,0 +1,282 @@
+"""report.md: the summary paragraph and every table (models, buckets, floor, deltas, ablations, ID health)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ctr.report.stats import BUCKET_KINDS, BUCKET_TITLES
+from semid import schema
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def _ms(s: dict[str, Any] | None, digits: int = 4, sign: str = "") -> str:
+    if s is None or s["mean"] is None or not math.isfinite(s["mean"]):
+        return "n/a"
+    # one seed: a std of 0 would claim a precision that was never measured
+    if "values" in s and sum(v is not None and math.isfinite(v) for v in s["values"]) < 2:
+        return f"{s['mean']:{sign}.{digits}f}"
+    return f"{s['mean']:{sign}.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _users(cell: dict[str, Any], min_users: int) -> str:
+    """ " (u=85)" or " (u=12 †)": the users a GAUC rests on (fewest over seeds), marked below `min_users`."""
+    n = cell.get("n_users")
+    if n is None:
+        return ""
+    return f" (u={n:,}{' †' if n < min_users else ''})"
+
+
+def _gauc(cell: dict[str, Any], min_users: int) -> str:
+    """A GAUC cell: mean ± std and the users it rests on."""
+    return f"{_ms(cell['gauc'])}{_users(cell, min_users)}"
+
+
+def _users_note(min_users: int, marked: bool) -> list[str]:
+    note = "GAUC: u = users it rests on (users with both label classes; the fewest over seeds)." + (
+        f" † fewer than {min_users} users: the GAUC is an average of few per-user AUCs and noisy; read it "
+        "with care (it is shown, not hidden)."
+        if marked
+        else ""
+    )
+    return ["", note]
+
+
+def _any_marked(cells: list[dict[str, Any]], min_users: int) -> bool:
+    return any(c.get("n_users") is not None and c["n_users"] < min_users for c in cells)
+
+
+def _signed(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    models, target, best = report["models"], report["target"], report["best_baseline"]
+    order = report["model_order"]
+    k = report["min_gauc_users"]
+    lines = [f"# CTR report: {report['run']}", ""]
+    if report.get("dataset"):
+        lines += [f"Dataset: {report['dataset']}.", ""]
+    lines += [summary_paragraph(report), ""]
+    lines += [
+        "## Models (overall, test)",
+        "",
+        "Mean ± std over seeds (std with ddof = 1; no std with one seed). "
+        f"n = {models[target]['overall']['n']:,} test rows per seed.",
+        "",
+        "| model | role | seeds | AUC | GAUC | logloss | val GAUC | fit s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in order:
+        m = models[name]
+        lines.append(
+            f"| {name} | {report['roles'][name]} | {len(m['seeds'])} | {_ms(m['overall']['auc'])} "
+            f"| {_gauc(m['overall'], k)} | {_ms(m['overall']['logloss'])} | {_ms(m['val_gauc'])} "
+            f"| {_ms(m['fit_seconds'], 1)} |"
+        )
+    lines += _users_note(k, _any_marked([models[n]["overall"] for n in order], k))
+    for kind in BUCKET_KINDS:
+        lines += [
+            "",
+            f"## By {BUCKET_TITLES[kind]} bucket",
+            "",
+            "| bucket | n | model | AUC | GAUC | logloss |",
+            "|---|---|---|---|---|---|",
+        ]
+        for b in schema.BUCKETS:
+            for name in order:
+                cell = models[name][kind][b]
+                lines.append(
+                    f"| {b} | {cell['n']:,} | {name} | {_ms(cell['auc'])} | {_gauc(cell, k)} "
+                    f"| {_ms(cell['logloss'])} |"
+                )
+        lines += _users_note(k, _any_marked([models[n][kind][b] for n in order for b in schema.BUCKETS], k))
+    lines += floor_table(report)
+    if best is not None:
+        lines += delta_table(report)
+    lines += ablation_table(report)
+    lines += health_table(report)
+    lines += ["", "## Plots", ""]
+    lines += [f"- [{p}]({p})" for p in report["plots"]]
+    lines += [""]
+    lines += [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def summary_paragraph(report: dict[str, Any]) -> str:
+    target, best = report["target"], report["best_baseline"]
+    floor = report["floor"]
+    floor_text = ""
+    if floor is not None:
+        losers = [m for m, d in floor["models"].items() if not d["beats_floor"]]
+        floor_text = f" Against the floor `{floor['model']}`: " + (
+            f"**{', '.join(f'`{m}`' for m in losers)} {'does' if len(losers) == 1 else 'do'} not beat it**."
+            if losers
+            else "every model beats it."
+        )
+    if best is None:
+        return f"Target model `{target}`; the run has no baseline, so no deltas are reported.{floor_text}"
+    d, sig = report["deltas"], report["significance"]
+    paired = sig["paired"]["overall"]["gauc"]
+    boot = sig["bootstrap"]["overall"]
+
+    def bucket(b: str) -> str:
+        cell = d["item_buckets"][b]
+        bs = sig["bootstrap"]["item_buckets"][b]
+        return (
+            f"{b} items (n = {cell['n']:,}): AUC {_signed(cell['auc'], 2)}, GAUC {_signed(cell['gauc'], 2)} "
+            f"(95% CI [{_signed(bs['ci_low'], 2)}, {_signed(bs['ci_high'], 2)}])"
+        )
+
+    return (
+        f"Target `{target}` vs the best baseline `{best}` ({report['selection_rule_text']}): overall AUC "
+        f"{_signed(d['overall']['auc'], 2)} points and GAUC {_signed(d['overall']['gauc'], 2)} points (x100). "
+        f"Paired over {paired['n_seeds']} seed(s), the GAUC delta is {_signed(paired['mean'], 2)} ± "
+        f"{_f(paired['std'], 2)} and positive in {paired['positive']}/{paired['n_seeds']}; a bootstrap over users "
+        f"({report['significance']['bootstrap']['n_boot']} draws, seeds pooled) gives a 95% interval of "
+        f"[{_signed(boot['ci_low'], 2)}, {_signed(boot['ci_high'], 2)}] points and P(delta <= 0) = "
+        f"{_f(boot['p_le_0'], 3)}. Long tail: {bucket('tail')}; {bucket('cold')}.{floor_text}"
+    )
+
+
+def delta_table(report: dict[str, Any]) -> list[str]:
+    d, paired, boot = report["deltas"], report["significance"]["paired"], report["significance"]["bootstrap"]
+    lines = [
+        "",
+        f"## Deltas: `{report['target']}` - `{report['best_baseline']}` (points = x100)",
+        "",
+        f"Best baseline rule: {report['selection_rule_text']}. Paired = per-seed differences over common seeds "
+        "(mean ± std, seeds with delta > 0). Bootstrap = users resampled with replacement, GAUC delta of the "
+        "seed means, percentile 95% interval.",
+        "",
+        "| scope | bucket | n | users | ΔAUC | ΔGAUC | paired ΔAUC | AUC > 0 | paired ΔGAUC | GAUC > 0 "
+        "| bootstrap 95% CI ΔGAUC | P(ΔGAUC <= 0) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    k = report["min_gauc_users"]
+    rows = [("overall", "all", d["overall"], paired["overall"], boot["overall"])]
+    rows += [
+        (BUCKET_TITLES[k], b, d[k][b], paired[k][b], boot[k][b]) for k in BUCKET_KINDS for b in schema.BUCKETS
+    ]
+    for scope, b, cell, p, bs in rows:
+        lines.append(
+            f"| {scope} | {b} | {cell['n']:,} | {cell['n_users']:,}{' †' if cell['n_users'] < k else ''} "
+            f"| {_signed(cell['auc'])} | {_signed(cell['gauc'])} "
+            f"| {_ms(p['auc'], sign='+')} | {p['auc']['positive']}/{p['auc']['n_seeds']} | {_ms(p['gauc'], sign='+')} "
+            f"| {p['gauc']['positive']}/{p['gauc']['n_seeds']} | [{_signed(bs['ci_low'])}, {_signed(bs['ci_high'])}] "
+            f"| {_f(bs['p_le_0'], 3)} |"
+        )
+    lines += [
+        "",
+        f"users = GAUC users of the target (both label classes, fewest over seeds); † fewer than {k}: the GAUC "
+        "delta of that row rests on few users.",
+    ]
+    return lines
+
+
+def floor_table(report: dict[str, Any]) -> list[str]:
+    """Every model against the trivial floor (a bias-only model); a model that does not beat it is flagged."""
+    floor = report["floor"]
+    if floor is None:
+        return []
+    k = report["min_gauc_users"]
+    lines = [
+        "",
+        f"## Against the floor `{floor['model']}` (points = x100)",
+        "",
+        f"Deltas of the seed means vs the floor. {floor['rule']}",
+        "",
+        "| model | role | ΔAUC | ΔGAUC | Δ tail-item GAUC | Δ cold-item GAUC | beats the floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, d in floor["models"].items():
+        tail, cold = d["item_buckets"]["tail"], d["item_buckets"]["cold"]
+        lines.append(
+            f"| {name} | {report['roles'][name]} | {_signed(d['overall']['auc'])} "
+            f"| {_signed(d['overall']['gauc'])}{_users(d['overall'], k)} | {_signed(tail['gauc'])}{_users(tail, k)} "
+            f"| {_signed(cold['gauc'])}{_users(cold, k)} | {'yes' if d['beats_floor'] else '**NO** ⚠'} |"
+        )
+    return lines
+
+
+def ablation_table(report: dict[str, Any]) -> list[str]:
+    target, models = report["target"], report["models"]
+    names = [target, *report["ablations"]["models"]]
+    k = report["min_gauc_users"]
+    lines = [
+        "",
+        "## Ablations",
+        "",
+        f"Deltas vs `{target}` in points (x100) of the seed means.",
+        "",
+        "| model | seeds | AUC | GAUC | logloss | tail-item GAUC | cold-item GAUC | ΔAUC | ΔGAUC | Δ tail GAUC "
+        "| Δ cold GAUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        m = models[name]
+        dv = report["ablations"]["delta_vs_target"].get(name)
+        deltas = (
+            "| - | - | - | - |"
+            if dv is None
+            else f"| {_signed(dv['overall']['auc'])} | {_signed(dv['overall']['gauc'])} "
+            f"| {_signed(dv['item_buckets']['tail']['gauc'])} | {_signed(dv['item_buckets']['cold']['gauc'])} |"
+        )
+        lines.append(
+            f"| {name} | {len(m['seeds'])} | {_ms(m['overall']['auc'])} | {_gauc(m['overall'], k)} "
+            f"| {_ms(m['overall']['logloss'])} | {_gauc(m['item_buckets']['tail'], k)} "
+            f"| {_gauc(m['item_buckets']['cold'], k)} {deltas}"
+        )
+    cells = [
+        c
+        for n in names
+        for c in (models[n]["overall"], *(models[n]["item_buckets"][b] for b in ("tail", "cold")))
+    ]
+    lines += _users_note(k, _any_marked(cells, k))
+    if len(names) == 1:
+        lines += ["", f"(no ablation runs: model directories named `{target}_*`)"]
+    return lines
+
+
+def health_table(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Semantic-ID health", ""]
+    present = {k: v for k, v in report["semid_health"].items() if v is not None}
+    if not present:
+        return [*lines, f"(no `{schema.SEMIDS_DIR}/` tables in the run)"]
+    lines += [
+        "Utilization = codes used / codebook size; entropy of code usage in bits (/ log2 size); collision rate = "
+        "rows whose code tuple is shared (sid_dedup > 0); largest bucket = most rows on one code tuple.",
+        "",
+        "| table | rows | codebook sizes | utilization per level | entropy bits per level | normalised entropy "
+        "| collision rate | colliding tuples | largest bucket | unique full IDs | source |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, h in present.items():
+        per = h["per_level"]
+        src = h["source"]
+        sources = {v for k, v in src.items() if k != "per_level"} | {
+            v for lv in src["per_level"] for v in lv.values()
+        }
+        source = sources.pop() if len(sources) == 1 else "mixed"
+        if h["mismatches"]:
+            source += f" (metadata differs from table: {', '.join(h['mismatches'])})"
+        lines.append(
+            f"| {name} | {h['rows']:,} | {' x '.join(map(str, h['codebook_sizes']))} "
+            f"| {' / '.join(_f(lv['utilization']) for lv in per)} | {' / '.join(_f(lv['entropy_bits']) for lv in per)} "
+            f"| {' / '.join(_f(lv['entropy_normalized']) for lv in per)} | {_f(h['collision_rate'])} "
+            f"| {h['colliding_tuples']} | {h['largest_bucket']} | {_f(h['unique_full_ids'])} | {source} |"
+        )
+    lines += [
+        "",
+        "| table | prefix depth | prefixes | mean size | median size | max size |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, h in present.items():
+        for p in h["prefix_sizes"]:
+            lines.append(
+                f"| {name} | {p['depth']} | {p['n_prefixes']:,} | {_f(p['mean'])} | {_f(p['median'], 1)} | {p['max']} |"
+            )
+    return lines
