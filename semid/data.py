@@ -4,11 +4,20 @@
 plus a column mapping (`semid.datasets.Columns`) into a prepared dataset directory whose files follow
 `semid.schema`: items.parquet, users.parquet, train/val/test.parquet. Every check a user can fail runs before the
 directory is written, and the directory is staged then renamed, so a failure leaves what was there before.
+
+What is refused (InputError naming file, column, fix): a missing or directory input (before anything is hashed),
+null/NaN/inf ratings (NaN would compare as label 1), timestamps with a fractional part (never truncated), a split
+without both label classes (its AUC would be NaN), image paths outside the image root. A val/test split on which
+GAUC would rest on no user is a warning. Long-tail protocol options: item cold-start (`SplitConfig.cold_items`),
+absolute tail buckets (`BucketConfig.*_tail_below`, column `abs_bucket`), sampled negatives for positive-only data
+(`NegativeConfig`, used by `semid.amazon`).
 """
 
 from __future__ import annotations
 
+import os
 import string
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +30,11 @@ from semid.datasets import Columns
 from semid.errors import InputError
 from semid.io import sha256_file, sha256_json, staged_dir, write_json, write_parquet
 
+ABS_BUCKET = "abs_bucket"
+"""items/users column: the absolute tail definition of AKT-Rec (head / tail / cold by a fixed train-count threshold),
+beside the percentile `bucket`."""
+ABS_BUCKETS: tuple[str, ...] = ("head", "tail", "cold")
+
 
 @dataclass(frozen=True)
 class SplitConfig:
@@ -29,15 +43,43 @@ class SplitConfig:
     leave_last_out: per user, the last interaction is test, the one before it val (users with < 3 stay in train)."""
     val_frac: float = 0.1
     test_frac: float = 0.1
+    cold_items: float = 0.0
+    """Item cold-start protocol: this fraction of the items (of those with any interaction) loses all its train
+    interactions after the split; their val/test rows stay, so they are `cold` there. 0 = off."""
+    cold_item_mode: Literal["random", "newest"] = "random"
+    """random: a seeded uniform sample of items; newest: the items whose first interaction is latest (ties by id)."""
+    seed: int = 0
+    """Seed of the random cold-item sample."""
 
 
 @dataclass(frozen=True)
 class BucketConfig:
     """Activity buckets by train interaction count: entities ranked by count (ties by id), the top `head` fraction
-    is head, the next `torso` fraction torso, the rest tail; entities absent from train are cold."""
+    is head, the next `torso` fraction torso, the rest tail; entities absent from train are cold. Beside them the
+    absolute buckets (`abs_bucket`, AKT-Rec's definition): tail below a fixed count, cold at zero, head otherwise."""
 
     head: float = 0.2
     torso: float = 0.3
+    item_tail_below: int = 10
+    """abs_bucket of an item: tail when 0 < train count < this (AKT-Rec: < 10 exposures)."""
+    user_tail_below: int = 5
+    """abs_bucket of a user: tail when 0 < train count < this (AKT-Rec: < 5 interactions)."""
+    count: Literal["all", "positives"] = "all"
+    """What a train count counts: every train row (exposures, e.g. ratings) or positive rows only (data whose
+    negatives are sampled, where a negative is not an exposure)."""
+
+
+@dataclass(frozen=True)
+class NegativeConfig:
+    """Sampled negatives, for data with positives only (e.g. amazon-food-kitchen; ignored by rated data)."""
+
+    per_positive: int = 4
+    """CTR negatives per positive: uniform over the target-domain items the user never interacted with, drawn
+    once with `seed` (fixed across runs and models), at the positive's timestamp and in its split."""
+    ranking: int = 999
+    """Negatives per target of the ranking (HR@K / NDCG@K) candidate lists: uniform over the target-domain items
+    outside the user's sequence."""
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +88,7 @@ class PrepareConfig:
     """label = rating >= label_threshold (ignored when the mapping names an explicit label column)."""
     split: SplitConfig = field(default_factory=SplitConfig)
     buckets: BucketConfig = field(default_factory=BucketConfig)
+    negatives: NegativeConfig = field(default_factory=NegativeConfig)
 
 
 @dataclass(frozen=True)
@@ -58,16 +101,30 @@ class RawFiles:
 # -- reading ------------------------------------------------------------------------------------------------
 
 
-def read_raw(path: str | Path) -> pl.DataFrame:
-    """Read a parquet, CSV/TSV or RecBole atomic file; RecBole's `name:type` header suffixes are stripped.
-
-    Text formats are read as strings (types are checked and cast per column later, with errors naming the column).
-    """
+def check_input_file(path: str | Path) -> Path:
+    """`path` as a Path if it is a readable regular file; else one InputError (before anything hashes or writes)."""
     path = Path(path)
     if not path.exists():
         raise InputError(
             "file not found", file=path, fix="check the path (relative paths are taken from the cwd)"
         )
+    if path.is_dir():
+        raise InputError(
+            "is a directory, not a file",
+            file=path,
+            fix="pass the data file inside it (parquet, CSV, TSV, RecBole)",
+        )
+    if not os.access(path, os.R_OK):
+        raise InputError("is not readable", file=path, fix="check the file's permissions")
+    return path
+
+
+def read_raw(path: str | Path) -> pl.DataFrame:
+    """Read a parquet, CSV/TSV or RecBole atomic file; RecBole's `name:type` header suffixes are stripped.
+
+    Text formats are read as strings (types are checked and cast per column later, with errors naming the column).
+    """
+    path = check_input_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -94,11 +151,24 @@ def _require(df: pl.DataFrame, cols: list[str | None], path: Path, what: str) ->
 
 
 def _cast(df: pl.DataFrame, col: str, dtype: pl.DataType, path: Path) -> pl.Series:
-    """Cast one column strictly; strings like '1.0' become integers through Float64."""
+    """Cast one column strictly; strings like '1.0' become integers through Float64, but a value with a fractional
+    part (or NaN/inf) never silently truncates to an integer."""
     series = df[col]
     try:
-        if dtype.is_integer() and series.dtype == pl.String:
-            return series.cast(pl.Float64, strict=True).cast(dtype, strict=True)
+        if dtype.is_integer() and (series.dtype == pl.String or series.dtype.is_float()):
+            as_float = series.cast(pl.Float64, strict=True)
+            bad = series.filter(
+                as_float.is_not_null() & ~(as_float.is_finite() & (as_float == as_float.floor()))
+            )
+            if bad.len():
+                raise InputError(
+                    f"{bad.len()} values are not whole numbers (e.g. {bad.head(3).to_list()}); they would be "
+                    "truncated",
+                    file=path,
+                    column=col,
+                    fix=f"store {col!r} as integers (e.g. whole seconds for a timestamp), or round them yourself",
+                )
+            return as_float.cast(dtype, strict=True)
         return series.cast(dtype, strict=True)
     except pl.exceptions.PolarsError as err:
         bad = (
@@ -170,13 +240,40 @@ def render_text(df: pl.DataFrame, template: str, cols: Columns, path: Path) -> p
     return pl.concat_str(parts) if parts else pl.lit("")
 
 
-def resolve_image_paths(paths: list[str | None], base: Path) -> tuple[list[str | None], list[str]]:
-    """Image paths made absolute (relative ones are taken from `base`, the items file's folder; empty -> None),
-    and those of them that are not files."""
-    resolved = [
-        None if p is None or not p.strip() else str(Path(p) if Path(p).is_absolute() else base / p)
-        for p in paths
-    ]
+def resolve_image_paths(
+    paths: list[str | None],
+    base: Path,
+    *,
+    file: str | Path | None = None,
+    column: str = S.IMAGE_PATH,
+) -> tuple[list[str | None], list[str]]:
+    """Image paths resolved under the image root `base` (relative ones are taken from it; empty -> None), and
+    those of them that are not files.
+
+    `base` is the folder every image must lie in (`semid prepare`: the items file's folder unless
+    `Columns.image_root` names another). A path that leaves it, by `..`, by being absolute elsewhere or through a
+    symlink, is refused with an InputError naming `file` and `column`: an items file is untrusted data, and an
+    image path must not make the encoder open `/etc/passwd`. Returned paths are the real (symlink-free) paths.
+    """
+    root = Path(base).resolve()
+    resolved: list[str | None] = []
+    outside: list[str] = []
+    for p in paths:
+        if p is None or not p.strip():
+            resolved.append(None)
+            continue
+        real = (root / p).resolve()  # an absolute p replaces root in the join
+        if not real.is_relative_to(root):
+            outside.append(p)
+        resolved.append(str(real))
+    if outside:
+        raise InputError(
+            f"{len(outside)} image paths point outside the image root {str(root)!r}, e.g. {outside[:3]}",
+            file=file,
+            column=column,
+            fix="keep images inside the image root (paths relative to it, no '..', no symlinks leading out), or set "
+            "the image root (`columns.image_root`) to the folder that holds them",
+        )
     return resolved, [p for p in resolved if p is not None and not Path(p).is_file()]
 
 
@@ -255,10 +352,19 @@ def split_interactions(inter: pl.DataFrame, cfg: SplitConfig) -> dict[str, pl.Da
     return splits
 
 
-def activity(ids: pl.Series, train_ids: pl.Series, cfg: BucketConfig) -> pl.DataFrame:
-    """Train interaction count and bucket for every id in `ids` (a dense-id column of the entity table)."""
+def activity(
+    ids: pl.Series, train_ids: pl.Series, cfg: BucketConfig, *, tail_below: int | None = None
+) -> pl.DataFrame:
+    """Train interaction count, percentile bucket and absolute bucket for every id in `ids` (a dense-id column of
+    the entity table). `abs_bucket`: cold at 0, tail below `tail_below` (default `cfg.item_tail_below`), else head."""
     if not (cfg.head > 0 and cfg.torso >= 0 and cfg.head + cfg.torso <= 1):
         raise InputError(f"bad bucket fractions {cfg}", fix="use 0 < head, 0 <= torso, head + torso <= 1")
+    tail_below = cfg.item_tail_below if tail_below is None else tail_below
+    if tail_below < 1:
+        raise InputError(
+            f"bad absolute tail threshold {tail_below}",
+            fix="use buckets.item_tail_below >= 1 and buckets.user_tail_below >= 1",
+        )
     name = ids.name
     counts = train_ids.value_counts(name="_n").rename({train_ids.name: name})
     df = (
@@ -279,7 +385,93 @@ def activity(ids: pl.Series, train_ids: pl.Series, cfg: BucketConfig) -> pl.Data
         .then(pl.lit("torso"))
         .otherwise(pl.lit("tail"))
     )
-    return df.with_columns(pl.col("_n").alias(S.TRAIN_COUNT), bucket.alias(S.BUCKET)).drop("_n")
+    abs_bucket = (
+        pl.when(pl.col("_n") == 0)
+        .then(pl.lit("cold"))
+        .when(pl.col("_n") < tail_below)
+        .then(pl.lit("tail"))
+        .otherwise(pl.lit("head"))
+    )
+    return df.with_columns(
+        pl.col("_n").alias(S.TRAIN_COUNT), bucket.alias(S.BUCKET), abs_bucket.alias(ABS_BUCKET)
+    ).drop("_n")
+
+
+def add_activity(
+    items: pl.DataFrame, users: pl.DataFrame, train: pl.DataFrame, cfg: BucketConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """items and users with train_count, bucket and abs_bucket joined on (counted over `cfg.count` train rows)."""
+    if cfg.count == "positives":
+        train = train.filter(pl.col(S.LABEL) == 1)
+    items = items.join(activity(items[S.ITEM], train[S.ITEM], cfg, tail_below=cfg.item_tail_below), on=S.ITEM)
+    users = users.join(activity(users[S.USER], train[S.USER], cfg, tail_below=cfg.user_tail_below), on=S.USER)
+    return items, users
+
+
+def hold_out_items(
+    inter: pl.DataFrame, splits: dict[str, pl.DataFrame], cfg: SplitConfig
+) -> tuple[dict[str, pl.DataFrame], pl.Series]:
+    """The item cold-start protocol: `cfg.cold_items` of the items lose their train rows (val/test rows stay).
+
+    Returns the new splits and the held-out dense item ids (sorted; empty when the protocol is off).
+    """
+    empty = pl.Series(S.ITEM, [], dtype=pl.Int32)
+    if cfg.cold_items == 0:
+        return splits, empty
+    if not 0 < cfg.cold_items < 1:
+        raise InputError(
+            f"bad cold-item fraction {cfg.cold_items}",
+            fix="use 0 <= split.cold_items < 1 (e.g. 0.1; 0 = off)",
+        )
+    first = inter.group_by(S.ITEM).agg(pl.col(S.TIMESTAMP).min().alias("_first")).sort(S.ITEM)
+    n = int(round(cfg.cold_items * first.height))
+    if cfg.cold_item_mode == "newest":
+        chosen = first.sort(["_first", S.ITEM], descending=True).head(n)[S.ITEM]
+    else:
+        order = np.random.default_rng(cfg.seed).permutation(first.height)[:n]
+        chosen = first[S.ITEM].gather(order)
+    chosen = chosen.sort()
+    out = dict(splits)
+    out["train"] = splits["train"].filter(~pl.col(S.ITEM).is_in(chosen.implode()))
+    return out, chosen
+
+
+def gauc_user_counts(splits: dict[str, pl.DataFrame]) -> dict[str, int]:
+    """Per split, how many users have both a positive and a negative there (the users a GAUC rests on)."""
+    return {
+        name: int(
+            df.group_by(S.USER).agg(pl.col(S.LABEL).n_unique().alias("_k")).filter(pl.col("_k") == 2).height
+        )
+        for name, df in splits.items()
+    }
+
+
+def check_splits(splits: dict[str, pl.DataFrame], file: Path, cfg: SplitConfig) -> dict[str, int]:
+    """Refuse a split that is empty or holds one label class (its AUC would be NaN); warn when val or test GAUC
+    would rest on no users. Returns the users per split a GAUC rests on."""
+    fix = "use more data, or other split fractions / mode (split.val_frac, split.test_frac, split.mode)"
+    for name, df in splits.items():
+        if df.is_empty():
+            raise InputError(f"the {name} split is empty (mode {cfg.mode})", file=file, fix=fix)
+        classes = sorted(df[S.LABEL].unique().to_list())
+        if classes != [0, 1]:
+            raise InputError(
+                f"the {name} split has only label {classes} ({df.height} rows): AUC and GAUC are undefined there",
+                file=file,
+                fix="check the label source (label_threshold, or the label column), use more data, or other split "
+                "fractions / mode",
+            )
+    users = gauc_user_counts(splits)
+    for name in ("val", "test"):
+        if users[name] == 0:
+            warnings.warn(
+                f"no user has both a positive and a negative in the {name} split ({splits[name].height} rows, "
+                f"mode {cfg.mode}): its GAUC rests on no users and will be undefined; select models by AUC, or "
+                "use a split with several rows per user",
+                UserWarning,
+                stacklevel=3,
+            )
+    return users
 
 
 # -- the stage ----------------------------------------------------------------------------------------------
@@ -291,10 +483,16 @@ class Prepared:
     users: pl.DataFrame
     splits: dict[str, pl.DataFrame]
     meta: dict[str, Any]
+    extras: dict[str, pl.DataFrame] = field(default_factory=dict)
+    """Dataset-specific tables written beside the splits as `<name>.parquet` (e.g. amazon-food-kitchen's
+    source_history and ranking candidate lists)."""
 
 
 def _input_hashes(files: RawFiles) -> dict[str, str]:
-    return {role: sha256_file(p) for role, p in asdict(files).items() if p is not None}
+    present = {role: p for role, p in asdict(files).items() if p is not None}
+    for p in present.values():  # every input checked before the first byte is hashed
+        check_input_file(p)
+    return {role: sha256_file(p) for role, p in present.items()}
 
 
 def fingerprint(files: RawFiles, cols: Columns, cfg: PrepareConfig) -> str:
@@ -347,9 +545,19 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
             )
         label = label.cast(pl.Int8)
     else:
-        if rating.null_count():
+        # NaN compares greater than every number in polars: unchecked, a missing rating would become label 1.
+        n_missing = rating.null_count() + int(rating.is_nan().sum())
+        if n_missing:
             raise InputError(
-                "null ratings", file=files.inter, column=cols.rating, fix="fill or drop those rows"
+                f"{n_missing} ratings are null or NaN",
+                file=files.inter,
+                column=cols.rating,
+                fix="fill or drop those rows",
+            )
+        bad = rating.filter(rating.is_infinite()).head(3).to_list()
+        if bad:
+            raise InputError(
+                f"infinite ratings, e.g. {bad}", file=files.inter, column=cols.rating, fix="fix those rows"
             )
         label = (rating >= cfg.label_threshold).cast(pl.Int8)
 
@@ -408,13 +616,22 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
             fix="fill the text columns of those items (or drop the items and their interactions)",
         )
     if cols.image_path:
-        resolved, missing = resolve_image_paths(items[S.IMAGE_PATH].to_list(), files.item.parent)
+        root = Path(cols.image_root) if cols.image_root is not None else files.item.parent
+        if not root.is_dir():
+            raise InputError(
+                "the image root is not a folder",
+                file=root,
+                fix="set `columns.image_root` to the folder holding the images (default: the items file's folder)",
+            )
+        resolved, missing = resolve_image_paths(
+            items[S.IMAGE_PATH].to_list(), root, file=files.item, column=cols.image_path
+        )
         if missing:
             raise InputError(
                 f"{len(missing)} image files do not exist, e.g. {missing[:3]}",
                 file=files.item,
                 column=cols.image_path,
-                fix="fix the paths (absolute, or relative to the items file) or leave the cell empty",
+                fix="fix the paths (relative to the image root, or absolute inside it) or leave the cell empty",
             )
         items = items.with_columns(pl.Series(S.IMAGE_PATH, resolved, dtype=pl.String))
 
@@ -466,20 +683,18 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
         .select(list(S.INTERACTIONS.names()))
     )
     splits = split_interactions(frame, cfg.split)
-    for split, df in splits.items():
-        if df.is_empty():
-            raise InputError(
-                f"the {split} split is empty ({frame.height} interactions, mode {cfg.split.mode})",
-                file=files.inter,
-                fix="use more data, or other split fractions / mode (split.val_frac, split.test_frac, split.mode)",
-            )
-    train = splits["train"]
-    items = items.join(activity(items[S.ITEM], train[S.ITEM], cfg.buckets), on=S.ITEM)
-    users = users.join(activity(users[S.USER], train[S.USER], cfg.buckets), on=S.USER)
+    splits, held_out = hold_out_items(frame, splits, cfg.split)
+    gauc_users = check_splits(splits, files.inter, cfg.split)
+    items, users = add_activity(items, users, splits["train"], cfg.buckets)
     items = items.select(
-        *S.ITEMS_BASE.names(), *cols.item_features, *([S.IMAGE_PATH] if cols.image_path else [])
+        *S.ITEMS_BASE.names(),
+        ABS_BUCKET,
+        *cols.item_features,
+        *([S.IMAGE_PATH] if cols.image_path else []),
     )
-    users = users.select(*S.USERS_BASE.names(), *(cols.user_features if files.user is not None else []))
+    users = users.select(
+        *S.USERS_BASE.names(), ABS_BUCKET, *(cols.user_features if files.user is not None else [])
+    )
 
     meta = {
         "schema_version": S.SCHEMA_VERSION,
@@ -493,35 +708,54 @@ def build(files: RawFiles, cols: Columns, cfg: PrepareConfig, *, name: str) -> P
         "n_interactions": frame.height,
         "positive_rate": float(frame[S.LABEL].cast(pl.Float64).mean()),
         "splits": {k: v.height for k, v in splits.items()},
-        "item_buckets": _bucket_sizes(items),
-        "user_buckets": _bucket_sizes(users),
+        "gauc_users": gauc_users,
+        "held_out_items": held_out.to_list(),
+        **bucket_meta(items, users),
     }
     return Prepared(items=items, users=users, splits=splits, meta=meta)
 
 
-def _bucket_sizes(df: pl.DataFrame) -> dict[str, int]:
-    counts = dict(df.group_by(S.BUCKET).len().iter_rows())
-    return {b: int(counts.get(b, 0)) for b in S.BUCKETS}
+def bucket_meta(items: pl.DataFrame, users: pl.DataFrame) -> dict[str, dict[str, int]]:
+    """Entities per percentile and per absolute bucket, for the metadata and the prepare summary line."""
+    return {
+        "item_buckets": _bucket_sizes(items, S.BUCKET, S.BUCKETS),
+        "user_buckets": _bucket_sizes(users, S.BUCKET, S.BUCKETS),
+        "item_abs_buckets": _bucket_sizes(items, ABS_BUCKET, ABS_BUCKETS),
+        "user_abs_buckets": _bucket_sizes(users, ABS_BUCKET, ABS_BUCKETS),
+    }
+
+
+def _bucket_sizes(df: pl.DataFrame, column: str, names: tuple[str, ...]) -> dict[str, int]:
+    counts = dict(df.group_by(column).len().iter_rows())
+    return {b: int(counts.get(b, 0)) for b in names}
 
 
 def write(prepared: Prepared, out: str | Path) -> Path:
     """Write the prepared tables as one directory, staged and renamed into place."""
-    meta = prepared.meta
     with staged_dir(out) as tmp:
-        write_parquet(
-            prepared.items, tmp / S.ITEMS_FILE, {**meta, "features": meta["columns"]["item_features"]}
-        )
-        write_parquet(
-            prepared.users, tmp / S.USERS_FILE, {**meta, "features": _user_features(prepared.users)}
-        )
-        for split, df in prepared.splits.items():
-            write_parquet(df, tmp / S.split_file(split), meta)
-        write_json(meta, tmp / "prepare.json")
+        write_tables(prepared, tmp)
     return Path(out)
 
 
+def write_tables(prepared: Prepared, folder: Path) -> None:
+    """Write the prepared tables into `folder` (a staging folder the caller owns and renames into place)."""
+    meta = prepared.meta
+    tmp = Path(folder)
+    write_parquet(prepared.items, tmp / S.ITEMS_FILE, {**meta, "features": _item_features(prepared.items)})
+    write_parquet(prepared.users, tmp / S.USERS_FILE, {**meta, "features": _user_features(prepared.users)})
+    for split, df in prepared.splits.items():
+        write_parquet(df, tmp / S.split_file(split), meta)
+    for extra, df in prepared.extras.items():
+        write_parquet(df, tmp / f"{extra}.parquet", meta)
+    write_json(meta, tmp / "prepare.json")
+
+
+def _item_features(items: pl.DataFrame) -> list[str]:
+    return [c for c in items.columns if c not in (*S.ITEMS_BASE.names(), ABS_BUCKET, S.IMAGE_PATH)]
+
+
 def _user_features(users: pl.DataFrame) -> list[str]:
-    return [c for c in users.columns if c not in S.USERS_BASE.names()]
+    return [c for c in users.columns if c not in (*S.USERS_BASE.names(), ABS_BUCKET)]
 
 
 def load(path: str | Path) -> Prepared:

@@ -47,7 +47,10 @@ class Columns:
     multi_valued: list[str] = field(default_factory=list)
     """Columns whose string values are split on `multi_value_separator` (genres, tags)."""
     image_path: str | None = None
-    """Optional items-file column holding an image path (absolute or relative to the items file)."""
+    """Optional items-file column holding an image path (relative to the image root, or absolute inside it)."""
+    image_root: str | None = None
+    """The folder every image must lie in; relative image paths are taken from it (default: the items file's
+    folder). A path leading outside it (`..`, another absolute folder, a symlink out) is refused."""
     value_maps: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per-column code -> readable value (e.g. MovieLens-1M occupation codes), applied before text rendering."""
 

@@ -67,7 +67,8 @@ def test_temporal_split_no_leakage_and_fractions(prepared_dir):
 
 def test_leave_last_out(synthetic_raw):
     cfg = data.PrepareConfig(split=data.SplitConfig(mode="leave_last_out"))
-    p = data.build(_files(synthetic_raw), synthetic.columns(), cfg, name="s")
+    with pytest.warns(UserWarning, match="GAUC"):  # one row per user in val/test
+        p = data.build(_files(synthetic_raw), synthetic.columns(), cfg, name="s")
     tr, va, te = (p.splits[s] for s in S.SPLITS)
     assert te[S.USER].is_duplicated().sum() == 0 and va[S.USER].is_duplicated().sum() == 0
     last_train = tr.group_by(S.USER).agg(pl.col(S.TIMESTAMP).max().alias("t"))
@@ -159,15 +160,13 @@ def test_cli_error_exits_nonzero_and_writes_nothing(synthetic_raw, tmp_path, cap
     bad = tmp_path / "inter.parquet"
     inter.write_parquet(bad)
     out = tmp_path / "out"
-    (out).mkdir()
-    (out / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit) as exc:
         semid_main(
             ["prepare", "--interactions", str(bad), "--items", str(synthetic_raw["item"]), "--out", str(out)]
         )
     assert exc.value.code == 2
     assert "column 'rating'" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]  # the old output is untouched
+    assert not out.exists()  # nothing written
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left behind
 
 
@@ -235,3 +234,112 @@ def test_prepare_skips_when_unchanged_and_redoes_on_change(synthetic_raw, tmp_pa
     assert (out / S.ITEMS_FILE).stat().st_mtime_ns == stamp
     semid_main([*common, "--columns", str(cols), "--out", str(out), "--label_threshold", "5"])
     assert read_meta(out / S.ITEMS_FILE)["config"]["label_threshold"] == 5
+
+
+# -- issue 11: bad inputs that used to pass silently --------------------------------------------------------
+
+
+def test_nan_rating_is_refused_not_label_1(synthetic_raw, tmp_path):
+    inter = pl.read_parquet(synthetic_raw["inter"])
+    nan = inter.with_columns(
+        pl.when(pl.int_range(pl.len()) == 5).then(float("nan")).otherwise("rating").alias("rating")
+    )
+    _expect_error(_write_variant(tmp_path, synthetic_raw, "inter", nan), synthetic.columns(), "NaN", "rating")
+
+
+def test_fractional_timestamps_refused_whole_floats_accepted(synthetic_raw, tmp_path):
+    inter = pl.read_parquet(synthetic_raw["inter"])
+    frac = inter.with_columns((pl.col("timestamp").cast(pl.Float64) + 0.5).alias("timestamp"))
+    _expect_error(
+        _write_variant(tmp_path, synthetic_raw, "inter", frac), synthetic.columns(), "not whole", "timestamp"
+    )
+    as_text = inter.with_columns((pl.col("timestamp").cast(pl.String) + ".25").alias("timestamp"))
+    _expect_error(
+        _write_variant(tmp_path, synthetic_raw, "inter", as_text),
+        synthetic.columns(),
+        "not whole",
+        "timestamp",
+    )
+    whole = inter.with_columns(pl.col("timestamp").cast(pl.Float64))
+    p = data.build(
+        _files(_write_variant(tmp_path, synthetic_raw, "inter", whole)),
+        synthetic.columns(),
+        data.PrepareConfig(),
+        name="s",
+    )
+    assert sorted(pl.concat(p.splits.values())[S.TIMESTAMP].to_list()) == sorted(inter["timestamp"].to_list())
+
+
+def test_one_class_split_refused(synthetic_raw, tmp_path):
+    inter = pl.read_parquet(synthetic_raw["inter"]).with_columns(pl.lit(5.0).alias("rating"))
+    _expect_error(
+        _write_variant(tmp_path, synthetic_raw, "inter", inter), synthetic.columns(), "only label \\[1\\]"
+    )
+
+
+def test_ten_row_dataset_refused(synthetic_raw, tmp_path):
+    inter = pl.read_parquet(synthetic_raw["inter"]).head(10)
+    _expect_error(_write_variant(tmp_path, synthetic_raw, "inter", inter), synthetic.columns(), "split")
+
+
+def test_warns_when_gauc_rests_on_no_users(synthetic_raw):
+    cfg = data.PrepareConfig(split=data.SplitConfig(mode="leave_last_out"))
+    with pytest.warns(UserWarning, match="GAUC rests on no users"):
+        p = data.build(_files(synthetic_raw), synthetic.columns(), cfg, name="s")
+    assert p.meta["gauc_users"]["val"] == 0 and p.meta["gauc_users"]["train"] > 0
+
+
+def test_missing_or_directory_input_fails_before_hashing(synthetic_raw, tmp_path, monkeypatch):
+    def no_hash(path):
+        raise AssertionError("hashed before the inputs were checked")
+
+    monkeypatch.setattr(data, "sha256_file", no_hash)
+    for bad, match in ((tmp_path / "nope.parquet", "file not found"), (tmp_path, "is a directory")):
+        files = data.RawFiles(synthetic_raw["inter"], bad, synthetic_raw["user"])
+        with pytest.raises(InputError, match=match) as info:
+            data.fingerprint(files, synthetic.columns(), data.PrepareConfig())
+        assert info.value.file == str(bad)
+
+
+def _with_images(tmp_path, synthetic_raw, paths):
+    items = pl.read_parquet(synthetic_raw["item"])
+    items = items.with_columns(pl.Series("image", (paths * items.height)[: items.height], dtype=pl.String))
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    items.write_parquet(folder / "item.parquet")
+    return data.RawFiles(synthetic_raw["inter"], folder / "item.parquet", synthetic_raw["user"])
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_image_paths_outside_the_root_refused(synthetic_raw, tmp_path, kind):
+    from dataclasses import replace
+
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not yours")
+    (tmp_path / "data").mkdir()
+    path = {"dotdot": "../secret.png", "absolute": str(secret), "symlink": "link.png"}[kind]
+    if kind == "symlink":
+        (tmp_path / "data" / "link.png").symlink_to(secret)
+    files = _with_images(tmp_path, synthetic_raw, [path, None])
+    cols = replace(synthetic.columns(), image_path="image")
+    with pytest.raises(InputError, match="outside the image root") as info:
+        data.build(files, cols, data.PrepareConfig(), name="s")
+    assert info.value.column == "image" and info.value.file == str(files.item)
+    if kind != "absolute":  # relative paths are taken from the root: they would name other files there
+        return
+    # the same image is fine once the root holds it
+    p = data.build(files, replace(cols, image_root=str(tmp_path)), data.PrepareConfig(), name="s")
+    assert set(p.items[S.IMAGE_PATH].drop_nulls()) == {str(secret.resolve())}
+
+
+def test_image_paths_inside_the_root_resolve(synthetic_raw, tmp_path):
+    from dataclasses import replace
+
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    (tmp_path / "data" / "img" / "a.png").write_bytes(b"png")
+    files = _with_images(tmp_path, synthetic_raw, ["img/a.png", "img/../img/a.png", ""])
+    p = data.build(files, replace(synthetic.columns(), image_path="image"), data.PrepareConfig(), name="s")
+    got = p.items[S.IMAGE_PATH].to_list()
+    assert set(got) == {str((tmp_path / "data" / "img" / "a.png").resolve()), None}
+    with pytest.raises(InputError, match="outside"):
+        data.resolve_image_paths(["../../../../etc/passwd"], tmp_path / "data")
