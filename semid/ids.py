@@ -6,6 +6,7 @@ entities holding the same code tuple (the dedup idea of TIGER / GRID), so every 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -148,12 +149,16 @@ def health(table: pl.DataFrame, sizes: list[int]) -> dict[str, Any]:
     }
 
 
-def check_health(h: dict[str, Any], min_level0_utilization: float) -> None:
-    """Raise CodebookCollapseError if level 0 is collapsed (or IDs are not unique) -- before anything is written."""
+def check_health(h: dict[str, Any], min_level0_utilization: float, *, what: str | None = None) -> None:
+    """Raise CodebookCollapseError if level 0 is collapsed (or IDs are not unique) -- before anything is written.
+
+    `what` names the table in the message ("items", "users"), so a user knows which RQ-VAE config to change.
+    """
     level0 = h["levels"][0]
+    table = f"{what} " if what else ""
     if level0["utilization"] < min_level0_utilization:
         raise CodebookCollapseError(
-            f"codebook collapse: level 0 uses {level0['used']} of {level0['size']} codes "
+            f"{table}codebook collapse: level 0 uses {level0['used']} of {level0['size']} codes "
             f"({level0['utilization']:.0%} < min_level0_utilization {min_level0_utilization:.0%})",
             column=sid_column(0),
             fix="check the embeddings are not constant or near-duplicates; keep kmeans_init: true and raise "
@@ -162,7 +167,7 @@ def check_health(h: dict[str, Any], min_level0_utilization: float) -> None:
         )
     if h["unique_full_ids"] != 1.0:
         raise CodebookCollapseError(
-            f"only {h['unique_full_ids']:.2%} of full IDs are unique",
+            f"{table}only {h['unique_full_ids']:.2%} of full IDs are unique",
             column=SID_DEDUP,
             fix="rebuild the table with make_table (it assigns the dedup suffix)",
         )
@@ -192,27 +197,73 @@ def table_meta(
     }
 
 
-def _validate(table: pl.DataFrame, key: str, levels: int, file: str | Path | None) -> pl.DataFrame:
+def sid_columns(table: pl.DataFrame) -> list[str]:
+    """The level columns sid_0..sid_{L-1} of an ID table, in level order (the dedup suffix left out)."""
+    return [sid_column(level) for level in range(_levels_of(table))]
+
+
+_REBUILD = "rebuild the semantic IDs (semid build) instead of editing the table"
+DATA_HASH_FIX = "rebuild the IDs for this prepared dataset with semid build"
+
+
+def _validate(table: pl.DataFrame, key: str, meta: dict[str, Any], file: str | Path | None) -> pl.DataFrame:
+    """The table in its schema `sid_schema(key, levels)`; InputError naming file and column on any mismatch."""
+    levels = meta["levels"]
+    if not isinstance(levels, int) or isinstance(levels, bool) or levels < 1:
+        raise InputError(f"metadata levels {levels!r} is not a positive integer", file=file, fix=_REBUILD)
+    sizes = meta.get("codebook_sizes")
+    if not isinstance(sizes, list) or len(sizes) != levels:
+        raise InputError(
+            f"metadata codebook_sizes {sizes!r} do not give one size per level ({levels} levels)",
+            file=file,
+            column=sid_column(0),
+            fix=_REBUILD,
+        )
     expected = sid_schema(key, levels)
+    extra = [c for c in table.columns if c.startswith(SID_PREFIX) and c not in expected]
+    if extra:
+        raise InputError(
+            f"level columns {extra} beyond the {levels} levels the metadata names",
+            file=file,
+            column=extra[0],
+            fix=_REBUILD,
+        )
     for name, dtype in expected.items():
         if name not in table.columns:
             raise InputError(
-                f"missing column of a {levels}-level ID table",
-                file=file,
-                column=name,
-                fix="rebuild the semantic IDs (semid build) instead of editing the table",
+                f"missing column of a {levels}-level ID table", file=file, column=name, fix=_REBUILD
             )
-        if table.schema[name] != dtype:
+        if not table.schema[name].is_integer():
             raise InputError(
-                f"dtype {table.schema[name]}, expected {dtype}",
-                file=file,
-                column=name,
-                fix="rebuild the semantic IDs",
+                f"dtype {table.schema[name]}, expected {dtype}", file=file, column=name, fix=_REBUILD
             )
+        nulls = table[name].null_count()
+        if nulls:
+            raise InputError(f"{nulls} null values", file=file, column=name, fix=_REBUILD)
     table = table.select(list(expected))
-    if table[key].is_duplicated().any() or table.select(list(expected)[1:]).is_duplicated().any():
+    try:
+        table = table.cast(dict(expected), strict=True)
+    except pl.exceptions.InvalidOperationError as err:
+        raise InputError(f"values do not fit {pl.Int32}: {err}", file=file, fix=_REBUILD) from None
+    if table.height and table[key].min() < 0:
+        raise InputError("negative ids", file=file, column=key, fix=_REBUILD)
+    for level, size in enumerate(sizes):
+        col = table[sid_column(level)]
+        if table.height and (col.min() < 0 or col.max() >= int(size)):
+            raise InputError(
+                f"codes outside 0..{int(size) - 1} (metadata codebook_sizes {sizes})",
+                file=file,
+                column=sid_column(level),
+                fix=_REBUILD,
+            )
+    if (table[SID_DEDUP] < 0).any():
+        raise InputError("negative dedup suffixes", file=file, column=SID_DEDUP, fix=_REBUILD)
+    if table[key].is_duplicated().any():
+        dupes = table.filter(pl.col(key).is_duplicated())[key].unique().sort().head(5).to_list()
+        raise InputError(f"duplicate ids, e.g. {dupes}", file=file, column=key, fix=_REBUILD)
+    if table.select(list(expected)[1:]).is_duplicated().any():
         raise InputError(
-            "keys or full IDs are not unique", file=file, column=key, fix="rebuild the table with make_table"
+            "full IDs (codes + suffix) are not unique", file=file, column=SID_DEDUP, fix=_REBUILD
         )
     return table
 
@@ -229,23 +280,83 @@ def write_table(table: pl.DataFrame, path: str | Path, meta: dict[str, Any]) -> 
     missing = [name for name in REQUIRED_META if name not in meta]
     if missing:
         raise InputError(f"metadata lacks {missing}", file=path, fix="build it with semid.ids.table_meta")
-    table = _validate(table, _key_of(table.columns, meta), meta["levels"], path)
+    table = _validate(table, _key_of(table.columns, meta), meta, path)
     write_parquet(table, path, meta)
 
 
-def read_table(path: str | Path) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """An ID table and its metadata; InputError naming the file and column if it does not match its schema."""
+def read_table(
+    path: str | Path, *, key: str | None = None, data_hash: str | None = None
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """An ID table (schema `sid_schema(key, levels)`, sorted as written) and its metadata: THE reader of ID tables.
+
+    Checks, each an InputError naming the file (and column) and the fix: the file exists and is a parquet ID table
+    (metadata has `REQUIRED_META`); its entity column is `key` when given; columns and integer dtypes match the
+    schema, no nulls; codes lie within the metadata `codebook_sizes`; ids and full IDs are unique; and, when
+    `data_hash` is given, the table was built from that prepared dataset (metadata "data_hash").
+    """
     path = Path(path)
     if not path.exists():
-        raise InputError("no such ID table", file=path, fix="build the semantic IDs first")
-    meta = read_meta(path)
+        raise InputError("no such ID table", file=path, fix="build the semantic IDs first (semid build)")
+    if not path.is_file():
+        raise InputError(
+            "is a directory, not an ID table",
+            file=path,
+            fix="pass the item_sids.parquet / user_sids.parquet file",
+        )
+    try:
+        meta = read_meta(path)
+        table = pl.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 -- polars raises several types for a non-parquet/truncated file
+        raise InputError(
+            f"not a readable parquet file ({type(err).__name__})", file=path, fix="rebuild the semantic IDs"
+        ) from None
     missing = [name for name in REQUIRED_META if name not in meta]
     if missing:
         raise InputError(
             f"not an ID table: metadata lacks {missing}", file=path, fix="rebuild the semantic IDs"
         )
-    table = pl.read_parquet(path)
-    return _validate(table, _key_of(table.columns, meta), meta["levels"], path), meta
+    found = _key_of(table.columns, meta)
+    if key is not None and found != key:
+        raise InputError(
+            f"an ID table of {found!r}, expected one of {key!r}",
+            file=path,
+            column=key,
+            fix=f"pass the {'item' if key == ITEM else 'user'} ID table",
+        )
+    table = _validate(table, found, meta, path)
+    if data_hash is not None and meta["data_hash"] != data_hash:
+        raise InputError(
+            f"data_hash {str(meta['data_hash'])[:12]} differs from the prepared dataset's {str(data_hash)[:12]}: "
+            "the IDs were built from another prepared dataset",
+            file=path,
+            fix=DATA_HASH_FIX,
+        )
+    return table, meta
+
+
+BUILD_FACTS: tuple[str, ...] = ("stage_hash", "data_hash", "encoder", "codebook_sizes")
+"""What ties an ID table to the models of its build (`check_same_build`)."""
+
+
+def check_same_build(meta: dict[str, Any], source: dict[str, Any], *, file: str | Path | None = None) -> None:
+    """InputError unless every fact of `BUILD_FACTS` that both `meta` (an ID table's) and `source` (a model
+    checkpoint's) hold is equal: the table and the model that gives new codes come from one `semid build`."""
+    differ = [
+        name
+        for name in BUILD_FACTS
+        if name in meta and name in source and _plain(meta[name]) != _plain(source[name])
+    ]
+    if differ:
+        raise InputError(
+            f"the ID table and the model giving new codes come from different builds ({', '.join(differ)} differ)",
+            file=file,
+            fix="use the item_sids.parquet of the same `semid build` output as the checkpoints (or rebuild)",
+        )
+
+
+def _plain(value: Any) -> Any:
+    """JSON round trip: a tuple and a list, an int and its JSON form compare equal."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 def assign_new(
@@ -254,9 +365,14 @@ def assign_new(
     new_keys: np.ndarray,
     new_codes: Tensor | np.ndarray,
     *,
+    source: dict[str, Any] | None = None,
     on_existing: Literal["error", "skip"] = "error",
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Add IDs for entities not yet in `table`, leaving every existing row exactly as it was.
+
+    `source`: facts about the build whose model gave `new_codes` (the RQ-VAE checkpoint's / aligned encoder
+    state's metadata: any of `BUILD_FACTS`); each one the table's metadata also has must be equal, else
+    InputError -- codes from another build's RQ-VAE mean nothing in this table's code space.
 
     A new entity's suffix continues after the largest suffix its code tuple already has (new entities sharing a
     tuple are numbered in key order). Keys already in the table raise InputError, or with on_existing="skip" keep
@@ -264,6 +380,7 @@ def assign_new(
     and the metadata with `version` + 1, `added` and the new `health`.
     """
     key, levels, sizes = _key_of(table.columns, meta), meta["levels"], meta["codebook_sizes"]
+    check_same_build(meta, source or {})
     array = _codes_array(new_codes)
     if array.shape[1] != levels:
         raise InputError(

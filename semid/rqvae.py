@@ -3,17 +3,21 @@
 MLP encoder -> `vector_quantize_pytorch.ResidualVQ` (k-means init, EMA codebooks, dead-code replacement) -> MLP
 decoder, trained with Lightning on CPU. We never write a quantizer of our own: codes, code vectors and the
 commitment loss come from `ResidualVQ`; this file only chooses its sizes, trains it and saves it.
+
+Reproducible and thread-count invariant: `train_rqvae` runs in `semid.determinism.seeded(cfg.seed, num_threads)`
+(torch's RNG forked and seeded for the initialisation and k-means, the caller's state restored; a fixed thread
+count, 1 by default), so the same vectors and config give the same codes whatever torch.get_num_threads() is.
+Checkpoints load with weights_only=True (semid.checkpoint).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import torch
@@ -21,6 +25,8 @@ from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 from vector_quantize_pytorch import ResidualVQ
 
+from semid.checkpoint import load_checkpoint, save_checkpoint
+from semid.determinism import seeded
 from semid.errors import InputError
 
 SAVE_FORMAT = 2
@@ -129,6 +135,10 @@ class RQVAE(nn.Module):
         self.input_dim = input_dim
         self.codebook_sizes = list(codebook_sizes)
         self.cfg = cfg
+        self.build_meta: dict[str, Any] = {"codebook_sizes": list(codebook_sizes)}
+        self.fit_utilization: list[float] = []
+        """Per-level code utilization at the end of training (what the progress bar showed last)."""
+        """Facts of the build that trained it (set by `load_rqvae`), for semid.ids.check_same_build."""
         dims = [input_dim, *cfg.hidden_dims, cfg.latent_dim]
         self.encoder = _mlp(dims)
         self.decoder = _mlp(dims[::-1])
@@ -197,23 +207,29 @@ class RQVAE(nn.Module):
         return self.decoder(quantized) * self.scale + self.center  # (N, D)
 
 
-class RQVAEModule(L.LightningModule):
-    """Trains an RQVAE on (x,) batches; logs the losses and, per epoch, the fraction of each level's codes used."""
+def code_utilization(codes: Tensor, codebook_sizes: list[int]) -> list[float]:
+    """Per level: distinct codes used / codebook size, over codes (N, L) -- the `utilization` of semid.ids.health."""
+    return [codes[:, level].unique().numel() / size for level, size in enumerate(codebook_sizes)]
 
-    def __init__(self, model: RQVAE, *, lr: float):
+
+class RQVAEModule(L.LightningModule):
+    """Trains an RQVAE on (x,) batches; logs the losses and, per epoch, each level's code utilization.
+
+    The utilization is that of the codes `encode(vectors)` gives at the end of the epoch (eval mode, all vectors):
+    the quantity the ID build checks afterwards (semid.ids.health / check_health), not the codes of the training
+    batches seen while the codebooks were still moving. `utilization` keeps the last epoch's values.
+    """
+
+    def __init__(self, model: RQVAE, *, lr: float, vectors: Tensor):
         super().__init__()
         self.model = model
         self.lr = lr
-        self.used: list[Tensor] = []
-
-    def on_train_epoch_start(self) -> None:
-        self.used = [torch.zeros(size, dtype=torch.bool) for size in self.model.codebook_sizes]
+        self.vectors = vectors  # (N, D): every vector, for the end-of-epoch utilization
+        self.utilization: list[float] = []
 
     def training_step(self, batch: tuple[Tensor], batch_idx: int) -> Tensor:
         (x,) = batch
         out = self.model(x)
-        for level, used in enumerate(self.used):
-            used[out.codes[:, level].unique()] = True
         self.log_dict(
             {"loss": out.loss, "recon": out.recon_loss, "commit": out.commit_loss},
             prog_bar=True,
@@ -222,8 +238,8 @@ class RQVAEModule(L.LightningModule):
         return out.loss
 
     def on_train_epoch_end(self) -> None:
-        usage = {f"util_{level}": used.float().mean() for level, used in enumerate(self.used)}
-        self.log_dict(usage, prog_bar=True)
+        self.utilization = code_utilization(self.model.encode(self.vectors), self.model.codebook_sizes)
+        self.log_dict({f"util_{level}": u for level, u in enumerate(self.utilization)}, prog_bar=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.lr)
@@ -242,13 +258,8 @@ def train_rqvae(
     default because the model is tiny (batches of 1024 through a few hundred units): on a machine whose cores are
     shared, two OpenMP threads spin-waiting on each other made a 10-epoch ML-1M run 48 s instead of 2 s.
     """
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with seeded(cfg.seed, num_threads):  # torch's RNG forked + seeded (init, k-means), restored afterwards
         return _train(vectors, cfg, progress_bar=progress_bar)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(vectors: Tensor, cfg: RQVAEConfig, *, progress_bar: bool) -> RQVAE:
@@ -258,7 +269,6 @@ def _train(vectors: Tensor, cfg: RQVAEConfig, *, progress_bar: bool) -> RQVAE:
     if not torch.isfinite(x).all():
         raise InputError("vectors contain NaN or inf", fix="check the encoder output before building IDs")
     sizes = resolve_codebook_sizes(cfg, len(x))
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = RQVAE(input_dim=x.shape[1], codebook_sizes=sizes, cfg=cfg)
     model.fit_standardizer(x)
     if cfg.kmeans_init:
@@ -283,45 +293,43 @@ def _train(vectors: Tensor, cfg: RQVAEConfig, *, progress_bar: bool) -> RQVAE:
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*number of training batches.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # raised inside Lightning itself
-        trainer.fit(RQVAEModule(model, lr=cfg.lr), train_dataloaders=loader)
+        module = RQVAEModule(model, lr=cfg.lr, vectors=x)
+        trainer.fit(module, train_dataloaders=loader)
+    model.fit_utilization = module.utilization
     return model.eval()
 
 
-def save_rqvae(model: RQVAE, cfg: RQVAEConfig, path: str | Path) -> None:
-    """Write the state dict (codebooks, k-means `initted` flags and EMA buffers included) and the config, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_rqvae(
+    model: RQVAE, cfg: RQVAEConfig, path: str | Path, *, meta: dict[str, Any] | None = None
+) -> None:
+    """Write the state dict (codebooks, k-means `initted` flags and EMA buffers included) and the config, atomically.
+
+    `meta`: JSON-ready facts of the build (stage_hash, data_hash, encoder: see semid.ids.BUILD_FACTS); `load_rqvae`
+    gives them back as `model.build_meta` so `semid assign` can refuse an ID table of another build.
+    """
     payload = {
+        "meta": json.loads(json.dumps(meta or {}, sort_keys=True, default=str)),
         "format": SAVE_FORMAT,
         "config": asdict(cfg),
         "input_dim": model.input_dim,
         "codebook_sizes": model.codebook_sizes,
         "state_dict": model.state_dict(),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_checkpoint(payload, path)
 
 
 def load_rqvae(path: str | Path) -> RQVAE:
-    """The RQVAE `save_rqvae` wrote, in eval mode; its `encode` gives the codes the saved model gave."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(
-            "no such RQ-VAE checkpoint", file=path, fix="run the semantic-ID build first"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != SAVE_FORMAT:
-        raise InputError(
-            "not an RQ-VAE checkpoint of this version", file=path, fix="rebuild the semantic IDs"
-        )
+    """The RQVAE `save_rqvae` wrote, in eval mode; its `encode` gives the codes the saved model gave.
+
+    Loaded with weights_only=True (semid.checkpoint): a pickle that would run code is refused with an InputError.
+    """
+    fix = "rebuild the semantic IDs (semid build)"
+    payload = load_checkpoint(path, what="RQ-VAE checkpoint", fix=fix)
+    if payload.get("format") != SAVE_FORMAT:
+        raise InputError("not an RQ-VAE checkpoint of this version", file=path, fix=fix)
     cfg = RQVAEConfig(**payload["config"])
     model = RQVAE(input_dim=payload["input_dim"], codebook_sizes=payload["codebook_sizes"], cfg=cfg)
     # strict: a missing `initted` buffer would make the first forward re-run k-means and silently change every code
     model.load_state_dict(payload["state_dict"], strict=True)
+    model.build_meta = {**payload.get("meta", {}), "codebook_sizes": list(model.codebook_sizes)}
     return model.eval()

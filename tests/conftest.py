@@ -40,16 +40,22 @@ def prepared_dir(synthetic_raw, tmp_path_factory):
     return data.write(prepared, tmp_path_factory.mktemp("prepared") / "synthetic")
 
 
-@pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory):
-    """A tiny random BERT (2 layers, width 32) with the default encoder's tokenizer, saved as a local HF folder."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+def _minilm_tokenizer():
+    from transformers import AutoTokenizer
 
     from semid.encoder import default_model_path
 
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny random BERT (2 layers, width 32) with the default encoder's tokenizer, saved as a local HF folder.
+    The one tiny text encoder of the suite (encoder, align, pipeline tests)."""
+    from transformers import BertConfig, BertModel
+
     path = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    tokenizer = _minilm_tokenizer()
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -61,4 +67,81 @@ def tiny_bert_dir(tmp_path_factory):
     )
     BertModel(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    return path
+
+
+_VOCAB = (  # the words of synthetic item and user texts, and of the test texts; the rest reads as <unk>
+    "space robot love war crime ghost music sport family magic ocean desert city history spy school animal "
+    "future king road the of genres recently liked user age gender male female a red car blue boat . , : ; | -"
+)
+WORDS = [*_VOCAB.split(), *(str(i) for i in range(100))]
+
+
+def _word_tokenizer(specials: list[str], *, model_max_length: int, wrap: tuple[str, str] | None = None):
+    """A word-level fast tokenizer over WORDS, built offline with `tokenizers` (unknown words -> <unk>);
+    `wrap` = (bos, eos) added around every text, as CLIP's tokenizer does."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *WORDS]))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    if wrap is not None:
+        bos, eos = wrap
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        pad_token=specials[0],
+        additional_special_tokens=[s for s in specials if s not in ("<unk>", specials[0])],
+        model_max_length=model_max_length,
+    )
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer():
+    """The builder of word-level tokenizers over WORDS (CLIP, Qwen2-VL fixtures)."""
+    return _word_tokenizer
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory):
+    """The one tiny random CLIP of the suite: CLIPModel + CLIPProcessor (word-level tokenizer, 32 text positions
+    like CLIP's 77), and two noise images img0.png / img1.png in the folder."""
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(0)
+    specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+    tok = _word_tokenizer(specials, model_max_length=32, wrap=("<|startoftext|>", "<|endoftext|>"))
+    path = tmp_path_factory.mktemp("clip")
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"),
+        eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),  # pooled at the first end-of-text token
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(path)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")).save(path / f"img{i}.png")
     return path

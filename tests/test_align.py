@@ -14,7 +14,7 @@ import torch
 
 from semid import align as al
 from semid.align import ANCHOR, NEXT_ITEM, POSITIVE, AlignConfig
-from semid.encoder import EncoderConfig, default_model_path, encode
+from semid.encoder import ContentEncoder, EncoderConfig, encode
 from semid.errors import InputError
 from semid.schema import ITEM, LABEL, RATING, TEXT, TIMESTAMP, USER
 
@@ -126,27 +126,28 @@ def test_user_texts_history_and_targets() -> None:
     assert targets.rows() == [(0, 3)]
 
 
+@pytest.mark.parametrize("n_recent", [1, 2, 5])
+def test_user_texts_with_few_positives(n_recent: int) -> None:
+    # user u has u + 1 positives (items 0..u in time order): history = the min(u, n_recent) before the last one
+    items = pl.DataFrame({ITEM: list(range(6)), TEXT: [f"I{i}" for i in range(6)]})
+    users = pl.DataFrame({USER: [0, 1, 2, 3, 4], TEXT: [""] * 5})
+    rows = [(u, k, 1, k) for u in range(5) for k in range(u + 1)]
+    train = _frame(*map(list, zip(*rows)))
+    texts, targets = al.user_texts(users, items, train, n_recent=n_recent)
+    expected = ["user"] + [
+        "Recently liked: " + " | ".join(f"I{k}" for k in range(u - 1, max(-1, u - 1 - n_recent), -1))
+        for u in range(1, 5)
+    ]
+    assert texts == expected
+    assert targets.rows() == [(u, u) for u in range(5)]
+
+
 # -- alignment on synthetic groups ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(default_model_path())
-    path = tmp_path_factory.mktemp("bert")
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def bert_dir(tiny_bert_dir: Path) -> Path:
+    return tiny_bert_dir
 
 
 CFG = AlignConfig(
@@ -210,7 +211,7 @@ def aligned_run(bert_dir: Path, groups: Groups, tmp_path_factory: pytest.TempPat
 def test_untrained_split_encoder_equals_plain_encoder(bert_dir: Path, groups: Groups) -> None:
     items_text = groups[0]
     enc_cfg = EncoderConfig(model=str(bert_dir), batch_size=8)
-    aligned = al.AlignedEncoder(al.ContentEncoder(enc_cfg), train_layers=1, user_max_length=32)
+    aligned = al.AlignedEncoder(ContentEncoder(enc_cfg), train_layers=1, user_max_length=32)
     assert aligned.mode == "layers" and aligned.split == 1
     torch.testing.assert_close(
         aligned.encode_items(items_text), encode(items_text, enc_cfg, progress=False), atol=1e-5, rtol=1e-4
@@ -244,11 +245,52 @@ def test_state_round_trip_gives_identical_vectors(aligned_run: Run, groups: Grou
         al.load_aligned_encoder(replace(enc_cfg, pooling="cls"), result.state_path)
 
 
-def test_same_seed_same_vectors(aligned_run: Run, groups: Groups, tmp_path: Path) -> None:
+def test_same_seed_same_vectors_whatever_the_thread_count(
+    aligned_run: Run, groups: Groups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fixture ran on 1 caller thread; again on 2: the same vectors (training runs on cfg.threads), and the
+    caller's RNG stream and thread count are left as they were (no global reseeding)."""
     result, enc_cfg = aligned_run
     items_text, users_text, train, _ = groups
-    again = al.align(items_text, users_text, train, enc_cfg, CFG, work_dir=tmp_path, progress=False)
+    seen: list[int] = []
+    original = al.AlignModule.training_step
+
+    def spy(self: al.AlignModule, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(al.AlignModule, "training_step", spy)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        again = al.align(items_text, users_text, train, enc_cfg, CFG, work_dir=tmp_path, progress=False)
+        after, draw = torch.get_num_threads(), torch.rand(3)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(again.item_emb, result.item_emb) and torch.equal(again.user_emb, result.user_emb)
+    assert seen and set(seen) == {CFG.threads}
+    assert after == 2 and torch.equal(draw, expected)
+
+
+def test_malicious_state_is_refused(aligned_run: Run, tmp_path: Path) -> None:
+    _, enc_cfg = aligned_run
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "aligned_encoder.pt"
+    torch.save({"format": 1, "state_dict": Payload()}, path)
+    with pytest.raises(InputError, match="refused") as info:
+        al.load_aligned_encoder(enc_cfg, path)
+    assert info.value.file == str(path) and not marker.exists()
+    path.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="not a readable aligned encoder state"):
+        al.load_aligned_encoder(enc_cfg, path)
 
 
 def test_disabled_gives_plain_vectors_and_probe(bert_dir: Path, groups: Groups, tmp_path: Path) -> None:

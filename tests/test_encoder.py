@@ -33,62 +33,8 @@ def _tokenizer():
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    path = tmp_path_factory.mktemp("bert")
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    tok = _tokenizer()
-    path = tmp_path_factory.mktemp("clip")
-    text = dict(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=tok.sep_token_id,  # the BERT tokenizer ends every text with [SEP]
-        bos_token_id=tok.cls_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
-    tok.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        path
-    )
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")).save(path / f"img{i}.png")
-    return path
+def bert_dir(tiny_bert_dir: Path) -> Path:
+    return tiny_bert_dir
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +139,43 @@ def test_cache_hit_is_identical_and_encodes_nothing(
     # another pooling is another model identity: a separate cache file
     encode(TEXTS[:1], EncoderConfig(model=str(bert_dir), pooling="cls"), cache=tmp_path, progress=False)
     assert len(list(tmp_path.glob("embeddings-*.parquet"))) == 2
+
+
+def _cache_file(tmp_path: Path) -> Path:
+    (file,) = tmp_path.glob("embeddings-*.parquet")
+    return file
+
+
+@pytest.mark.parametrize("damage", ["truncate", "values"])
+def test_damaged_cache_is_discarded_with_a_warning_and_rebuilt(
+    bert_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    cfg = EncoderConfig(model=str(bert_dir), batch_size=2)
+    fresh = encode(TEXTS[:3], cfg, progress=False)
+    encode(TEXTS[:3], cfg, cache=tmp_path, progress=False)
+    file = _cache_file(tmp_path)
+    if damage == "truncate":
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    else:  # a decodable file whose vectors changed: only the checksum can tell
+        table = pl.read_parquet(file)
+        table = table.with_columns(pl.col(enc.EMBEDDING).arr.eval(pl.element() * 0.5))
+        enc.write_parquet(table, file, enc.read_meta(file))
+    with pytest.warns(UserWarning, match="embedding cache .* discarded"):
+        again = encode(TEXTS[:3], cfg, cache=tmp_path, progress=False)
+    assert torch.equal(again, fresh)
+    assert pl.read_parquet(_cache_file(tmp_path)).height == 3  # rebuilt, and good again
+    assert torch.equal(encode(TEXTS[:3], cfg, cache=tmp_path, progress=False), fresh)
+
+
+def test_model_folder_without_weights_is_an_input_error(bert_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "no_weights"
+    folder.mkdir()
+    for f in bert_dir.iterdir():
+        if f.is_file() and f.suffix not in (".safetensors", ".bin"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(InputError, match="no weights") as info:
+        encode(["a text"], EncoderConfig(model=str(folder)), progress=False)
+    assert info.value.file == str(folder) and "weights" in info.value.fix
 
 
 @pytest.mark.parametrize("bad", ["", "   ", None])

@@ -19,6 +19,7 @@ from semid.ids import (
     health,
     make_table,
     read_table,
+    sid_columns,
     table_meta,
     write_table,
 )
@@ -98,6 +99,8 @@ def test_check_health_collapse() -> None:
         check_health(health(collapsed, [8, 8]), 0.5)  # level 0 uses 1 of 8 codes
     assert "kmeans" in info.value.fix and "dead-code" in info.value.fix and "constant" in info.value.fix
     check_health(health(make_table(KEYS, CODES, key=ITEM), [2, 2]), 0.5)
+    with pytest.raises(CodebookCollapseError, match="^column 'sid_0': users codebook collapse"):
+        check_health(health(collapsed, [8, 8]), 0.5, what="users")
 
 
 def test_write_read_round_trip(tmp_path) -> None:
@@ -151,3 +154,68 @@ def test_assign_new_existing_keys() -> None:
     assert out.filter(pl.col(ITEM) == 8).row(0) == (8, 1, 1, 0) and out_meta["added"] == 1
     with pytest.raises(InputError, match="outside"):
         assign_new(table, meta, np.array([8]), np.array([[2, 0]]))
+
+
+def test_sid_columns() -> None:
+    assert sid_columns(make_table(KEYS, CODES, key=ITEM)) == ["sid_0", "sid_1"]
+
+
+def test_read_table_checks_key_and_data_hash(tmp_path) -> None:
+    table = make_table(KEYS, CODES, key=ITEM)
+    path = tmp_path / "item_sids.parquet"
+    write_table(table, path, meta_for(table, [2, 2]))
+    assert read_table(path, key=ITEM, data_hash="abc")[0].equals(table)
+    with pytest.raises(InputError, match="expected one of 'user_id'") as info:
+        read_table(path, key=USER)
+    assert info.value.file == str(path)
+    with pytest.raises(InputError, match="data_hash") as info:
+        read_table(path, data_hash="other")
+    assert info.value.file == str(path) and "semid build" in info.value.fix
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda t: t.with_columns(pl.lit(None, pl.Int32).alias("sid_1")), "null"),
+        (lambda t: t.with_columns(pl.lit(5, pl.Int32).alias("sid_1")), "outside 0..1"),
+        (lambda t: t.with_columns(pl.lit(1, pl.Int32).alias(ITEM)), "duplicate ids"),
+        (lambda t: t.with_columns(pl.lit(0, pl.Int32).alias(SID_DEDUP)), "not unique"),
+        (lambda t: t.with_columns(pl.lit(0, pl.Int32).alias("sid_2")), "beyond"),
+        (lambda t: t.with_columns(pl.col("sid_0").cast(pl.Float64)), "dtype"),
+    ],
+)
+def test_read_table_rejects_edited_tables(tmp_path, edit, match) -> None:
+    table = make_table(KEYS, CODES, key=ITEM)
+    path = tmp_path / "item_sids.parquet"
+    write_parquet(edit(table), path, meta_for(table, [2, 2]))
+    with pytest.raises(InputError, match=match) as info:
+        read_table(path)
+    assert info.value.file == str(path)
+
+
+def test_read_table_accepts_other_integer_dtypes(tmp_path) -> None:
+    table = make_table(KEYS, CODES, key=ITEM)
+    path = tmp_path / "item_sids.parquet"
+    write_parquet(table.cast(pl.Int64), path, meta_for(table, [2, 2]))
+    back, _ = read_table(path)
+    assert back.equals(table) and back.schema == table.schema
+
+
+def test_read_table_directory_and_garbage(tmp_path) -> None:
+    with pytest.raises(InputError, match="directory"):
+        read_table(tmp_path)
+    garbage = tmp_path / "item_sids.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="not a readable parquet"):
+        read_table(garbage)
+
+
+def test_assign_new_refuses_codes_of_another_build() -> None:
+    table = make_table(KEYS, CODES, key=ITEM)
+    meta = {**meta_for(table, [2, 2]), "stage_hash": "build-a"}
+    same = {"stage_hash": "build-a", "data_hash": "abc", "encoder": "tiny", "codebook_sizes": (2, 2)}
+    out, _ = assign_new(table, meta, np.array([7]), np.array([[0, 0]]), source=same)
+    assert out.height == 5
+    for name, value in [("stage_hash", "build-b"), ("data_hash", "xyz"), ("codebook_sizes", [2, 3])]:
+        with pytest.raises(InputError, match=f"different builds \\({name} differ"):
+            assign_new(table, meta, np.array([7]), np.array([[0, 0]]), source={**same, name: value})

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.build_semids import ALIGN_STATE, ITEM_EMB, ITEM_RQVAE, assign, build
+from pipelines.build_semids import assign, build
 from semid import data, synthetic
 from semid import encoder as enc
 from semid import schema as S
@@ -24,41 +24,12 @@ from semid.io import read_meta
 from semid.rqvae import RQVAEConfig, load_rqvae
 
 HAS_TORCHVISION = importlib.util.find_spec("torchvision") is not None
-_VOCAB = (  # the words of synthetic item and user texts, and of the test texts; the rest reads as <unk>
-    "space robot love war crime ghost music sport family magic ocean desert city history spy school animal "
-    "future king road the of genres recently liked user age gender male female a red car blue boat . , : ; | -"
-)
-WORDS = [*_VOCAB.split(), *(str(i) for i in range(100))]
 RQ = RQVAEConfig(levels=2, codebook_size=4, max_epochs=15, batch_size=32, min_level0_utilization=0.25)
 # user_max_length stays at its default (64 tokens) on purpose: beyond the tiny CLIP's 32 text positions
 ALIGN = AlignConfig(max_epochs=2, max_pairs=400, batch_size=64, lr=1e-2, holdout=0.15)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
-
-
-def _word_tokenizer(specials: list[str], *, model_max_length: int, wrap: tuple[str, str] | None = None):
-    """A word-level fast tokenizer over WORDS, built offline with `tokenizers` (unknown words -> <unk>);
-    `wrap` = (bos, eos) added around every text, as CLIP's tokenizer does."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(dict.fromkeys([*specials, *WORDS]))}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.normalizer = normalizers.Lowercase()
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    if wrap is not None:
-        bos, eos = wrap
-        tk.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        unk_token="<unk>",
-        pad_token=specials[0],
-        additional_special_tokens=[s for s in specials if s not in ("<unk>", specials[0])],
-        model_max_length=model_max_length,
-    )
 
 
 def _noise_png(path: Path, seed: int, size: tuple[int, int] = (36, 40)) -> str:
@@ -70,40 +41,6 @@ def _noise_png(path: Path, seed: int, size: tuple[int, int] = (36, 40)) -> str:
 
 
 # -- CLIP through build / assign --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny random CLIP + CLIPProcessor (word-level tokenizer, 32 text positions like CLIP's 77)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
-    tok = _word_tokenizer(specials, model_max_length=32, wrap=("<|startoftext|>", "<|endoftext|>"))
-    path = tmp_path_factory.mktemp("clip_mm")
-    text = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=32,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.convert_tokens_to_ids("<|startoftext|>"),
-        eos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),  # pooled at the first end-of-text token
-    )
-    vision = dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(path)
-    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +83,31 @@ def built(clip_dir: Path, image_data: Path, tmp_path_factory: pytest.TempPathFac
     return out, image_data, root / "cache"
 
 
+def test_build_gives_the_same_ids_on_two_threads(
+    built: Built, clip_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`built` ran with the caller on 1 thread; the same build with the caller on 2 gives identical IDs and
+    embeddings (alignment and RQ-VAE run on their configured thread count, see semid.determinism)."""
+    out, image_data, _ = built
+    root = tmp_path_factory.mktemp("build_mm_2threads")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        again, _ = build(
+            str(image_data),
+            str(root / "semids"),
+            encoder=EncoderConfig(model=str(clip_dir), batch_size=16),
+            align_config=ALIGN,
+            item_rqvae=RQ,
+            user_rqvae=RQ,
+            cache=str(root / "cache"),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for name in (S.ITEM_SIDS_FILE, S.USER_SIDS_FILE, S.ITEM_EMB_FILE, S.USER_EMB_FILE):
+        assert pl.read_parquet(again / name).equals(pl.read_parquet(out / name)), name
+
+
 def _item_inputs(prepared_dir: Path) -> tuple[list[str], list[str | None]]:
     items = data.load(prepared_dir).items
     return items[S.TEXT].to_list(), items[S.IMAGE_PATH].to_list()
@@ -172,8 +134,8 @@ def test_build_embeds_items_from_text_and_image(built: Built) -> None:
         len(list(cache.glob("embeddings-*.parquet"))) == 2
     )  # items (text + image) and users (own token cap)
 
-    emb = torch.from_numpy(pl.read_parquet(out / ITEM_EMB)[S.EMBEDDING].to_numpy().astype(np.float32))
-    aligned = load_aligned_encoder(EncoderConfig(**meta["encoder"]), out / ALIGN_STATE)
+    emb = torch.from_numpy(pl.read_parquet(out / S.ITEM_EMB_FILE)[S.EMBEDDING].to_numpy().astype(np.float32))
+    aligned = load_aligned_encoder(EncoderConfig(**meta["encoder"]), out / S.ALIGN_STATE_FILE)
     with_images = aligned.encode_items(texts, images)
     text_only = aligned.encode_items(texts)
     # the saved state reproduces the build's vectors, and only with the images
@@ -217,9 +179,9 @@ def test_assign_with_image_keeps_existing_ids(
     assert table.height == n + 2 and meta["version"] == old_meta["version"] + 1
     assert table.head(n).equals(old)  # existing IDs untouched
     # the new rows carry the codes of the aligned text + image vectors
-    aligned = load_aligned_encoder(EncoderConfig(**old_meta["encoder"]), out / ALIGN_STATE)
+    aligned = load_aligned_encoder(EncoderConfig(**old_meta["encoder"]), out / S.ALIGN_STATE_FILE)
     emb = original(aligned, new[S.TEXT].to_list(), seen[0])
-    codes = load_rqvae(out / ITEM_RQVAE).encode(emb)  # (2, L)
+    codes = load_rqvae(out / S.ITEM_RQVAE_FILE).encode(emb)  # (2, L)
     got = table.tail(2).select(S.sid_column(0), S.sid_column(1)).to_numpy()
     assert np.array_equal(got, codes.numpy())
 
@@ -289,10 +251,10 @@ QWEN_TEMPLATE = (
 )
 
 
-def _qwen_parts():
+def _qwen_parts(word_tokenizer):
     from transformers import Qwen2VLImageProcessor
 
-    tok = _word_tokenizer(QWEN_SPECIALS, model_max_length=512)
+    tok = word_tokenizer(QWEN_SPECIALS, model_max_length=512)
     tok.chat_template = QWEN_TEMPLATE
     images = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56)  # 2x2..4x4 patches of 14 px
     return tok, images
@@ -313,13 +275,13 @@ def _qwen_processor_without_video(tok, images):
 
 
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def qwen_dir(tmp_path_factory: pytest.TempPathFactory, word_tokenizer) -> Path:
     """Tiny random Qwen2-VL (2 text layers of width 32, 1 vision block) with tokenizer, chat template and image
     processor; the full processor is saved only where torchvision lets transformers build it."""
     from transformers import Qwen2VLConfig, Qwen2VLModel
 
     torch.manual_seed(0)
-    tok, images = _qwen_parts()
+    tok, images = _qwen_parts(word_tokenizer)
     path = tmp_path_factory.mktemp("qwen2_vl")
     ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
     text = dict(
@@ -375,11 +337,13 @@ def test_qwen2_vl_without_torchvision_is_a_clear_error(qwen_dir: Path) -> None:
     assert Path(info.value.file) == qwen_dir
 
 
-def test_qwen2_vl_chat_template_with_image(qwen_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qwen2_vl_chat_template_with_image(
+    qwen_dir: Path, monkeypatch: pytest.MonkeyPatch, word_tokenizer
+) -> None:
     if not HAS_TORCHVISION:  # the real processor class, built without its torchvision-only video processor
         from transformers import AutoProcessor
 
-        proc = _qwen_processor_without_video(*_qwen_parts())
+        proc = _qwen_processor_without_video(*_qwen_parts(word_tokenizer))
         monkeypatch.setattr(AutoProcessor, "from_pretrained", lambda *args, **kwargs: proc)
     cfg = EncoderConfig(model=str(qwen_dir), pooling="last")
     model = enc.ContentEncoder(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from semid.rqvae import (
     RQVAE,
     RQVAEConfig,
     auto_codebook_sizes,
+    code_utilization,
     load_rqvae,
     resolve_codebook_sizes,
     save_rqvae,
@@ -78,8 +80,9 @@ def test_training_lowers_the_loss_and_uses_level0(trained: RQVAE, vectors: torch
 
 def test_save_load_gives_identical_codes(trained: RQVAE, vectors: torch.Tensor, tmp_path) -> None:
     path = tmp_path / "rqvae.pt"
-    save_rqvae(trained, TINY, path)
+    save_rqvae(trained, TINY, path, meta={"stage_hash": "abc", "data_hash": "def"})
     loaded = load_rqvae(path)
+    assert loaded.build_meta == {"stage_hash": "abc", "data_hash": "def", "codebook_sizes": [8, 8]}
     assert not loaded.training
     assert loaded.codebook_sizes == [8, 8] and loaded.cfg == TINY
     # every k-means `initted` flag travels with the state: a fresh forward must not re-run k-means
@@ -93,6 +96,36 @@ def test_save_load_gives_identical_codes(trained: RQVAE, vectors: torch.Tensor, 
 def test_load_rejects_a_missing_file(tmp_path) -> None:
     with pytest.raises(InputError, match="checkpoint"):
         load_rqvae(tmp_path / "nope.pt")
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled: what a malicious checkpoint would do (with os.system)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_malicious_pickle_is_refused(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "rqvae.pt"
+    torch.save({"format": 2, "state_dict": _Payload(marker)}, path)
+    with pytest.raises(InputError, match="refused") as info:
+        load_rqvae(path)
+    assert info.value.file == str(path) and not marker.exists()  # nothing ran
+    torch.load(path, weights_only=False)  # the oracle: an unsafe load does run the payload
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a zip", b"PK\x03\x04truncated"])
+def test_load_rejects_a_damaged_file(tmp_path, content: bytes) -> None:
+    path = tmp_path / "rqvae.pt"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match="RQ-VAE checkpoint") as info:
+        load_rqvae(path)
+    assert info.value.file == str(path)
 
 
 def test_same_seed_identical_codes(trained: RQVAE, vectors: torch.Tensor) -> None:
@@ -125,3 +158,33 @@ def test_auto_sizes_rule(n: int, levels: int) -> None:
     assert auto_codebook_sizes(3706, 3) == [128] * 3
     assert resolve_codebook_sizes(RQVAEConfig(levels=levels), n) == sizes
     assert math.prod(auto_codebook_sizes(3706, 3)) >= 512 * 3706
+
+
+def test_progress_utilization_is_the_final_check_quantity(trained: RQVAE, vectors: torch.Tensor) -> None:
+    import numpy as np
+
+    from semid.ids import health, make_table
+
+    table = make_table(np.arange(N), trained.encode(vectors), key="item_id")
+    assert trained.fit_utilization == health(table, trained.codebook_sizes)["utilization"]
+    assert trained.fit_utilization == code_utilization(trained.encode(vectors), trained.codebook_sizes)
+
+
+def test_training_leaves_the_global_rng_and_threads_alone(vectors: torch.Tensor) -> None:
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_rqvae(vectors, TINY, progress_bar=False)
+    assert torch.equal(torch.rand(3), expected)  # the caller's RNG stream is where it was
+    assert torch.get_num_threads() == threads
+
+
+def test_codes_do_not_depend_on_the_callers_thread_count(trained: RQVAE, vectors: torch.Tensor) -> None:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = train_rqvae(vectors, TINY, progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(two.encode(vectors), trained.encode(vectors))

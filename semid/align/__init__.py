@@ -1,0 +1,104 @@
+"""Collaborative alignment: fine-tune the content encoder so that co-engaged items, and users and the item they
+engage with next, are close (AKT-Rec aligns content with behaviour by supervised fine-tuning).
+
+Objective: symmetric InfoNCE with in-batch negatives and temperature tau. For a batch of B pairs (a_i, p_i) with
+aligned unit vectors z,
+
+    L = 1/(2B) sum_i [ -log exp(z_ai.z_pi / tau) / sum_j exp(z_ai.z_pj / tau)
+                       -log exp(z_ai.z_pi / tau) / sum_j exp(z_aj.z_pi / tau) ]
+
+where a candidate j that is the same item as the positive (or as the query itself) is masked out of the sum, so
+repeated items in a batch are not pushed apart.
+
+- Item pairs: a user's positive (label == 1) train interactions, ordered by timestamp (ties by item_id), pair each
+  positive with the next `window` positives of the same user (`co_engagement_pairs`). Pairs are drawn without
+  replacement with weight (count_a * count_b) ** -popularity_power (count = positive train interactions), so head
+  items do not dominate. Unique unordered pairs are split at random: `holdout` for validation (early stopping),
+  `holdout` for the retrieval probe, the rest for training.
+- Users: the user's text is their side features rendered as text plus the texts of their `user_history` positive
+  train items before the last one (most recent first, `user_texts`); it is aligned (user head) with the embedding
+  of that last positive train item -- the item they engage with next (item head). Same loss, same batch step.
+- Parameter-efficient for CPUs: the encoder is frozen except its top `train_layers` transformer layers (a copy)
+  and two projection heads (Linear D->D initialised to identity, output L2-normalised), so before training the
+  aligned vectors equal the plain encoder's. The frozen lower layers run ONCE over all texts; their hidden states
+  (pads dropped, packed) are cached in memory and training runs only the top layers + heads on them.
+  The split is the encoder's own (`ContentEncoder.layers()` / `lower` / `upper`): BERT-style text encoders
+  (BERT, RoBERTa, XLM-R, MiniLM).
+- Heads only ("head" mode): with item images, with any encoder kind other than a BERT-style text encoder
+  (clip, vlm, other text architectures), or with train_layers=0, no transformer layer is trained. Every item
+  (text + image) and user (text, `user_max_length` tokens) is encoded once by the frozen encoder
+  (`semid.encoder.encode`, so an embedding cache is reused), each vector becomes a one-token text of the same
+  in-memory store, and the same loop trains only the two heads on them: same objectives, early stopping, probes.
+  Images need an encoder that takes them (clip, vlm); a text encoder ignores them with a warning and keeps
+  training its top layers.
+- Reproducible without touching the caller's state: `align` runs in `semid.determinism.seeded(cfg.seed,
+  cfg.threads)` -- torch's RNG forked and seeded (dropout), a fixed thread count (`AlignConfig.threads`, default 1,
+  part of the build fingerprint) because reductions split across threads change the vectors and then the IDs.
+  So a build is thread-count invariant: the same config gives the same IDs whatever torch.get_num_threads() is.
+- `load_aligned_encoder` rebuilds the aligned encoder from the saved state so `semid assign` can embed new items
+  exactly as `align` embedded the known ones.
+
+Files: `pairs` (co-engagement pairs, next items, user texts, splits), `probe` (retrieval recall, hit rate),
+`model` (AlignedEncoder, cached lower states, info_nce), `training` (AlignConfig, AlignModule, align, state I/O).
+"""
+
+from semid.align.model import (
+    AlignedEncoder,
+    HiddenStore,
+    build_store,
+    concat_stores,
+    embed_from_store,
+    gather,
+    info_nce,
+    usable_images,
+    vector_store,
+)
+from semid.align.pairs import (
+    ANCHOR,
+    NEXT_ITEM,
+    POSITIVE,
+    co_engagement_pairs,
+    next_items,
+    split_pairs,
+    split_users,
+    user_texts,
+)
+from semid.align.probe import next_item_hit_rate, retrieval_recall
+from semid.align.training import (
+    STATE_FILE,
+    AlignConfig,
+    AlignModule,
+    AlignResult,
+    align,
+    load_aligned_encoder,
+    save_state,
+)
+
+__all__ = [
+    "ANCHOR",
+    "NEXT_ITEM",
+    "POSITIVE",
+    "STATE_FILE",
+    "AlignConfig",
+    "AlignModule",
+    "AlignResult",
+    "AlignedEncoder",
+    "HiddenStore",
+    "align",
+    "build_store",
+    "co_engagement_pairs",
+    "concat_stores",
+    "embed_from_store",
+    "gather",
+    "info_nce",
+    "load_aligned_encoder",
+    "next_item_hit_rate",
+    "next_items",
+    "retrieval_recall",
+    "save_state",
+    "split_pairs",
+    "split_users",
+    "usable_images",
+    "user_texts",
+    "vector_store",
+]
