@@ -1,0 +1,260 @@
+"""LLM4MSR hierarchical meta layers (Wang et al., CIKM'24) around any field-embedding backbone: knowledge vectors
+(one per user, one per scenario) generate low-rank weights W = W0 + A(k) B(k) of small layers.
+
+- user level, at the bottom: every input field embedding e_f (d) becomes e_f + e_f (W0 + A(k_u) B(k_u)), a
+  personalised transform, before the backbone's head sees it;
+- scenario level, in parallel: an MLP over the (transformed) flat fields whose layers use W0 + A(k_s) B(k_s);
+  its output is added to the backbone's logit.
+B(k)'s generator and the last layer's W0 start at zero, so at init the wrapped model gives exactly the backbone's
+logits; training moves it away. Knowledge `source`: `llm` / `prompt_text` = frozen vectors from
+`user_vectors.parquet` / `scenario_vectors.parquet` (semid.knowledge.msr); `learned` = trainable user / scenario
+embeddings of the same size through the same path (the capacity control).
+
+A backbone is usable when it follows `FieldNet` (`embed(batch) -> (B, F, d)`, `head(fields, batch) ->
+ModelOutput`: STAR does); DeepFM and its subclasses are adapted here until DeepFM has those two methods.
+Shapes: B = batch, F = fields, d = embedding dim, D = F * d, K = knowledge dim, h = meta_dim, r = rank, S = scenarios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ctr.batch import Batch, DataSpec, ModelOutput
+from ctr.layers import squared_norm
+from ctr.models.deepfm import DeepFM
+from ctr.scenario import ScenarioIndex
+from semid.errors import InputError
+from semid.knowledge import msr
+
+KnowledgeSource = Literal["llm", "learned", "prompt_text"]
+
+
+@runtime_checkable
+class FieldNet(Protocol):
+    def embed(self, batch: Batch) -> Tensor: ...  # (B, F, d) input field embeddings
+
+    def head(self, fields: Tensor, batch: Batch) -> ModelOutput: ...  # fields (B, F, d) -> the output
+
+
+class DeepFMFields(nn.Module):
+    """DeepFM (and subclasses) as a FieldNet: `embed` / `head` split exactly where DeepFM.forward uses `e`.
+    To be replaced by these two methods on DeepFM itself (tests check head(embed(b)) == DeepFM(b))."""
+
+    def __init__(self, net: DeepFM):
+        super().__init__()
+        self.net = net
+
+    def embed(self, batch: Batch) -> Tensor:
+        net = self.net
+        e = net.fields(batch, **net.extras(batch), pool=net.history_pool)  # (B, F, d)
+        extra = net.extra_fields(batch)
+        return e if extra is None else torch.cat([e, extra], 1)  # (B, F + n_extra, d)
+
+    def head(self, fields: Tensor, batch: Batch) -> ModelOutput:
+        net = self.net
+        first = net.first_order(batch).sum((1, 2))  # (B, F, 1) -> (B,)
+        deep, aux = net.deep(batch, fields.flatten(1))  # (B,)
+        logit = net.bias + first + net.fm(fields) + deep  # (B,)
+        return ModelOutput(logit, logit.new_zeros(()), aux, squared_norm(fields))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        return self.head(self.embed(batch), batch)
+
+
+def as_field_net(net: nn.Module) -> nn.Module:
+    if isinstance(net, FieldNet):
+        return net
+    if isinstance(net, DeepFM):
+        return DeepFMFields(net)
+    raise InputError(
+        f"the backbone {type(net).__name__} does not expose its input fields (embed / head)",
+        fix="use a backbone with embed(batch) and head(fields, batch) (STAR, DeepFM and its subclasses)",
+    )
+
+
+class Knowledge(nn.Module):
+    """Rows of knowledge vectors -> (N_rows, h) meta codes: frozen standardised vectors (llm, prompt_text) or a
+    trainable table of the same size (learned), then one trainable projection."""
+
+    def __init__(self, vectors: np.ndarray | None, n: int, dim: int, meta_dim: int, *, learned: bool):
+        super().__init__()
+        self.table: nn.Embedding | None = None
+        if learned:
+            self.table = nn.Embedding(n, dim)  # N(0, 1) rows: the scale of the standardised vectors
+            self.register_buffer("frozen", torch.zeros(0, dim))
+        else:
+            v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))  # (n, K)
+            # standardised once per row (hidden states have a few huge dimensions), stored with the checkpoint
+            v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True).clamp_min(1e-6)
+            self.register_buffer("frozen", v)
+        self.proj = nn.Linear(dim, meta_dim)
+        self.act = nn.Tanh()
+
+    def forward(self, rows: Tensor | None = None) -> Tensor:
+        """rows (R,) -> (R, h); None = every row."""
+        if self.table is not None:
+            k = self.table.weight if rows is None else self.table(rows)  # (R, K)
+        else:
+            k = self.frozen if rows is None else self.frozen[rows]  # (R, K)
+        return self.act(self.proj(k))  # (R, h)
+
+
+class MetaLinear(nn.Module):
+    """y = x W0 + b0 + (x A(z)) B(z), A(z): (in, r), B(z): (r, out) generated from a meta code z (h).
+
+    `zero=True` starts W0 and b0 at zero too (the last layer of a parallel tower: output exactly 0 at init).
+    Codes are given per sample (z (B, h), x (B, ..., in)) or per group with each sample's group index
+    (z (G, h), group (B,), x (B, in)).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, meta_dim: int, rank: int, *, zero: bool = False):
+        super().__init__()
+        base = nn.Linear(in_dim, out_dim)
+        self.weight = nn.Parameter(base.weight.detach().t().clone() * (0.0 if zero else 1.0))  # (in, out)
+        self.bias = nn.Parameter(base.bias.detach().clone() * (0.0 if zero else 1.0))  # (out,)
+        self.gen_a = nn.Linear(meta_dim, in_dim * rank)
+        self.gen_b = nn.Linear(meta_dim, rank * out_dim)
+        nn.init.zeros_(self.gen_b.weight)  # B(z) = 0: W = W0 at init; gen_b gets gradients through A(z)
+        nn.init.zeros_(self.gen_b.bias)
+        self.in_dim, self.out_dim, self.rank = in_dim, out_dim, rank
+
+    def forward(self, x: Tensor, z: Tensor, group: Tensor | None = None) -> Tensor:
+        a = self.gen_a(z).view(-1, self.in_dim, self.rank)  # (G or B, in, r)
+        b = self.gen_b(z).view(-1, self.rank, self.out_dim)  # (G or B, r, out)
+        if group is None:  # x (B, ..., in): one code per sample, shared by its middle positions (fields)
+            xa = torch.einsum("b...i,bir->b...r", x, a)  # (B, ..., r)
+            delta = torch.einsum("b...r,bro->b...o", xa, b)  # (B, ..., out)
+        else:
+            xa = torch.einsum("bi,gir->bgr", x, a)  # (B, G, r): G is small
+            xa = xa.gather(1, group.view(-1, 1, 1).expand(-1, 1, self.rank)).squeeze(1)  # (B, r)
+            delta = torch.einsum("br,bro->bo", xa, b[group])  # (B, out)
+        return x @ self.weight + self.bias + delta
+
+
+class MetaLayers(nn.Module):
+    """Args:
+    backbone: builds the wrapped network from the DataSpec (`{class_path: ctr.models.star.STAR, ...}` in YAML).
+    source: where the knowledge comes from: llm | prompt_text (frozen vectors from the files) | learned.
+    user_vectors, scenario_vectors: `user_vectors.parquet` / `scenario_vectors.parquet` (semid.knowledge.msr).
+    scenarios: `scenarios.parquet` (until the Batch carries `scenario`).
+    use_user_level, use_scenario_level: switch each meta level (both off = the backbone alone).
+    knowledge_dim: K of the learned tables; None = the dimension of the vector files (the same capacity).
+    meta_dim: h, the meta code every generator reads; rank: r of A(k) B(k).
+    scenario_dims: hidden layers of the scenario-level tower (its output layer has one unit).
+    """
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        *,
+        backbone: Callable[[DataSpec], nn.Module],
+        source: KnowledgeSource = "llm",
+        user_vectors: str | None = None,
+        scenario_vectors: str | None = None,
+        scenarios: str | None = None,
+        use_user_level: bool = True,
+        use_scenario_level: bool = True,
+        knowledge_dim: int | None = None,
+        meta_dim: int = 16,
+        rank: int = 4,
+        scenario_dims: Sequence[int] = (64,),
+    ):
+        super().__init__()
+        if source not in ("llm", "learned", "prompt_text"):
+            raise InputError(f"source={source!r}", fix="set source to llm, learned or prompt_text")
+        self.backbone = as_field_net(backbone(spec))
+        self.use_user_level, self.use_scenario_level = use_user_level, use_scenario_level
+        with torch.no_grad():  # field count and width, from a one-row probe
+            f, d = _field_shape(self.backbone, spec)
+        learned = source == "learned"
+        self.user_knowledge: Knowledge | None = None
+        self.scenario_knowledge: Knowledge | None = None
+        self.scenario: ScenarioIndex | None = None
+        if use_user_level:
+            vectors, dim = _vectors(user_vectors, "user", spec.n_users, learned, knowledge_dim)
+            self.user_knowledge = Knowledge(vectors, spec.n_users, dim, meta_dim, learned=learned)
+            self.user_layer = MetaLinear(d, d, meta_dim, rank, zero=True)  # e + e (W0 + A B), W0 from 0
+        if use_scenario_level:
+            self.scenario = ScenarioIndex(spec, scenarios=scenarios)
+            n_s = self.scenario.n_scenarios
+            vectors, dim = _vectors(scenario_vectors, "scenario", n_s, learned, knowledge_dim)
+            self.scenario_knowledge = Knowledge(vectors, n_s, dim, meta_dim, learned=learned)
+            dims = [f * d, *scenario_dims]
+            self.tower = nn.ModuleList(MetaLinear(i, o, meta_dim, rank) for i, o in zip(dims, dims[1:]))
+            self.tower_out = MetaLinear(dims[-1], 1, meta_dim, rank, zero=True)
+            self.act = nn.ReLU()
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        e = self.backbone.embed(batch)  # (B, F, d)
+        fields = e
+        if self.user_knowledge is not None:
+            z = self.user_knowledge(batch.user)  # (B, h)
+            fields = e + self.user_layer(e, z)  # (B, F, d): one generated (d, d) transform per user
+        out = self.backbone.head(fields, batch)
+        logit, aux = out.logit, dict(out.aux)
+        if self.scenario_knowledge is not None and self.scenario is not None:
+            s = self.scenario(batch)  # (B,)
+            z = self.scenario_knowledge()  # (S, h)
+            h = fields.flatten(1)  # (B, D)
+            for layer in self.tower:
+                h = self.act(layer(h, z, s))  # (B, hidden)
+            meta = self.tower_out(h, z, s).squeeze(-1)  # (B,)
+            logit = logit + meta
+            aux["meta_logit_abs"] = meta.detach().abs().mean()
+        return ModelOutput(logit, out.aux_loss, aux, squared_norm(e))
+
+
+def _field_shape(net: nn.Module, spec: DataSpec) -> tuple[int, int]:
+    """(F, d) of the backbone's fields, from a one-row dummy batch (padding ids, zero counts)."""
+    z = torch.zeros(1, dtype=torch.long)
+    batch = Batch(
+        user=z,
+        item=z,
+        label=torch.zeros(1),
+        user_sid=torch.zeros(1, len(spec.user_sid_sizes), dtype=torch.long),
+        item_sid=torch.zeros(1, len(spec.item_sid_sizes), dtype=torch.long),
+        user_count=torch.zeros(1),
+        item_count=torch.zeros(1),
+        user_feats=torch.zeros(1, len(spec.user_feature_vocab), 1, dtype=torch.long),
+        item_feats=torch.zeros(1, len(spec.item_feature_vocab), 1, dtype=torch.long),
+        hist_item=torch.zeros(1, spec.history_len, dtype=torch.long),
+        hist_item_sid=torch.zeros(1, spec.history_len, len(spec.item_sid_sizes), dtype=torch.long),
+        hist_item_count=torch.zeros(1, spec.history_len),
+        user_bucket=z,
+        item_bucket=z,
+        user_content=torch.zeros(1, spec.user_content_dim),
+        item_content=torch.zeros(1, spec.item_content_dim),
+    )
+    was = net.training
+    net.eval()
+    shape = net.embed(batch).shape
+    net.train(was)
+    return int(shape[1]), int(shape[2])
+
+
+def _vectors(
+    path: str | None, kind: Literal["user", "scenario"], n: int, learned: bool, knowledge_dim: int | None
+) -> tuple[np.ndarray | None, int]:
+    """The frozen vectors (None when learned) and K."""
+    if learned:
+        if knowledge_dim is not None:
+            return None, knowledge_dim
+        if path is None:
+            raise InputError(
+                f"source learned needs knowledge_dim or {kind}_vectors (whose width it copies)",
+                fix=f"set knowledge_dim, or {kind}_vectors to the LLM arm's file",
+            )
+        return None, int(msr.read_vectors(path, kind=kind, n=n)[1]["dim"])
+    if path is None:
+        raise InputError(
+            f"the {kind}-level meta layer needs {kind}_vectors",
+            fix=f"set {kind}_vectors to <run>/{msr.USER_VECTORS_FILE if kind == 'user' else msr.SCENARIO_VECTORS_FILE}"
+            f", set source: learned, or use_{kind}_level: false",
+        )
+    vectors, _ = msr.read_vectors(path, kind=kind, n=n)
+    return vectors, vectors.shape[1]
