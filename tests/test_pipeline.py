@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
+from pipelines.cli import check_checkpoint
 from pipelines.run import main as run_main
 from semid import schema as S
 from semid.io import read_meta
@@ -43,7 +44,9 @@ def pipeline_config(tmp_path_factory, synthetic_raw, tiny_bert_dir) -> Path:
                 "encoder": {"model": str(tiny_bert_dir), "batch_size": 32, "max_length": 32},
                 "align_config": {"max_epochs": 1, "max_pairs": 400, "batch_size": 64, "user_max_length": 32},
                 "item_rqvae": rq,
-                "user_rqvae": rq,
+                # user texts list a user's history: with a random BERT their mean-pooled vectors are nearly one
+                # point, so level 0 may use a single code; the check itself is tested in test_ids.py
+                "user_rqvae": {**rq, "min_level0_utilization": 0.0},
             }
         )
     )
@@ -60,15 +63,15 @@ def pipeline_config(tmp_path_factory, synthetic_raw, tiny_bert_dir) -> Path:
         "deepfm": {"class_path": "ctr.models.deepfm.DeepFM", "init_args": {**small, "mlp_dims": [16]}},
         "akt": {
             "class_path": "ctr.models.akt.AKT",
-            "init_args": {**small, "view_dim": 16, "tower_dims": [16]},
+            "init_args": {**small, "mlp_dims": [16]},
         },
         "akt_no_gate": {
             "class_path": "ctr.models.akt.AKT",
-            "init_args": {**small, "view_dim": 16, "tower_dims": [16], "use_gate": False},
+            "init_args": {**small, "mlp_dims": [16], "use_gate": False},
         },
     }
-    for name, cfg in model_cfgs.items():
-        (root / f"{name}.yaml").write_text(yaml.safe_dump({"model": cfg}))
+    for name, cfg in model_cfgs.items():  # the task's `net` is the network (ctr.module.CTRTask)
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({"model": {"net": cfg}}))
     pipeline = {
         "name": "synthetic",
         "prepare": {
@@ -120,6 +123,9 @@ def test_every_artifact(finished_run):
         metrics = json.loads((run / "models" / name / "seed0" / "metrics.json").read_text())
         assert {"val", "test", "stage_hash", "fit_seconds", "best_checkpoint"} <= set(metrics)
         assert 0 <= metrics["test"]["auc"] <= 1
+        check_checkpoint(metrics["best_checkpoint"])  # a real checkpoint passes the CLI's pre-check
+        frozen = sorted((run / "models" / name / "seed0" / "config").iterdir())
+        assert [p.name for p in frozen] == ["00_common.yaml", f"01_{name}.yaml"]
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["schema_version"] == 1 and report["target"] == "akt"
     assert set(report["models"]) == set(MODELS)
@@ -152,14 +158,15 @@ def test_killed_run_resumes_with_the_same_result(finished_run, pipeline_config, 
         "--run_dir",
         str(out),
     ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    console = tmp_path / "console.txt"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=console.open("w"))
     first_done = out / "models" / MODELS[0] / "seed0" / "metrics.json"
     deadline = time.monotonic() + 300
     while not first_done.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # mid-way: the first model is done, the next one is being fitted
     proc.wait()
-    assert first_done.exists()
+    assert first_done.exists(), console.read_text()[-3000:]
     assert not (out / "report" / "report.json").exists()
 
     run_main(["--config", str(pipeline_config), "--run_dir", str(out)])
@@ -171,7 +178,7 @@ def test_killed_run_resumes_with_the_same_result(finished_run, pipeline_config, 
     assert (out / "report" / "report.json").exists()
 
 
-def test_changed_model_config_reruns_only_that_model(finished_run, pipeline_config, tmp_path, capsys):
+def test_changed_model_config_reruns_only_that_model(finished_run, pipeline_config, tmp_path, capfd):
     import shutil
 
     run = tmp_path / "changed"
@@ -183,13 +190,20 @@ def test_changed_model_config_reruns_only_that_model(finished_run, pipeline_conf
         m["config"] = str(cfg_dir / Path(m["config"]).name)
     (cfg_dir / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
     deepfm = yaml.safe_load((cfg_dir / "deepfm.yaml").read_text())
-    deepfm["model"]["init_args"]["mlp_dims"] = [12]
+    deepfm["model"]["net"]["init_args"]["mlp_dims"] = [12]
     (cfg_dir / "deepfm.yaml").write_text(yaml.safe_dump(deepfm))
     run_main(["--config", str(cfg_dir / "pipeline.yaml"), "--run_dir", str(run)])
-    log = capsys.readouterr().out
+    captured = capfd.readouterr()
+    log = captured.out
     assert "[semids] up to date" in log
     assert "[fit] deepfm seed 0: up to date" not in log
     assert "[fit] akt seed 0: up to date" in log
+    # a quiet console: library chatter of the deepfm fit went to the run log, not to the terminal
+    console = captured.out + captured.err
+    for noise in ("GPU available", "litlogger", "LightningCLI's args", "Restoring states"):
+        assert noise not in console, noise
+    assert "GPU available" in (run / "run.log").read_text()
+    assert [line for line in log.splitlines() if line.startswith("[fit] deepfm")]  # its one summary line
 
 
 def test_missing_model_config_is_a_clear_error_before_any_work(pipeline_config, tmp_path, capsys):

