@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from ctr.batch import Batch, DataSpec
 from ctr.models import DeepFM
+from ctr.module import CTRTask
 
 ML1M = DataSpec(
     n_users=6040,
@@ -68,6 +69,7 @@ def synthetic_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) ->
                 item_feats=genres,
                 hist_item=hist,
                 hist_item_sid=torch.randint(0, 256, (b, h, 3), generator=g) * (hist > 0).unsqueeze(-1),
+                hist_item_count=torch.randint(0, 3000, (b, h), generator=g).float() * (hist > 0),
                 user_bucket=torch.randint(0, 4, (b,), generator=g),
                 item_bucket=torch.randint(0, 4, (b,), generator=g),
             )
@@ -75,9 +77,9 @@ def synthetic_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) ->
     return out
 
 
-def make_model(sparse: bool) -> DeepFM:
+def make_model(sparse: bool) -> CTRTask:
     torch.manual_seed(0)
-    return DeepFM(ML1M, sparse_embeddings=sparse)
+    return CTRTask(DeepFM, ML1M, sparse_embeddings=sparse)
 
 
 def bare_loop(batches: list[Batch], sparse: bool) -> float:

@@ -1,8 +1,9 @@
-"""The one batch type every CTR model consumes, and the data facts (cardinalities) models are built from.
+"""The one batch type every CTR network consumes, what a network returns, and the data facts (cardinalities)
+networks are built from.
 
 Shapes: B = batch size, L_i / L_u = semantic-ID levels of items / users (the dedup suffix not included),
 F_i / F_u = number of item / user side features, M_i / M_u = max tokens of one multi-valued feature,
-H = history length. Token 0 is padding in every feature vocabulary and in the history (real item ids are
+H = history length, D_i / D_u = dimension of the frozen content vectors (0 when none are loaded). Token 0 is padding in every feature vocabulary and in the history (real item ids are
 shifted by one there), so `nn.EmbeddingBag(padding_idx=0)` / masks work directly.
 """
 
@@ -11,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
+
+NO_CONTENT = torch.zeros(0)  # the content fields of a Batch built without content vectors (nothing is read)
 
 
 class Batch(NamedTuple):
@@ -24,12 +28,24 @@ class Batch(NamedTuple):
     item_count: Tensor  # (B,) float32 number of train interactions of the item (0 = cold)
     user_feats: Tensor  # (B, F_u, M_u) int64 per-feature token ids, 0 = padding
     item_feats: Tensor  # (B, F_i, M_i) int64
-    hist_item: Tensor  # (B, H) int64 item id + 1 of the user's last H positive train items before the sample, 0 = pad
+    hist_item: Tensor  # (B, H) int64 item id + 1 of the user's last H positives before the sample, 0 = pad
     hist_item_sid: (
         Tensor  # (B, H, L_i) int64 semantic IDs of those items (0 where padded; mask with hist_item > 0)
     )
+    hist_item_count: Tensor  # (B, H) float32 train interactions of each history item (0 where padded)
     user_bucket: Tensor  # (B,) int64 index into semid.schema.BUCKETS (head, torso, tail, cold) of the user
     item_bucket: Tensor  # (B,) int64 index into BUCKETS of the item
+    user_content: Tensor = NO_CONTENT  # (B, D_u) float32 frozen aligned content vector of the user, or empty
+    item_content: Tensor = NO_CONTENT  # (B, D_i) float32 frozen aligned content vector of the item, or empty
+
+
+class ModelOutput(NamedTuple):
+    """What a network's `forward(batch)` returns; `ctr.module.CTRTask` turns it into the loss."""
+
+    logit: Tensor  # (B,) click logit
+    aux_loss: Tensor  # () extra training loss, already weighted (0 when none)
+    aux: dict[str, Tensor]  # scalars to log (gate means, fusion weights, ...)
+    embed_sq: Tensor | None = None  # () batch mean of per-sample squared norm of looked-up embeddings
 
 
 @dataclass(frozen=True)
@@ -48,3 +64,5 @@ class DataSpec:
     history_len: int
     user_count_max: float  # largest train count, for normalising activity
     item_count_max: float
+    user_content_dim: int = 0  # dimension of the users' content vectors (0 = none loaded)
+    item_content_dim: int = 0

@@ -5,9 +5,15 @@ label, history end offset), per entity the feature tokens, semantic IDs, train c
 is a handful of index gathers from those tensors, so there is no per-sample Dataset or collate: a sampler yields
 index tensors (`IndexBatches`) and the dataset turns one into a whole `Batch` (`SplitData`).
 
-History without leakage: a sample's history is the user's last `history_len` positive *train* interactions with a
-timestamp strictly before the sample's (for every split), most recent first; equal timestamps are ordered by item
-id. It is stored as one sorted array of train positives plus, per sample, the end offset of its history in it.
+History without leakage: a sample's history is the user's last `history_len` positive interactions with a
+timestamp strictly before the sample's, most recent first (equal timestamps ordered by item id), drawn from the
+splits that are its past (`HISTORY_SOURCES`): a train sample reads train positives; a val or test sample reads
+train *and* val positives, so a test sample of a user whose activity sits in the validation period still has it
+as history. Never the sample itself, nothing at or after its timestamp, never a test label. Stored per source set
+as one sorted array of positives plus, per sample, the end offset of its history in it.
+
+Content vectors (optional, `item_content` / `user_content`): the frozen aligned vectors `semid build` writes
+(item_embeddings.parquet / user_embeddings.parquet), read once into an (n, D) tensor indexed per batch.
 
 DDP: the loaders shard themselves (train: each rank takes an equal share of the epoch's permutation; eval: rank r
 takes batches r::world_size, disjoint and covering every sample once, so ranks may get unequal batch counts -- do not
@@ -31,9 +37,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ctr.batch import Batch, DataSpec
 from semid import schema as S
 from semid.errors import InputError
+from semid.ids import read_table, sid_columns
 from semid.io import read_meta
 
 Split = Literal["train", "val", "test"]
+
+HISTORY_SOURCES: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "val": ("train", "val"),
+    "test": ("train", "val"),
+}
+"""The splits whose positives form a sample's history, per split of the sample (always strictly before it)."""
 
 
 # -- entity tables ------------------------------------------------------------------------------------------
@@ -58,10 +72,12 @@ class Entities:
     sid: SemanticIds
     count: Tensor  # (n,) float32 train interactions
     bucket: Tensor  # (n,) int64 index into BUCKETS
+    content: Tensor  # (n, D) float32 frozen content vector per id; (n, 0) when none was loaded
 
 
 class History(NamedTuple):
-    """Train positives sorted by (user, timestamp, item), with a search key for 'last positive before t'."""
+    """Positives (of the splits in HISTORY_SOURCES) sorted by (user, timestamp, item), with a search key for
+    'last positive before t'."""
 
     items: Tensor  # (P + 1,) int64 item id + 1, with a leading 0 so that index 0 is padding
     user_start: Tensor  # (n_users,) int64 offset of each user's first positive in the sorted array
@@ -76,14 +92,14 @@ class SplitArrays:
     user: Tensor  # (N,) int64
     item: Tensor  # (N,) int64
     label: Tensor  # (N,) float32
-    hist_end: Tensor  # (N,) int64 one past the last history positive of the sample in History.items[1:]
+    hist_end: Tensor  # (N,) int64 one past the last history positive of the sample in its History.items[1:]
 
 
 @dataclass(frozen=True)
 class Tables:
     items: Entities
     users: Entities
-    history: History
+    histories: dict[str, History]  # per split: the history its samples read (see HISTORY_SOURCES)
     splits: dict[str, SplitArrays]
 
 
@@ -189,31 +205,31 @@ def _few(ids: np.ndarray, raw: pl.Series, k: int = 5) -> str:
     return f"{shown.tolist()}{more}" + (f", raw ids {raws}" if raws else "")
 
 
-def read_sids(path: str | Path | None, *, key: str, n: int, raw: pl.Series, default_file: str) -> SemanticIds:
+def read_sids(
+    path: str | Path | None,
+    *,
+    key: str,
+    n: int,
+    raw: pl.Series,
+    default_file: str,
+    data_hash: str | None = None,
+) -> SemanticIds:
     """An ID table -> (n, L) codes by dense id (the dedup suffix left out) and per-level codebook sizes.
 
-    None -> one level of code 0 with size 1 (ID-only baselines). A directory means <dir>/<default_file>.
-    Sizes come from the metadata's "codebook_sizes", else max + 1 per level.
+    None -> one level of code 0 with size 1 (ID-only baselines). A directory means <dir>/<default_file>. The table
+    is read and validated by `semid.ids.read_table` (schema, codes within the metadata's codebook_sizes, unique
+    ids, and built from the prepared dataset whose `data_hash` is given); this adds what a dense lookup needs:
+    every id of the dataset present, none beyond it.
     """
     if path is None:
         return SemanticIds(torch.zeros(n, 1, dtype=torch.int64), (1,))
     path = Path(path)
     if path.is_dir():
         path = path / default_file
-    fix = "run `semid build-semids` for this prepared dataset, or pass the right file"
-    _require_file(path, fix)
-    schema = pl.read_parquet_schema(path)
-    _require_columns(schema, [key, S.sid_column(0)], path)
-    levels = 0
-    while S.sid_column(levels) in schema:
-        levels += 1
-    cols = [S.sid_column(i) for i in range(levels)]
-    df = pl.read_parquet(path, columns=[key, *cols])
-    for col in [key, *cols]:
-        if df[col].null_count():
-            raise InputError("null values", file=path, column=col, fix=fix)
-    ids = df[key].cast(pl.Int64).to_numpy()
-    unknown = np.unique(ids[(ids < 0) | (ids >= n)])
+    table, meta = read_table(path, key=key, data_hash=data_hash)
+    cols = sid_columns(table)
+    ids = table[key].cast(pl.Int64).to_numpy()
+    unknown = np.unique(ids[ids >= n])
     if unknown.size:
         raise InputError(
             f"{unknown.size} ids are unknown to the dataset ({n} ids, 0..{n - 1}): {unknown[:5].tolist()}",
@@ -221,42 +237,91 @@ def read_sids(path: str | Path | None, *, key: str, n: int, raw: pl.Series, defa
             column=key,
             fix=f"build the ID table from this prepared dataset (its {key} must be the dataset's dense ids)",
         )
-    uniq, counts = np.unique(ids, return_counts=True)
-    dup = uniq[counts > 1]
-    if dup.size:
-        raise InputError(f"duplicate ids {dup[:5].tolist()}", file=path, column=key, fix=fix)
     missing = np.setdiff1d(np.arange(n), ids)
     if missing.size:
         raise InputError(
             f"{missing.size} of the dataset's {n} ids have no semantic ID: {_few(missing, raw)}",
             file=path,
             column=key,
-            fix="rebuild the ID table for this prepared dataset (every id needs a row; assign new ids incrementally)",
+            fix="rebuild the IDs for this prepared dataset (`semid build`), or add the new ids with `semid assign`",
         )
-    codes = np.zeros((n, levels), dtype=np.int64)
-    codes[ids] = df.select(cols).to_numpy().astype(np.int64)
-    sizes = read_meta(path).get("codebook_sizes")
-    if sizes is None or len(sizes) != levels:
-        sizes = (codes.max(axis=0) + 1).tolist()
-    for level, (col, size) in enumerate(zip(cols, sizes)):
-        bad = codes[:, level][(codes[:, level] < 0) | (codes[:, level] >= size)]
-        if bad.size:
+    codes = np.zeros((n, len(cols)), dtype=np.int64)
+    codes[ids] = table.select(cols).to_numpy().astype(np.int64)
+    return SemanticIds(torch.from_numpy(codes), tuple(int(s) for s in meta["codebook_sizes"]))
+
+
+def read_content(
+    path: str | Path | None, *, key: str, n: int, default_file: str, data_hash: str | None = None
+) -> Tensor:
+    """A `semid build` embeddings table (key | embedding) -> (n, D) float32 by dense id; None -> (n, 0).
+
+    A directory means <dir>/<default_file>. Every id 0..n-1 must have exactly one finite vector of one length, and
+    a table whose metadata names another prepared dataset (`data_hash`) is refused.
+    """
+    if path is None:
+        return torch.zeros(n, 0)
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_file
+    fix = f"point data.{key}_content to the {default_file} that `semid build` wrote for this prepared dataset"
+    _require_file(path, fix)
+    _require_columns(pl.read_parquet_schema(path), [key, S.EMBEDDING], path)
+    built_from = read_meta(path).get("data_hash")
+    if data_hash is not None and built_from is not None and built_from != data_hash:
+        raise InputError(
+            f"the content vectors were built from another prepared dataset (data_hash {str(built_from)[:12]}, "
+            f"this dataset {data_hash[:12]})",
+            file=path,
+            column="data_hash",
+            fix=fix,
+        )
+    df = pl.read_parquet(path, columns=[key, S.EMBEDDING])
+    ids = df[key].cast(pl.Int64).to_numpy()
+    emb = df[S.EMBEDDING]
+    if not isinstance(emb.dtype, pl.List | pl.Array):
+        raise InputError(
+            f"dtype {emb.dtype}, expected a list or array of floats", file=path, column=S.EMBEDDING, fix=fix
+        )
+    if isinstance(emb.dtype, pl.List):
+        lengths = emb.list.len().unique().to_list()
+        if len(lengths) != 1 or emb.null_count():
             raise InputError(
-                f"codes outside 0..{size - 1} (codebook_sizes in the metadata): {np.unique(bad)[:5].tolist()}",
+                f"vectors of several lengths {sorted(x for x in lengths if x is not None)[:5]} or nulls",
                 file=path,
-                column=col,
+                column=S.EMBEDDING,
                 fix=fix,
             )
-    return SemanticIds(torch.from_numpy(codes), tuple(int(s) for s in sizes))
+        values = emb.explode().cast(pl.Float32).to_numpy().reshape(df.height, lengths[0])
+    else:
+        values = emb.cast(pl.Array(pl.Float32, emb.dtype.size)).to_numpy()
+    values = np.asarray(values, dtype=np.float32)  # (N, D)
+    if values.ndim != 2 or not np.isfinite(values).all():
+        raise InputError("non-finite or malformed vectors", file=path, column=S.EMBEDDING, fix=fix)
+    if np.unique(ids).size != ids.size or ids.min(initial=0) < 0 or ids.max(initial=-1) >= n:
+        raise InputError(
+            f"ids must be unique dense ids 0..{n - 1} of this dataset", file=path, column=key, fix=fix
+        )
+    missing = np.setdiff1d(np.arange(n), ids)
+    if missing.size:
+        raise InputError(
+            f"{missing.size} of the dataset's {n} ids have no content vector: {missing[:5].tolist()}",
+            file=path,
+            column=key,
+            fix=fix,
+        )
+    out = np.zeros((n, values.shape[1]), dtype=np.float32)
+    out[ids] = values
+    return torch.from_numpy(out)
 
 
-def _entities(df: pl.DataFrame, path: Path, max_tokens: int, sid: SemanticIds) -> Entities:
+def _entities(df: pl.DataFrame, path: Path, max_tokens: int, sid: SemanticIds, content: Tensor) -> Entities:
     bucket = df[S.BUCKET].replace_strict(list(S.BUCKETS), list(range(len(S.BUCKETS))), return_dtype=pl.Int64)
     return Entities(
         feats=feature_tokens(df, _feature_names(df, path), max_tokens),
         sid=sid,
         count=torch.from_numpy(df[S.TRAIN_COUNT].fill_null(0).cast(pl.Float32).to_numpy().copy()),
         bucket=torch.from_numpy(bucket.to_numpy().copy()),
+        content=content,
     )
 
 
@@ -291,9 +356,9 @@ def _read_split(path: Path, split: str, n_users: int, n_items: int) -> pl.DataFr
 # -- history ------------------------------------------------------------------------------------------------
 
 
-def build_history(train: pl.DataFrame, n_users: int) -> History:
-    """Sort the train positives by (user, timestamp, item) into one array with per-user start offsets."""
-    pos = train.filter(pl.col(S.LABEL) == 1)
+def build_history(interactions: pl.DataFrame, n_users: int) -> History:
+    """Sort the positives of `interactions` by (user, timestamp, item) into one array with per-user offsets."""
+    pos = interactions.filter(pl.col(S.LABEL) == 1)
     user = pos[S.USER].cast(pl.Int64).to_numpy()
     ts = pos[S.TIMESTAMP].cast(pl.Int64).to_numpy()
     item = pos[S.ITEM].cast(pl.Int64).to_numpy()
@@ -312,7 +377,7 @@ def build_history(train: pl.DataFrame, n_users: int) -> History:
 
 
 def history_end(history: History, user: np.ndarray, ts: np.ndarray) -> np.ndarray:
-    """Per sample, one past the position of the user's last train positive with timestamp < ts."""
+    """Per sample, one past the position of the user's last history positive with timestamp < ts."""
     rank = np.searchsorted(history.times, ts, side="left")  # distinct positive timestamps strictly before ts
     query = user.astype(np.int64) * (history.times.size + 1) + rank
     return np.searchsorted(history.key, query, side="left")
@@ -334,6 +399,8 @@ def load_tables(
     item_sids: str | Path | None = None,
     user_sids: str | Path | None = None,
     max_tokens_per_feature: int = 8,
+    item_content: str | Path | None = None,
+    user_content: str | Path | None = None,
 ) -> Tables:
     """Validate and read a prepared dataset directory and its ID tables into tensors."""
     root = Path(data_dir)
@@ -348,14 +415,42 @@ def load_tables(
     raw_items = items[S.RAW_ITEM] if S.RAW_ITEM in items.columns else pl.Series([], dtype=pl.String)
     raw_users = users[S.RAW_USER] if S.RAW_USER in users.columns else pl.Series([], dtype=pl.String)
     splits = {s: _read_split(p, s, users.height, items.height) for s, p in split_paths.items()}
-    item_sid = read_sids(item_sids, key=S.ITEM, n=items.height, raw=raw_items, default_file=S.ITEM_SIDS_FILE)
-    user_sid = read_sids(user_sids, key=S.USER, n=users.height, raw=raw_users, default_file=S.USER_SIDS_FILE)
+    # the prepared dataset's fingerprint: an ID table built from another dataset (same counts or not) is refused
+    data_hash = read_meta(items_path).get("data_hash")
+    item_sid = read_sids(
+        item_sids,
+        key=S.ITEM,
+        n=items.height,
+        raw=raw_items,
+        default_file=S.ITEM_SIDS_FILE,
+        data_hash=data_hash,
+    )
+    user_sid = read_sids(
+        user_sids,
+        key=S.USER,
+        n=users.height,
+        raw=raw_users,
+        default_file=S.USER_SIDS_FILE,
+        data_hash=data_hash,
+    )
 
-    history = build_history(splits["train"], users.height)
+    contents = {
+        key: read_content(path, key=key, n=n, default_file=file, data_hash=data_hash)
+        for key, path, n, file in (
+            (S.ITEM, item_content, items.height, S.ITEM_EMB_FILE),
+            (S.USER, user_content, users.height, S.USER_EMB_FILE),
+        )
+    }
+
+    by_sources = {
+        sources: build_history(pl.concat([splits[s] for s in sources], how="vertical_relaxed"), users.height)
+        for sources in set(HISTORY_SOURCES.values())
+    }
+    histories = {split: by_sources[HISTORY_SOURCES[split]] for split in splits}
     arrays = {}
     for split, df in splits.items():
         user = df[S.USER].cast(pl.Int64).to_numpy()
-        end = history_end(history, user, df[S.TIMESTAMP].to_numpy())
+        end = history_end(histories[split], user, df[S.TIMESTAMP].cast(pl.Int64).to_numpy())
         arrays[split] = SplitArrays(
             user=torch.from_numpy(user.copy()),
             item=torch.from_numpy(df[S.ITEM].cast(pl.Int64).to_numpy().copy()),
@@ -363,9 +458,9 @@ def load_tables(
             hist_end=torch.from_numpy(end.astype(np.int64)),
         )
     return Tables(
-        items=_entities(items, items_path, max_tokens_per_feature, item_sid),
-        users=_entities(users, users_path, max_tokens_per_feature, user_sid),
-        history=history,
+        items=_entities(items, items_path, max_tokens_per_feature, item_sid, contents[S.ITEM]),
+        users=_entities(users, users_path, max_tokens_per_feature, user_sid, contents[S.USER]),
+        histories=histories,
         splits=arrays,
     )
 
@@ -376,6 +471,7 @@ class SplitData(Dataset):
     def __init__(self, tables: Tables, split: str, history_len: int) -> None:
         self.tables = tables
         self.arrays = tables.splits[split]
+        self.split = split
         self.history_len = history_len
 
     def __len__(self) -> int:
@@ -384,8 +480,9 @@ class SplitData(Dataset):
     def __getitem__(self, idx: Tensor) -> Batch:
         t, a = self.tables, self.arrays
         user, item = a.user[idx], a.item[idx]  # (B,)
-        hist = gather_history(t.history, user, a.hist_end[idx], self.history_len)  # (B, H)
-        hist_sid = t.items.sid.codes[(hist - 1).clamp(min=0)] * (hist > 0).unsqueeze(-1)  # (B, H, L_i)
+        hist = gather_history(t.histories[self.split], user, a.hist_end[idx], self.history_len)  # (B, H)
+        hist_idx, hist_real = (hist - 1).clamp(min=0), hist > 0  # (B, H)
+        hist_sid = t.items.sid.codes[hist_idx] * hist_real.unsqueeze(-1)  # (B, H, L_i)
         return Batch(
             user=user,
             item=item,
@@ -398,8 +495,11 @@ class SplitData(Dataset):
             item_feats=t.items.feats.tokens[item],  # (B, F_i, M_i)
             hist_item=hist,
             hist_item_sid=hist_sid,
+            hist_item_count=t.items.count[hist_idx] * hist_real,  # (B, H)
             user_bucket=t.users.bucket[user],
             item_bucket=t.items.bucket[item],
+            user_content=t.users.content[user],  # (B, D_u), (B, 0) when none
+            item_content=t.items.content[item],  # (B, D_i)
         )
 
 
@@ -459,6 +559,8 @@ class CTRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         predict_split: Literal["val", "test"] = "test",
+        item_content: str | None = None,
+        user_content: str | None = None,
     ) -> None:
         """
         Args:
@@ -467,11 +569,15 @@ class CTRDataModule(L.LightningDataModule):
             user_sids: user ID table (user_sids.parquet, or its directory); None = one constant code.
             batch_size: training batch size (per rank).
             eval_batch_size: validation / test / predict batch size.
-            history_len: number of past positive train items per sample.
+            history_len: number of past positives per sample (train ones for train samples; train and val ones
+                for val and test samples; always strictly before the sample).
             max_tokens_per_feature: multi-valued side features keep at most this many tokens.
             num_workers: DataLoader worker processes (0 = gather in the main process, usually fastest).
             seed: seeds the per-epoch shuffling.
             predict_split: the split `predict_dataloader` serves.
+            item_content: frozen item content vectors (`semid build`'s item_embeddings.parquet, or the folder
+                holding it), served as `Batch.item_content` (ContentFeatures); None = none.
+            user_content: the same for users (user_embeddings.parquet).
         """
         super().__init__()
         for name, value, low in (
@@ -498,6 +604,8 @@ class CTRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.predict_split = predict_split
+        self.item_content = item_content
+        self.user_content = user_content
         self.tables: Tables | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -508,6 +616,8 @@ class CTRDataModule(L.LightningDataModule):
                 item_sids=self.item_sids,
                 user_sids=self.user_sids,
                 max_tokens_per_feature=self.max_tokens_per_feature,
+                item_content=self.item_content,
+                user_content=self.user_content,
             )
 
     @property
@@ -526,6 +636,8 @@ class CTRDataModule(L.LightningDataModule):
             history_len=self.history_len,
             user_count_max=float(users.count.max()),
             item_count_max=float(items.count.max()),
+            user_content_dim=int(users.content.shape[1]),
+            item_content_dim=int(items.content.shape[1]),
         )
 
     @property

@@ -1,5 +1,7 @@
-"""Reusable CTR building blocks: field embeddings, history pooling, MLP, FM, CrossNetV2 and the AKT-Rec parts
-(semantic-ID prefix embeddings, cluster-guided adaptive embedding, activity gate, asymmetric prototype contrast).
+"""Reusable CTR building blocks: field embeddings, history pooling (mean, DIN target attention), MLP (optional
+BatchNorm), POSO's user-group gated MLP, FM, CrossNetV2 and the AKT-Rec parts
+(semantic-ID prefix embeddings, cluster-guided adaptive embedding, activity gates, cluster view, view fusion,
+orthogonality and asymmetric head <-> tail InfoNCE).
 
 Conventions: B = batch, F = fields, M = tokens per multi-valued feature, H = history length, L = semantic-ID
 levels, d = embedding dim. Id tables have one extra row 0 for padding and are indexed with `id + 1`, so the
@@ -11,7 +13,7 @@ embeddings are always looked up through the module (never `weight[idx]`), which 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
@@ -66,12 +68,26 @@ def largest_prime_at_most(n: int) -> int:
 
 
 class MLP(nn.Sequential):
-    """Linear -> ReLU -> Dropout per hidden layer, then an optional linear output layer."""
+    """Linear -> [BatchNorm] -> ReLU -> Dropout per hidden layer, then an optional linear output layer.
 
-    def __init__(self, in_dim: int, dims: Sequence[int], *, dropout: float = 0.0, out_dim: int | None = None):
+    `batch_norm=True` normalises every hidden pre-activation (torch-rechub's DeepFM MLP); off by default.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        dims: Sequence[int],
+        *,
+        dropout: float = 0.0,
+        out_dim: int | None = None,
+        batch_norm: bool = False,
+    ):
         layers: list[nn.Module] = []
         for dim in dims:
-            layers += [nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout)]
+            layers.append(nn.Linear(in_dim, dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(dim))
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
             in_dim = dim
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
@@ -135,17 +151,60 @@ class FeatureBags(nn.Module):
 
 
 class TargetAttention(nn.Module):
-    """DIN-style target attention over the history: score_h = MLP([h, t, h - t, h * t]), masked softmax."""
+    """DIN-style target attention over the history: score_h = MLP([h, t, h - t, h * t]), padding masked out.
 
-    def __init__(self, dim: int, *, hidden: Sequence[int] = (32,)):
+    `softmax=True` normalises the scores over the history (masked softmax); False keeps DIN's raw activation
+    weights (Zhou et al., KDD'18: "normalization with softmax is abandoned" so the pooled norm reflects how much
+    of the history matches the target), padded positions weighted 0.
+    """
+
+    def __init__(self, dim: int, *, hidden: Sequence[int] = (32,), softmax: bool = True):
         super().__init__()
         self.score = MLP(4 * dim, hidden, out_dim=1)
+        self.softmax = softmax
 
     def forward(self, hist: Tensor, target: Tensor, mask: Tensor) -> Tensor:
         t = target.unsqueeze(1).expand_as(hist)  # (B, d) -> (B, H, d)
         s = self.score(torch.cat([hist, t, hist - t, hist * t], -1)).squeeze(-1)  # (B, H, 4d) -> (B, H)
-        w = torch.softmax(s.masked_fill(~mask, -1e9), dim=1) * mask  # (B, H); all-padded rows -> 0
+        if self.softmax:
+            w = torch.softmax(s.masked_fill(~mask, -1e9), dim=1) * mask  # (B, H); all-padded rows -> 0
+        else:
+            w = s * mask  # (B, H)
         return torch.einsum("bh,bhd->bd", w, hist)  # (B, d)
+
+
+class GatedMLP(nn.Module):
+    """POSO's personalised MLP (Dai et al., Kuaishou 2021): every hidden layer's output is scaled per unit by a
+    gate computed from user-group features, h_k = ReLU(W_k h_{k-1}) * 2 sigmoid(G_k(c)), then dropout.
+
+    The gate layers start at zero, so 2 sigmoid(0) = 1 and the network starts as the plain MLP; the output layer
+    (one logit) is shared by every group.
+    """
+
+    def __init__(
+        self, in_dim: int, dims: Sequence[int], *, gate_dim: int, gate_hidden: int = 32, dropout: float = 0.0
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.gates = nn.ModuleList()
+        for dim in dims:
+            self.layers.append(nn.Linear(in_dim, dim))
+            gate = MLP(gate_dim, (gate_hidden,), out_dim=dim)
+            nn.init.zeros_(gate[-1].weight)
+            nn.init.zeros_(gate[-1].bias)
+            self.gates.append(gate)
+            in_dim = dim
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(in_dim, 1)
+
+    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """x (B, in_dim), cond (B, gate_dim) -> logit (B,) and each layer's gate (B, dim_k)."""
+        gates = []
+        for layer, gate_net in zip(self.layers, self.gates):
+            g = 2.0 * torch.sigmoid(gate_net(cond))  # (B, dim_k) in (0, 2)
+            x = self.dropout(torch.relu(layer(x)) * g)  # (B, dim_k)
+            gates.append(g)
+        return self.out(x).squeeze(-1), gates  # (B,)
 
 
 class FieldEmbedding(nn.Module):
@@ -174,7 +233,10 @@ class FieldEmbedding(nn.Module):
         user_extra: Tensor | None = None,
         item_extra: Tensor | None = None,
         hist_extra: Tensor | None = None,
+        pool: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     ) -> Tensor:
+        """`pool(hist (B, H, d), target item (B, d), mask (B, H)) -> (B, d)` replaces the masked mean of the
+        history (DIN's target attention)."""
         user = self.user(batch.user + 1)  # (B, d)
         item = self.item(batch.item + 1)  # (B, d)
         hist = self.item(batch.hist_item)  # (B, H, d)
@@ -184,7 +246,8 @@ class FieldEmbedding(nn.Module):
             item = item + item_extra
         if hist_extra is not None:
             hist = hist + hist_extra
-        hist = masked_mean(hist, batch.hist_item > 0)  # (B, H, d) -> (B, d)
+        mask = batch.hist_item > 0  # (B, H)
+        hist = masked_mean(hist, mask) if pool is None else pool(hist, item, mask)  # (B, H, d) -> (B, d)
         parts = [user.unsqueeze(1), item.unsqueeze(1)]  # 2 x (B, 1, d)
         parts += [self.user_feats(batch.user_feats), self.item_feats(batch.item_feats), hist.unsqueeze(1)]
         return torch.cat(parts, 1)  # (B, F, d)
@@ -265,21 +328,45 @@ class ActivityGate(nn.Module):
         return torch.sigmoid(self.slope * a + self.bias + self.mlp(torch.cat([a, v, u], -1)))  # (..., 1 | d)
 
 
+class ResidualGate(nn.Module):
+    """Ours (AKT v2): gamma = 2 sigmoid(w . phi(a) + b), phi(a) = [a, 1{a = 0}], one scalar per id.
+
+    w = b = 0 at init, so gamma = 1 and the cluster-guided embedding starts as the plain sum cluster + individual
+    (what `SIDFeatures` does); training moves gamma in (0, 2) per activity level, cold ids (a = 0) included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, a: Tensor) -> Tensor:
+        phi = torch.stack([a, (a == 0).to(a.dtype)], -1)  # (...,) -> (..., 2)
+        return 2.0 * torch.sigmoid(self.linear(phi))  # (..., 1)
+
+
 class AdaptiveEmbedding(NamedTuple):
     e: Tensor  # (..., d) adaptive embedding used downstream
-    v: Tensor  # (..., d) individual embedding E[id]
-    u: Tensor  # (..., d) cluster embedding sum_l E_l[prefix_l]
-    prefixes: Tensor  # (..., L, d) per-depth prefix embeddings (the semantic view's fields)
-    gate: Tensor | None  # (..., 1 | d) g of the activity gate; None when the gate is off
+    individual: (
+        Tensor  # (..., d) individual part (E[id] [+ deep prefixes]); 0 (or the fallback) where count = 0
+    )
+    cluster: Tensor  # (..., d) cluster part sum_{l <= k} E_l[prefix_l]; 0 when use_cluster=False
+    gate: Tensor | None  # (..., 1) gamma (residual) or g (convex); None without a gate
 
 
 class ClusterGuidedEmbedding(nn.Module):
-    """Cluster-guided adaptive embedding of one id space (AKT-Rec): e = g * v + (1 - g) * u.
+    """Cluster-guided adaptive embedding of one id space (AKT-Rec), ids shifted by one (0 = padding):
 
-    v = E[id] (individual), u = sum_{l <= cluster_depths} E_l[prefix_l(id)] (cluster, `SIDPrefixEmbedding`),
-    g = `ActivityGate`. `use_cluster=False` -> e = v; `use_gate=False` -> e = v + u. Ids are shifted by one
-    (0 = padding). `cluster_depths` (None = every level) keeps u to the coarse prefixes: the deepest levels of a
-    fine RQ-VAE are nearly one prefix per id, i.e. a second individual embedding rather than a cluster.
+        c = sum_{l <= k} E_l[prefix_l]                       cluster part, k = `cluster_depth` (paper: k = 1)
+        v = E[id] + sum_{l > k} E_l[prefix_l]                individual part (`deep_prefixes=False`: E[id] only)
+        v = 0 (or `fallback`) where count = 0                an id without train interactions has no trained row
+        e = c + gamma(a) v        gate_mode="residual" (ours, `ResidualGate`, gamma = 1 at init)
+        e = g v + (1 - g) c       gate_mode="convex"   (the paper's form, `ActivityGate`)
+        e = c + v                 use_gate=False;   e = v: use_cluster=False;   e = c: use_individual=False
+
+    The prefixes deeper than k are nearly one per id in a fine RQ-VAE, so they belong to the individual part: a
+    cold id loses them with its row (and the cold-path dropout of `ctr.models.akt` drops them together).
     """
 
     def __init__(
@@ -289,75 +376,177 @@ class ClusterGuidedEmbedding(nn.Module):
         dim: int,
         *,
         count_max: float,
+        cluster_depth: int = 1,
+        deep_prefixes: bool = True,
         use_cluster: bool = True,
+        use_individual: bool = True,
         use_gate: bool = True,
-        gate_mode: Literal["scalar", "vector"] = "scalar",
+        gate_mode: Literal["residual", "convex"] = "residual",
         max_rows: int = 1 << 20,
         sparse: bool = False,
-        cluster_depths: int | None = None,
     ):
         super().__init__()
-        if cluster_depths is not None and cluster_depths < 1:
-            raise ValueError(f"cluster_depths={cluster_depths} must be >= 1 (or None for every level)")
-        self.cluster_depths = cluster_depths
-        self.individual = nn.Embedding(n + 1, dim, padding_idx=0, sparse=sparse)
-        init_table(self.individual)
-        self.prefix = SIDPrefixEmbedding(sid_sizes, dim, max_rows=max_rows, n_ids=n, sparse=sparse)
-        self.gate = ActivityGate(dim, mode=gate_mode) if use_gate and use_cluster else None
-        self.use_cluster = use_cluster
-        self.count_max = count_max
+        if not 1 <= cluster_depth <= len(sid_sizes):
+            raise ValueError(f"cluster_depth={cluster_depth} must be in 1..{len(sid_sizes)} (the SID levels)")
+        if not (use_cluster or use_individual):
+            raise ValueError("use_cluster=False and use_individual=False leave no embedding at all")
+        self.k, self.count_max = cluster_depth, count_max
+        self.use_cluster, self.use_individual = use_cluster, use_individual
+        self.deep = deep_prefixes and use_individual and cluster_depth < len(sid_sizes)
+        depths = len(sid_sizes) if self.deep else cluster_depth
+        self.prefix = (
+            SIDPrefixEmbedding(sid_sizes[:depths], dim, max_rows=max_rows, n_ids=n, sparse=sparse)
+            if use_cluster or self.deep
+            else None
+        )
+        self.individual = nn.Embedding(n + 1, dim, padding_idx=0, sparse=sparse) if use_individual else None
+        if self.individual is not None:
+            init_table(self.individual)
+        self.gate: nn.Module | None = None
+        if use_gate and use_cluster and use_individual:
+            self.gate = ResidualGate() if gate_mode == "residual" else ActivityGate(dim)
+        self.gate_mode = gate_mode
 
-    def forward(self, ids: Tensor, codes: Tensor, count: Tensor) -> AdaptiveEmbedding:
-        v = self.individual(ids)  # (...,) -> (..., d)
-        prefixes = self.prefix(codes)  # (..., L) -> (..., L, d)
-        u = prefixes[..., : self.cluster_depths, :].sum(-2)  # (..., D, d) -> (..., d)
-        if not self.use_cluster:
-            return AdaptiveEmbedding(v, v, u, prefixes, None)
+    def forward(
+        self, ids: Tensor, codes: Tensor, count: Tensor, *, fallback: Tensor | None = None
+    ) -> AdaptiveEmbedding:
+        shape = (*ids.shape, self.dim)
+        prefixes = (
+            self.prefix(codes[..., : self.prefix.levels]) if self.prefix is not None else None
+        )  # (..., L, d)
+        c = prefixes[..., : self.k, :].sum(-2) if self.use_cluster else None  # (..., d)
+        v = None
+        if self.individual is not None:
+            v = self.individual(ids)  # (...,) -> (..., d)
+            if self.deep:
+                v = v + prefixes[..., self.k :, :].sum(-2)  # (..., d)
+            warm = (count > 0).unsqueeze(-1)  # (..., 1)
+            v = torch.where(warm, v, fallback) if fallback is not None else v * warm  # (..., d)
+        if c is None:
+            return AdaptiveEmbedding(v, v, v.new_zeros(shape), None)
+        if v is None:
+            return AdaptiveEmbedding(c, c.new_zeros(shape), c, None)
         if self.gate is None:
-            return AdaptiveEmbedding(v + u, v, u, prefixes, None)
-        g = self.gate(activity(count, self.count_max), v, u)  # (..., 1 | d)
-        return AdaptiveEmbedding(g * v + (1 - g) * u, v, u, prefixes, g)
+            return AdaptiveEmbedding(c + v, v, c, None)
+        a = activity(count, self.count_max)  # (...,)
+        if self.gate_mode == "residual":
+            g = self.gate(a)  # (..., 1)
+            return AdaptiveEmbedding(c + g * v, v, c, g)
+        g = self.gate(a, v, c)  # (..., 1)
+        return AdaptiveEmbedding(g * v + (1 - g) * c, v, c, g)
+
+    @property
+    def dim(self) -> int:
+        table = self.individual if self.individual is not None else self.prefix.table
+        return table.embedding_dim
 
 
-class PrototypeContrast(nn.Module):
-    """Asymmetric head -> tail contrastive objective over semantic clusters (AKT-Rec).
+def cluster_key(codes: Tensor, sizes: Sequence[int], depth: int) -> Tensor:
+    """Exact id of the level-1..depth SID prefix (mixed radix): (..., L) -> (...,)."""
+    key = torch.zeros_like(codes[..., 0])
+    for level in range(depth):
+        key = key * int(sizes[level]) + codes[..., level]
+    return key
 
-    Prototypes p_k (one per cluster k = level-1..`depth` SID prefix) are an EMA of the individual embeddings of
-    HEAD ids of that cluster, updated without gradient from head ids only:
-        p_k <- m p_k + (1 - m) mean{v_e : e head in the batch, k(e) = k}   (p_k := that mean the first time).
-    Each non-head id e of the batch (unique ids) is an anchor; with K_b = the clusters present in the batch whose
-    prototype exists,
-        L = sum_e w_e * CE(cos(v_e, sg(p_k))_{k in K_b} / tau, k(e)) / #anchors,   w_e = 1 - a_e.
-    Only anchors carry gradient, so head rows of the table get exactly none, and tail ids never move prototypes.
+
+class ClusterView(nn.Module):
+    """SIM-style hard search (Pi et al., CIKM'20) of the history items in the target's cluster, pooled:
+
+        S = {h : h real, prefix_k(h) = prefix_k(target)}          k = `depth` (level-1 SID by default)
+        s = mean_{h in S} x_h  (pool="mean")  or  DIN attention of the target over S  (pool="attention")
+        s = z  (a learned vector, zero at init) where S is empty
+    Returns s (B, d) and the membership mask of S (B, H).
     """
 
-    def __init__(self, n_clusters: int, dim: int, *, momentum: float = 0.9, tau: float = 0.2):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        depth: int = 1,
+        pool: Literal["mean", "attention"] = "mean",
+        attention_dims: Sequence[int] = (32,),
+    ):
         super().__init__()
-        self.momentum = momentum
-        self.tau = tau
-        self.register_buffer("prototypes", torch.zeros(n_clusters, dim))
-        self.register_buffer("seen", torch.zeros(n_clusters, dtype=torch.bool))
+        self.depth = depth
+        self.empty = nn.Parameter(torch.zeros(dim))
+        self.attention = TargetAttention(dim, hidden=attention_dims) if pool == "attention" else None
 
-    @torch.no_grad()
-    def update(self, v: Tensor, cluster: Tensor, is_head: Tensor) -> None:
-        """EMA step from the head ids among v (N, d) with clusters (N,)."""
-        v, cluster = v[is_head].detach().float(), cluster[is_head]  # (N_head, d), (N_head,)
-        sums = torch.zeros_like(self.prototypes).index_add_(0, cluster, v)  # (K, d)
-        counts = torch.zeros_like(self.prototypes[:, 0]).index_add_(0, cluster, v.new_ones(len(v)))  # (K,)
-        hit = counts > 0
-        mean = sums / counts.clamp_min(1.0).unsqueeze(1)  # (K, d)
-        m = torch.where(self.seen, self.momentum, 0.0).unsqueeze(1)  # (K, 1): first visit copies the mean
-        self.prototypes.copy_(
-            torch.where(hit.unsqueeze(1), m * self.prototypes + (1 - m) * mean, self.prototypes)
-        )
-        self.seen |= hit
+    def forward(
+        self, hist: Tensor, hist_codes: Tensor, mask: Tensor, target: Tensor, target_codes: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        k = self.depth
+        same = (hist_codes[..., :k] == target_codes[:, None, :k]).all(-1) & mask  # (B, H, k) -> (B, H)
+        if self.attention is None:
+            pooled = masked_mean(hist, same)  # (B, H, d) -> (B, d)
+        else:
+            pooled = self.attention(hist, target, same)  # (B, d)
+        return torch.where(same.any(1, keepdim=True), pooled, self.empty), same  # (B, d), (B, H)
 
-    def loss(self, v: Tensor, cluster: Tensor, weight: Tensor, is_anchor: Tensor) -> Tensor:
-        """Weighted InfoNCE of the anchors among v (N, d) against the stop-gradient prototypes."""
-        present = torch.zeros_like(self.seen).index_fill_(0, cluster, True) & self.seen  # (K,)
-        valid = is_anchor & self.seen[cluster]  # (N,) anchors whose positive exists
-        slot = torch.cumsum(present.long(), 0) - 1  # (K,) column of each present cluster
-        protos = F.normalize(self.prototypes[present], dim=-1)  # (K_b, d), buffer: no gradient
-        logits = F.normalize(v[valid], dim=-1) @ protos.T / self.tau  # (N_a, K_b)
-        ce = F.cross_entropy(logits, slot[cluster[valid]], reduction="none")  # (N_a,)
-        return (weight[valid] * ce).sum() / valid.sum().clamp_min(1)
+
+class ViewFusion(nn.Module):
+    """Gate of the two history views on user activity, item activity and their cross:
+
+    beta = sigmoid(w . [a_u, a_i, a_u a_i] + b)     (w = b = 0 at init: beta = 1/2)
+    s = beta s_instance + (1 - beta) s_cluster
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(
+        self, a_user: Tensor, a_item: Tensor, instance: Tensor, cluster: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        x = torch.stack([a_user, a_item, a_user * a_item], -1)  # (B, 3)
+        beta = torch.sigmoid(self.linear(x))  # (B, 1)
+        return beta * instance + (1 - beta) * cluster, beta.squeeze(-1)  # (B, d), (B,)
+
+
+def orthogonality(x: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Soft orthogonality: mean over rows (where mask) of cos^2(x_r, y_r); 0 iff every pair is orthogonal."""
+    cos2 = F.cosine_similarity(x, y, dim=-1, eps=1e-8).pow(2)  # (N,)
+    if mask is None:
+        return cos2.mean()
+    return (cos2 * mask).sum() / mask.sum().clamp_min(1)
+
+
+def info_nce(anchor: Tensor, positive: Tensor, tau: float) -> Tensor:
+    """InfoNCE of rows: anchor_r should match positive_r among all rows of positive (cosine / tau)."""
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).T / tau  # (K, K)
+    return F.cross_entropy(logits, torch.arange(len(anchor), device=anchor.device))
+
+
+class Transfer(NamedTuple):
+    loss: Tensor  # () lambda_h2t * h2t + lambda_t2h * t2h
+    h2t: Tensor  # () InfoNCE(c_tail, sg(c_head)): moves tail ids (and their shared cluster rows) only
+    t2h: Tensor  # () InfoNCE(c_head, sg(c_tail)): moves head ids; 0 (not computed) when lambda_t2h = 0
+    clusters: int  # clusters of the batch holding both head and tail ids
+
+
+def asymmetric_transfer(
+    e: Tensor, cluster: Tensor, is_head: Tensor, *, lambda_h2t: float, lambda_t2h: float, tau: float
+) -> Transfer:
+    """Asymmetric head <-> tail InfoNCE over the clusters of a batch of (unique) ids e (N, d):
+
+        c_head,k = mean{e_j : j head, cluster(j) = k},   c_tail,k = mean{e_j : j not head, cluster(j) = k}
+        over the K clusters holding both (the other clusters' centroids are the negatives),
+        L = lambda_h2t InfoNCE(c_tail, sg(c_head)) + lambda_t2h InfoNCE(c_head, sg(c_tail)).
+    With lambda_t2h = 0 head rows get no gradient at all; with one shared cluster row inside e the h2t term
+    reaches it (the part a cold id uses).
+    """
+    keys, slot = torch.unique(cluster, return_inverse=True)  # (K0,), (N,)
+    member = torch.stack([is_head, ~is_head]).to(e.dtype)  # (2, N): head, tail
+    counts = e.new_zeros(2, len(keys)).index_add_(1, slot, member)  # (2, K0)
+    both = (counts > 0).all(0)  # (K0,)
+    zero = e.sum() * 0.0
+    if int(both.sum()) < 2:  # a single cluster has no negative: nothing to contrast
+        return Transfer(zero, zero.detach(), zero.detach(), int(both.sum()))
+    sums = e.new_zeros(2, len(keys), e.shape[-1])  # (2, K0, d)
+    sums = sums.index_add(1, slot, member.unsqueeze(-1) * e.unsqueeze(0))  # (2, K0, d)
+    means = sums[:, both] / counts[:, both].unsqueeze(-1)  # (2, K, d)
+    c_head, c_tail = means[0], means[1]
+    h2t = info_nce(c_tail, c_head.detach(), tau)
+    t2h = info_nce(c_head, c_tail.detach(), tau) if lambda_t2h > 0 else zero.detach()
+    return Transfer(lambda_h2t * h2t + lambda_t2h * t2h, h2t.detach(), t2h.detach(), int(both.sum()))

@@ -1,16 +1,24 @@
-"""The LightningModule every CTR model family subclasses (loss, metrics, optimisers, prediction) and the callback
-that writes predictions to parquet.
+"""`CTRTask`, the LightningModule that trains any CTR network (loss, optimisers, metrics, prediction, NaN guard),
+and the callback that writes predictions to parquet.
 
-A subclass builds its layers from `self.spec` and implements `forward(batch) -> ModelOutput`; everything else
-(BCE + auxiliary loss + embedding L2, CTRMetrics on val/test, SparseAdam or dense AdamW) lives here.
+A network is a plain `nn.Module` built from a `DataSpec` whose `forward(batch) -> ModelOutput` gives the click
+logit (`ctr.models`); the task is configured with a factory `net(spec) -> nn.Module` (a class, a
+`functools.partial`, or in YAML `net: {class_path: ..., init_args: {...}}`), so any backbone -- or a wrapper around
+one -- trains the same way. Validation is scored overall and for warm users (train_count > 0) and cold users
+apart, and one of them is logged again as `val/monitor`, the number checkpointing and early stopping watch (see
+`CTRTask`'s `monitor`). The checkpoint stores the network's class path and arguments as plain data (it loads
+with `torch.load(weights_only=True)`), and restoring a checkpoint of another network class is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import functools
+import importlib
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -18,34 +26,123 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torchmetrics import Metric
 
-from ctr.batch import Batch, DataSpec
-from ctr.metrics import CTRMetrics
+from ctr.batch import Batch, DataSpec, ModelOutput
+from ctr.metrics import CTRMetrics, auc, gauc, logloss
 from semid import schema
 from semid.errors import InputError
 from semid.io import write_parquet
 
+__all__ = [
+    "MONITOR_KEY",
+    "CTRTask",
+    "ModelOutput",
+    "Monitor",
+    "NetFactory",
+    "PredictionWriter",
+    "ValidationScores",
+    "as_spec",
+    "predictions_frame",
+]
 
-class ModelOutput(NamedTuple):
-    logit: Tensor  # (B,) click logit
-    aux_loss: Tensor  # () extra training loss, already weighted (0 when none)
-    aux: dict[str, Tensor]  # scalars to log (gate means, fusion weights, ...)
-    embed_sq: Tensor | None = None  # () batch mean of per-sample squared norm of looked-up embeddings
+Monitor = Literal["val/gauc", "val/gauc_warm", "val/auc"]
+MONITOR_KEY = "val/monitor"
+"""What checkpointing and early stopping watch: the value of CTRTask's `monitor` (or val/auc where it is undefined)."""
+
+NetFactory = Callable[[DataSpec], nn.Module]
+NAN_FIX = (
+    "lower model.lr, add model.embedding_l2 / model.weight_decay, or check the prepared data and the model "
+    "arguments for values that overflow"
+)
 
 
 def as_spec(spec: DataSpec | Mapping[str, Any] | None) -> DataSpec:
-    """The DataSpec a model is built from; a checkpoint stores it as a plain dict (loads with weights_only)."""
+    """The DataSpec a network is built from; a checkpoint stores it as a plain dict (loads with weights_only)."""
     if spec is None:
         raise InputError(
             "the model needs a DataSpec (cardinalities, feature vocabularies, codebook sizes) and got none",
-            fix="train through the CLI, which links data.spec to model.init_args.spec, or pass "
-            "spec=datamodule.spec when building the model in Python",
+            fix="train through the CLI, which links data.spec to model.spec, or pass "
+            "spec=datamodule.spec when building the CTRTask in Python",
         )
     if isinstance(spec, DataSpec):
         return spec
     fields = {f.name for f in dataclasses.fields(DataSpec)}
     return DataSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in fields})
+
+
+def class_path(cls: type | str) -> str:
+    """The defining module + name of a class (or of a dotted path to one: jsonargparse shortens
+    `ctr.models.deepfm.DeepFM` to `ctr.models.DeepFM`), so one class always has one path."""
+    if isinstance(cls, str):
+        module, _, name = cls.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, ValueError):
+            return cls
+        if not isinstance(cls, type):
+            return f"{module}.{name}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain(value: Any) -> Any:
+    """Arguments as plain data (checkpoint hparams must load with weights_only): nested factories -> configs."""
+    if isinstance(value, functools.partial | type):
+        return net_config(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def net_config(net: NetFactory | Mapping[str, Any]) -> dict[str, Any]:
+    """`{"class_path": ..., "init_args": {...}}` of a network factory: a class, a `functools.partial` of one (also
+    the partial jsonargparse builds from a `class_path` config), or such a config already."""
+    if isinstance(net, Mapping):
+        if "class_path" not in net:
+            raise InputError(
+                f"the network config {dict(net)!r} has no class_path",
+                fix="give model.net as {class_path: ctr.models.<file>.<Class>, init_args: {...}}",
+            )
+        return {
+            "class_path": class_path(str(net["class_path"])),
+            "init_args": _plain(dict(net.get("init_args") or {})),
+        }
+    if isinstance(net, type):
+        return {"class_path": class_path(net), "init_args": {}}
+    if isinstance(net, functools.partial):
+        classes = [f for f in (net.func, *net.args) if isinstance(f, type)]
+        if classes:
+            return {"class_path": class_path(classes[-1]), "init_args": _plain(dict(net.keywords))}
+    raise InputError(
+        f"cannot describe the network factory {net!r} for the checkpoint",
+        fix="pass the network class, or functools.partial(NetClass, **init_args)",
+    )
+
+
+def build_net(net: NetFactory | Mapping[str, Any] | nn.Module, spec: DataSpec) -> nn.Module:
+    """The network: factory(spec), or a `net_config` mapping (as stored in a checkpoint) instantiated with spec."""
+    if isinstance(net, nn.Module):
+        raise InputError(
+            "CTRTask takes a network factory, not a built network (the checkpoint must be able to rebuild it)",
+            fix="pass the class or functools.partial(NetClass, **init_args); the task calls it with the DataSpec",
+        )
+    if isinstance(net, Mapping):
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--net", type=NetFactory)
+        net = parser.instantiate(parser.parse_object({"net": net_config(net)})).net
+    module = net(spec)
+    if not isinstance(module, nn.Module):
+        raise InputError(
+            f"the network factory returned {type(module).__name__}, not an nn.Module",
+            fix="model.net must name an nn.Module class built from a DataSpec (see ctr.models)",
+        )
+    return module
 
 
 def sparse_tables(module: nn.Module) -> list[nn.Parameter]:
@@ -56,45 +153,162 @@ def embedding_tables(module: nn.Module) -> list[nn.Parameter]:
     return [m.weight for m in module.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)]
 
 
+class ValidationScores(Metric):
+    """AUC, GAUC and log loss overall, for warm users (train_count > 0) and for cold users (train_count 0).
+
+    Under the temporal protocol most validation rows can belong to users with no train data (issue 13: 76% on
+    ML-1M), so the overall GAUC mostly measures cold users; the warm/cold split makes that visible and selectable.
+    Keeps every row in `cat` states (exact, DDP-correct) and scores masks with `ctr.metrics`' public functions.
+    compute() keys: "auc", "gauc", "logloss", "n" and the same with "_warm" / "_cold" appended (NaN where
+    undefined).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    STATES = {"preds": torch.float32, "target": torch.float32, "user": torch.long, "warm": torch.bool}
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in self.STATES:
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor, user: Tensor, user_count: Tensor) -> None:
+        """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, user_count (B,) train interactions."""
+        self.preds.append(preds.detach().reshape(-1).float())
+        self.target.append(target.detach().reshape(-1).float())
+        self.user.append(user.detach().reshape(-1).long())
+        self.warm.append(user_count.detach().reshape(-1) > 0)
+
+    def compute(self) -> dict[str, float]:
+        rows = {name: _cat_state(getattr(self, name), dtype) for name, dtype in self.STATES.items()}
+        preds, target, user, warm = rows["preds"], rows["target"], rows["user"], rows["warm"]
+        out: dict[str, float] = {}
+        for suffix, mask in (("", torch.ones_like(warm)), ("_warm", warm), ("_cold", ~warm)):
+            p, y, u = preds[mask], target[mask], user[mask]  # (n_mask,)
+            out[f"auc{suffix}"] = auc(p, y)
+            out[f"gauc{suffix}"] = gauc(p, y, u)
+            out[f"logloss{suffix}"] = logloss(p, y)
+            out[f"n{suffix}"] = float(p.numel())
+        return out
+
+
+def _cat_state(state: Tensor | list[Tensor], dtype: torch.dtype) -> Tensor:
+    """A `cat` state as one tensor (a list before sync, one tensor after), empty when nothing was added."""
+    if isinstance(state, list):
+        return torch.cat(state) if state else torch.zeros(0, dtype=dtype)
+    return state
+
+
 class CTRTask(L.LightningModule):
-    """Base of every CTR model: subclasses implement `forward(batch) -> ModelOutput`.
+    """Trains, evaluates and predicts with any CTR network: BCE + the network's auxiliary loss + embedding L2.
 
     Args:
+        net: builds the network from the DataSpec (`net(spec) -> nn.Module` whose forward gives `ModelOutput`);
+            in YAML `net: {class_path: ctr.models.deepfm.DeepFM, init_args: {embed_dim: 16}}`.
         spec: what the data knows (linked from the DataModule by the CLI).
         lr: learning rate of every optimiser.
         weight_decay: AdamW decoupled weight decay of the dense (non-embedding) parameters only; embeddings are
             regularised by `embedding_l2`, on the rows a batch looks up, as is usual in CTR models.
         embedding_l2: coefficient of the batch-mean squared norm of the looked-up embeddings.
-        sparse_embeddings: build embedding tables with sparse gradients and train them with SparseAdam (the
-            rest with AdamW, manual optimisation); False = every parameter in one dense AdamW. Dense is the
-            default: faster on MovieLens-sized tables (see benchmarks/results/train_loop.md).
+        monitor: the validation number that selects the checkpoint and drives early stopping, logged again as
+            `val/monitor`: "val/gauc" (overall), "val/gauc_warm" (users with train data only: the rule that is
+            not dominated by cold users under a global time cut) or "val/auc". Where the chosen GAUC is undefined
+            -- no user has both labels in validation, as with leave-last-out (one val row per user) -- the task
+            switches to val/auc for the rest of the fit and says so once, instead of letting early stopping end
+            the fit on a NaN after epoch 0. A validation split with one label class is refused.
+        sparse_embeddings: switch every embedding table of the network to sparse gradients and train them with
+            SparseAdam (the rest with AdamW, manual optimisation); False = every parameter in one dense AdamW.
+            Dense is the default: faster on MovieLens-sized tables (see benchmarks/results/train_loop.md).
+
+    A non-finite training loss, or a non-finite logit in validation / test / predict, stops the run with an
+    `InputError` naming the network and the step (checked every step: one device sync, no anomaly detection).
     """
 
     def __init__(
         self,
+        net: NetFactory,
         spec: DataSpec | None = None,
         *,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         embedding_l2: float = 0.0,
         sparse_embeddings: bool = False,
+        monitor: Monitor = "val/gauc",
     ):
         super().__init__()
         self.spec = as_spec(spec)
-        # collects the arguments of the subclass __init__ too; spec becomes a dict so checkpoints load with
-        # torch.load(weights_only=True) and round-trip through as_spec
+        # the CLI hands over its config (net as {class_path, init_args}); in Python the factory is described here.
+        # Both end up plain data so checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters()
+        given = self.hparams.get("net")
+        self.hparams["net"] = net_config(given if isinstance(given, Mapping) else net)
         self.hparams["spec"] = dataclasses.asdict(self.spec)
+        self.net = build_net(net, self.spec)
+        for m in self.net.modules():  # the task, not each network, decides how tables are optimised
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag):
+                m.sparse = sparse_embeddings
         self.lr = lr
         self.weight_decay = weight_decay
         self.embedding_l2 = embedding_l2
         self.sparse_embeddings = sparse_embeddings
         self.automatic_optimization = not sparse_embeddings
-        self.val_metrics = CTRMetrics()
+        if monitor not in get_args(Monitor):
+            raise InputError(
+                f"monitor={monitor!r}", fix=f"set model.monitor to one of {list(get_args(Monitor))}"
+            )
+        self.monitor = monitor
+        self._monitor_fallback = False  # set once the chosen GAUC is found undefined on the validation split
+        self.val_metrics = ValidationScores()
         self.test_metrics = CTRMetrics()
+        self._nonfinite: dict[str, int | None] = {}  # stage -> first batch index with a non-finite logit
+
+    @property
+    def net_name(self) -> str:
+        return type(self.net).__name__
 
     def forward(self, batch: Batch) -> ModelOutput:
-        raise NotImplementedError
+        return self.net(batch)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another network class (its weights would not fit, or worse, would)."""
+        stored = (checkpoint.get("hyper_parameters") or {}).get("net")
+        stored_class = class_path(str(stored["class_path"])) if isinstance(stored, Mapping) else None
+        mine = self.hparams["net"]["class_path"]
+        if stored_class != mine:
+            trainer = self._trainer
+            path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
+            raise InputError(
+                f"the checkpoint holds a {stored_class or 'non-CTRTask'} network, this run builds {mine}",
+                file=path,
+                fix="pass the model config the checkpoint was trained with, or a checkpoint of this model",
+            )
+
+    # -- NaN guard -----------------------------------------------------------------------------------------
+    def _finite_everywhere(self, finite: bool) -> bool:
+        """All ranks agree (under DDP one rank raising alone would leave the others waiting forever)."""
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return finite
+        return bool(trainer.strategy.reduce_boolean_decision(finite, all=True))
+
+    def _where(self, stage: str, batch_idx: int) -> str:
+        return f"{self.net_name}: {stage} epoch {self.current_epoch}, batch {batch_idx}, global step {self.global_step}"
+
+    def _watch(self, stage: str, logit: Tensor, batch_idx: int) -> None:
+        """Eval steps only note the first bad batch (ranks may run unequal batch counts: no sync per step)."""
+        if self._nonfinite.get(stage) is None and not bool(torch.isfinite(logit).all()):
+            self._nonfinite[stage] = batch_idx
+
+    def check_finite(self, stage: str) -> None:
+        """Raise if any rank saw a non-finite logit in `stage` (called at epoch end, before anything is reported)."""
+        first = self._nonfinite.pop(stage, None)
+        if not self._finite_everywhere(first is None):
+            where = (
+                f"{self.net_name}: {stage} on another rank" if first is None else self._where(stage, first)
+            )
+            raise InputError(f"non-finite predictions (NaN or inf) at {where}", fix=NAN_FIX)
 
     # -- training ------------------------------------------------------------------------------------------
     def loss(self, batch: Batch, out: ModelOutput) -> tuple[Tensor, Tensor]:
@@ -107,6 +321,11 @@ class CTRTask(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         out = self(batch)
         loss, bce = self.loss(batch, out)
+        if not self._finite_everywhere(bool(torch.isfinite(loss))):
+            raise InputError(
+                f"non-finite training loss {float(loss.detach())} at {self._where('train', batch_idx)}",
+                fix=NAN_FIX,
+            )
         if not self.automatic_optimization:
             optimizers = self.optimizers()
             optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
@@ -150,23 +369,53 @@ class CTRTask(L.LightningModule):
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr, fused=True)
 
     # -- evaluation ----------------------------------------------------------------------------------------
-    def _update(self, metrics: CTRMetrics, batch: Batch) -> None:
-        prob = torch.sigmoid(self(batch).logit.float())  # (B,)
-        metrics.update(prob, batch.label, batch.user, batch.item_bucket, batch.user_bucket)
+    def _score(self, stage: str, batch: Batch, batch_idx: int) -> Tensor:
+        logit = self(batch).logit.float()  # (B,)
+        self._watch(stage, logit, batch_idx)
+        return torch.sigmoid(logit)  # (B,)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._update(self.val_metrics, batch)
+        prob = self._score("validation", batch, batch_idx)
+        self.val_metrics.update(prob, batch.label, batch.user, batch.user_count)
 
     def on_validation_epoch_end(self) -> None:
+        self.check_finite("validation")
         result = self.val_metrics.compute()
-        for key in ("auc", "gauc", "logloss"):
-            self.log(f"val/{key}", float(result[key]), prog_bar=key != "logloss")
         self.val_metrics.reset()
+        for key, value in result.items():
+            self.log(f"val/{key}", float(value), prog_bar=key in ("auc", "gauc"))
+        self.log(MONITOR_KEY, self.monitor_value(result))
+
+    def monitor_value(self, result: Mapping[str, float]) -> float:
+        """The value of `monitor` in a validation result, or AUC (said once) where that GAUC is undefined."""
+        chosen = float(result[self.monitor.removeprefix("val/")])
+        sanity = self._trainer is not None and self.trainer.sanity_checking
+        undefined_gauc = "gauc" in self.monitor and not math.isfinite(chosen)
+        if undefined_gauc and not sanity and not self._monitor_fallback:
+            n_rows = int(result["n" + self.monitor.removeprefix("val/gauc")])
+            rank_zero_info(
+                f"{self.monitor} is undefined on this validation split (no user among its {n_rows} rows has both "
+                "a click and a non-click, e.g. leave-last-out with one validation row per user): model selection "
+                "and early stopping use val/auc instead (set model.monitor: val/auc to choose it up front)"
+            )
+            self._monitor_fallback = True
+        if self._monitor_fallback:
+            chosen = float(result["auc"])
+        if not math.isfinite(chosen) and not sanity:
+            raise InputError(
+                f"validation {self.monitor} is undefined (and so is val/auc): the validation split has "
+                f"{int(result['n'])} rows and one label class",
+                fix="re-run `semid prepare` with a split whose validation rows hold both clicks and non-clicks "
+                "(negatives), or more validation data",
+            )
+        return chosen
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self._update(self.test_metrics, batch)
+        prob = self._score("test", batch, batch_idx)
+        self.test_metrics.update(prob, batch.label, batch.user, batch.item_bucket, batch.user_bucket)
 
     def on_test_epoch_end(self) -> None:
+        self.check_finite("test")
         result = self.test_metrics.compute()
         for key, value in result.items():
             self.log(f"test/{key}", float(value))
@@ -177,10 +426,14 @@ class CTRTask(L.LightningModule):
             "user": batch.user,
             "item": batch.item,
             "label": batch.label,
-            "score": torch.sigmoid(self(batch).logit.float()),
+            "score": self._score("predict", batch, batch_idx),
             "item_bucket": batch.item_bucket,
             "user_bucket": batch.user_bucket,
         }
+
+    def on_predict_epoch_end(self) -> None:
+        # PredictionWriter checks before it writes; this covers return_predictions
+        self.check_finite("predict")
 
 
 def predictions_frame(predictions: Sequence[Mapping[str, Tensor]]) -> pl.DataFrame:
@@ -216,7 +469,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def _meta(self, trainer: L.Trainer, pl_module: L.LightningModule, rows: int) -> dict[str, Any]:
         return {
-            "model": type(pl_module).__name__,
+            "model": getattr(pl_module, "net_name", type(pl_module).__name__),
             "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
             "rows": rows,
             "schema_version": schema.SCHEMA_VERSION,
@@ -229,6 +482,8 @@ class PredictionWriter(BasePredictionWriter):
         predictions: Sequence[Any],
         batch_indices: Sequence[Any],
     ) -> None:
+        if isinstance(pl_module, CTRTask):
+            pl_module.check_finite("predict")  # before writing: a file of NaN scores is never produced
         if predictions and isinstance(predictions[0], list):  # several dataloaders: one list each
             predictions = [p for per_loader in predictions for p in per_loader]
         frame = predictions_frame(predictions)

@@ -1,9 +1,9 @@
 """The `semid` and `ctr` commands: one dispatcher per command, one top-level error handler for both.
 
 `semid prepare|build|assign|inspect|run` are jsonargparse commands over the stage functions; `ctr
-fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command and `ctr run`
-the same as `semid run`. Any InputError becomes one line `<command>: error: ...` and exit status 2; `--debug`
-(anywhere on the line) adds the traceback.
+fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command, `ctr tune` the
+Optuna search (pipelines.tune) and `ctr run` the same as `semid run`. Any InputError becomes one line
+`<command>: error: ...` and exit status 2; `--debug` (anywhere on the line) adds the traceback.
 """
 
 from __future__ import annotations
@@ -92,6 +92,11 @@ def _ctr(argv: list[str]) -> None:
         return
     if argv and argv[0] == "run":
         _semid(["run", *argv[1:]])
+        return
+    if argv and argv[0] == "tune":
+        from pipelines.tune import main as tune_main
+
+        tune_main(argv[1:])
         return
     from pipelines.train import cli
 

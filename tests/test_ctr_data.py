@@ -15,9 +15,17 @@ from ctr.batch import Batch
 from ctr.data import CTRDataModule, IndexBatches
 from semid import schema as S
 from semid.errors import InputError
-from semid.io import write_parquet
+from semid.ids import table_meta, write_table
+from semid.io import read_meta, write_parquet
 
 N_USERS, N_ITEMS, H = 7, 15, 4
+DATA_HASH = "prepared-h"
+
+
+def sid_meta(key: str, sizes: list[int], data_hash: str = DATA_HASH) -> dict:
+    return table_meta(key=key, codebook_sizes=sizes, health={}, encoder="test", seed=0, data_hash=data_hash)
+
+
 GENRES = ["drama", "comedy", "action", "sci-fi", "noir"]
 
 
@@ -65,7 +73,7 @@ def make_prepared(root: Path, *, seed: int = 0) -> Path:
         },
         schema_overrides={"genre": S.FEATURE_DTYPE, "tags": S.FEATURE_DTYPE},
     )
-    write_parquet(items, root / S.ITEMS_FILE, {"features": ["genre", "tags"]})
+    write_parquet(items, root / S.ITEMS_FILE, {"features": ["genre", "tags"], "data_hash": DATA_HASH})
     users = pl.DataFrame(
         {
             S.USER: np.arange(N_USERS, dtype=np.int32),
@@ -82,13 +90,14 @@ def make_prepared(root: Path, *, seed: int = 0) -> Path:
          "sid_2": np.arange(N_ITEMS) % 3, S.SID_DEDUP: np.zeros(N_ITEMS)},
         schema=S.sid_schema(S.ITEM, 3),
     )  # fmt: skip
-    write_parquet(item_sids.reverse(), root / "sids" / S.ITEM_SIDS_FILE, {"codebook_sizes": [4, 5, 6]})
+    (root / "sids").mkdir(parents=True, exist_ok=True)
+    write_table(item_sids.reverse(), root / "sids" / S.ITEM_SIDS_FILE, sid_meta(S.ITEM, [4, 5, 6]))
     user_sids = pl.DataFrame(
         {S.USER: np.arange(N_USERS), "sid_0": np.arange(N_USERS) % 2, "sid_1": np.arange(N_USERS) % 3,
-         S.SID_DEDUP: np.zeros(N_USERS)},
+         S.SID_DEDUP: np.arange(N_USERS) // 6},
         schema=S.sid_schema(S.USER, 2),
     )  # fmt: skip
-    write_parquet(user_sids, root / "sids" / S.USER_SIDS_FILE, {})
+    write_table(user_sids, root / "sids" / S.USER_SIDS_FILE, sid_meta(S.USER, [2, 3]))
     return root
 
 
@@ -129,7 +138,7 @@ def test_batch_shapes_dtypes_and_spec(prepared: Path) -> None:
     assert spec.item_feature_names == ("genre", "tags") and spec.user_feature_names == ("gender",)
     assert spec.item_feature_vocab == (len(GENRES) + 1, N_ITEMS - 1 + 1) and spec.user_feature_vocab == (3,)
     assert spec.item_sid_sizes == (4, 5, 6)  # from the metadata
-    assert spec.user_sid_sizes == (2, 3)  # max + 1: the table has no metadata
+    assert spec.user_sid_sizes == (2, 3)
     train = split_rows(prepared, "train")
     assert spec.item_count_max == train[S.ITEM].value_counts()["count"].max()
     b = next(iter(dm.train_dataloader()))
@@ -138,13 +147,15 @@ def test_batch_shapes_dtypes_and_spec(prepared: Path) -> None:
     expected = {
         "user": (B,), "item": (B,), "label": (B,), "user_sid": (B, 2), "item_sid": (B, 3), "user_count": (B,),
         "item_count": (B,), "user_feats": (B, 1, 1), "item_feats": (B, 2, 3), "hist_item": (B, H),
-        "hist_item_sid": (B, H, 3), "user_bucket": (B,), "item_bucket": (B,),
+        "hist_item_sid": (B, H, 3), "hist_item_count": (B, H), "user_bucket": (B,), "item_bucket": (B,),
     }  # fmt: skip
     for field, shape in expected.items():
         value = getattr(b, field)
         assert tuple(value.shape) == shape, field
         assert value.dtype == (
-            torch.float32 if field in ("label", "user_count", "item_count") else torch.int64
+            torch.float32
+            if field in ("label", "user_count", "item_count", "hist_item_count")
+            else torch.int64
         ), field
     assert torch.equal(b.item_sid, torch.stack([b.item % 4, b.item % 5, b.item % 3], 1))
     assert torch.equal(b.user_sid, torch.stack([b.user % 2, b.user % 3], 1))
@@ -202,10 +213,10 @@ def test_every_sample_once_per_epoch_and_seeded_shuffle(prepared: Path) -> None:
     )
 
 
-def oracle_history(train: pl.DataFrame, user: int, ts: int, length: int) -> list[int]:
+def oracle_history(past: pl.DataFrame, user: int, ts: int, length: int) -> list[int]:
     pos = [
         (t, i)
-        for u, i, y, t in train.select(S.USER, S.ITEM, S.LABEL, S.TIMESTAMP).iter_rows()
+        for u, i, y, t in past.select(S.USER, S.ITEM, S.LABEL, S.TIMESTAMP).iter_rows()
         if u == user and y == 1 and t < ts
     ]
     pos.sort(reverse=True)  # most recent first; equal timestamps: larger item id first
@@ -219,8 +230,11 @@ def test_history_matches_bruteforce_oracle(prepared: Path, split: str) -> None:
     batches = collect(dm.loader(split, shuffle=False))
     hist = cat(batches, "hist_item")
     rows = split_rows(prepared, split)
-    train = split_rows(prepared, "train")
-    want = [oracle_history(train, u, t, H) for u, t in rows.select(S.USER, S.TIMESTAMP).iter_rows()]
+    # a train sample's past is the train positives; a val / test sample's past is the train and val positives
+    past = pl.concat(
+        [split_rows(prepared, s) for s in (("train",) if split == "train" else ("train", "val"))]
+    )
+    want = [oracle_history(past, u, t, H) for u, t in rows.select(S.USER, S.TIMESTAMP).iter_rows()]
     assert hist.tolist() == want
     assert (hist > 0).sum(1).max() == H and (hist == 0).all(1).any()  # full and empty histories both occur
     # ties: some sample has a history positive at the same timestamp as a later-excluded one
@@ -228,6 +242,10 @@ def test_history_matches_bruteforce_oracle(prepared: Path, split: str) -> None:
     item = (hist - 1).clamp(min=0)
     expected_sid = torch.stack([item % 4, item % 5, item % 3], -1) * (hist > 0).unsqueeze(-1)
     assert torch.equal(hist_sid, expected_sid)
+    # the history items' train counts, gathered per batch like the rest (0 where padded)
+    items = pl.read_parquet(prepared / S.ITEMS_FILE).sort(S.ITEM)
+    count = torch.tensor(items[S.TRAIN_COUNT].to_list(), dtype=torch.float32)
+    assert torch.equal(cat(batches, "hist_item_count"), count[item] * (hist > 0))
 
 
 def test_history_ties_are_excluded_strictly(tmp_path: Path) -> None:
@@ -245,8 +263,39 @@ def test_history_ties_are_excluded_strictly(tmp_path: Path) -> None:
         schema=S.INTERACTIONS,
     )  # fmt: skip
     write_parquet(test, root / S.split_file("test"))
+    val = pl.DataFrame(
+        {S.USER: [6], S.ITEM: [0], S.LABEL: [1], S.TIMESTAMP: [0], S.RATING: [None]}, schema=S.INTERACTIONS
+    )  # a user with no test row: the test histories hold train positives only
+    write_parquet(val, root / S.split_file("val"))
     b = next(iter(module(root).test_dataloader()))
     assert b.hist_item.tolist() == [[0, 0, 0, 0], [4, 2, 0, 0], [3, 4, 2, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_test_history_holds_earlier_val_positives_only(tmp_path: Path) -> None:
+    """Issue 13: a test sample's history is every positive before it in train AND val, never a later one, never a
+    test row, never the sample itself; a val sample sees earlier val positives; a train sample sees train only."""
+    root = make_prepared(tmp_path)
+    rows = {  # user 0: train positives at t=1,2; val positives at t=5 (item 6) and t=9 (item 7, after the test row)
+        "train": ([0, 0, 0], [1, 2, 3], [1, 1, 0], [1, 2, 3]),
+        "val": ([0, 0, 0, 1], [6, 7, 8, 4], [1, 1, 0, 1], [5, 9, 6, 2]),
+        "test": ([0, 0, 1], [10, 11, 4], [1, 0, 1], [7, 8, 3]),
+    }
+    for split, (u, i, y, t) in rows.items():
+        frame = {S.USER: u, S.ITEM: i, S.LABEL: y, S.TIMESTAMP: t, S.RATING: [None] * len(u)}
+        write_parquet(pl.DataFrame(frame, schema=S.INTERACTIONS), root / S.split_file(split))
+    dm = module(root)
+    test = next(iter(dm.test_dataloader()))
+    # user 0 at t=7: val item 6 (t=5), then train items 2, 1; not val item 7 (t=9), not test item 10 (itself)
+    assert test.hist_item[0].tolist() == [7, 3, 2, 0]
+    # user 0 at t=8: the test positive at t=7 is not history (test rows never are)
+    assert test.hist_item[1].tolist() == [7, 3, 2, 0]
+    # user 1 at t=3: the val positive at t=2 (item 4) is there although the user has no train row
+    assert test.hist_item[2].tolist() == [5, 0, 0, 0]
+    val = next(iter(dm.val_dataloader()))
+    # val rows: t=5 sees train only; t=9 sees val item 6 (t=5) and not itself; t=6 sees item 6; user 1 t=2: none
+    assert val.hist_item.tolist() == [[3, 2, 0, 0], [7, 3, 2, 0], [7, 3, 2, 0], [0, 0, 0, 0]]
+    train = next(iter(dm.loader("train", shuffle=False)))
+    assert train.hist_item.tolist() == [[0, 0, 0, 0], [2, 0, 0, 0], [3, 2, 0, 0]]
 
 
 def test_feature_vocab_and_tokens(prepared: Path) -> None:
@@ -295,15 +344,22 @@ def test_input_errors(tmp_path: Path) -> None:
         module(tmp_path / "nowhere").setup()
     # an ID table missing items names the file, the column and a few missing ids
     sids = pl.read_parquet(root / "sids" / S.ITEM_SIDS_FILE)
-    write_parquet(sids.filter(pl.col(S.ITEM) != 7), tmp_path / "short.parquet")
+    meta = read_meta(root / "sids" / S.ITEM_SIDS_FILE)
+    write_table(sids.filter(pl.col(S.ITEM) != 7), tmp_path / "short.parquet", meta)
     with pytest.raises(InputError) as err:
         module(root, item_sids=str(tmp_path / "short.parquet")).setup()
     assert err.value.column == S.ITEM and err.value.file.endswith("short.parquet") and "[7]" in str(err.value)
     assert "m7" in str(err.value)  # raw id
-    write_parquet(sids.with_columns(pl.col(S.ITEM) + 1), tmp_path / "shifted.parquet")
+    assert "semid build" in err.value.fix and "build-semids" not in str(err.value)  # a command that exists
+    write_table(sids.with_columns(pl.col(S.ITEM) + 1), tmp_path / "shifted.parquet", meta)
     with pytest.raises(InputError, match="unknown to the dataset") as err:
         module(root, item_sids=str(tmp_path / "shifted.parquet")).setup()
     assert err.value.column == S.ITEM
+    # a table built from another prepared dataset (same counts, same ids) is refused by its data_hash
+    write_table(sids, tmp_path / "other.parquet", {**meta, "data_hash": "another-dataset"})
+    with pytest.raises(InputError, match="data_hash") as err:
+        module(root, item_sids=str(tmp_path / "other.parquet")).setup()
+    assert err.value.file.endswith("other.parquet")
     bad = split_rows(root, "val").with_columns(pl.lit(2, dtype=pl.Int8).alias(S.LABEL))
     write_parquet(bad, root / S.split_file("val"))
     with pytest.raises(InputError, match="labels must be 0 or 1") as err:
@@ -352,3 +408,41 @@ def test_worker_processes_serve_the_same_batches(prepared: Path) -> None:
         loader.sampler.set_epoch(2)
     for a, b in zip(plain, workers, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def write_content(
+    path: Path, key: str, n: int, dim: int, *, data_hash: str = DATA_HASH, drop: int | None = None
+):
+    ids = np.arange(n)[::-1]  # stored out of order on purpose
+    emb = (ids[:, None] * 10 + np.arange(dim)[None, :]).astype(np.float32)  # row of id i: 10 i, 10 i + 1, ...
+    frame = pl.DataFrame({key: ids.astype(np.int32), S.EMBEDDING: emb})
+    if drop is not None:
+        frame = frame.filter(pl.col(key) != drop)
+    write_parquet(frame, path, {"data_hash": data_hash})
+    return path
+
+
+def test_content_vectors_are_served_per_batch(prepared: Path, tmp_path: Path) -> None:
+    write_content(tmp_path / S.ITEM_EMB_FILE, S.ITEM, N_ITEMS, 5)
+    write_content(tmp_path / S.USER_EMB_FILE, S.USER, N_USERS, 3)
+    dm = module(prepared, item_content=str(tmp_path / S.ITEM_EMB_FILE), user_content=str(tmp_path))
+    assert (dm.spec.item_content_dim, dm.spec.user_content_dim) == (5, 3)
+    b = next(iter(dm.loader("test", shuffle=False)))
+    assert b.item_content.shape == (b.item.numel(), 5) and b.user_content.shape == (b.user.numel(), 3)
+    torch.testing.assert_close(b.item_content[:, 0], b.item.float() * 10)
+    torch.testing.assert_close(b.user_content[:, 2], b.user.float() * 10 + 2)
+    plain = module(prepared)
+    assert plain.spec.item_content_dim == 0
+    assert next(iter(plain.loader("test", shuffle=False))).item_content.shape == (b.item.numel(), 0)
+
+
+def test_content_vectors_of_another_dataset_or_incomplete_are_refused(prepared: Path, tmp_path: Path) -> None:
+    other = write_content(tmp_path / "other.parquet", S.ITEM, N_ITEMS, 4, data_hash="another")
+    with pytest.raises(InputError, match="another prepared dataset") as err:
+        module(prepared, item_content=str(other)).setup()
+    assert err.value.file == str(other)
+    partial = write_content(tmp_path / "partial.parquet", S.ITEM, N_ITEMS, 4, drop=3)
+    with pytest.raises(InputError, match=r"1 of the dataset's 15 ids have no content vector: \[3\]"):
+        module(prepared, item_content=str(partial)).setup()
+    with pytest.raises(InputError, match="file not found"):
+        module(prepared, user_content=str(tmp_path / "nope.parquet")).setup()

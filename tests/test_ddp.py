@@ -16,8 +16,8 @@ from semid import schema as S
 
 def test_ddp_test_metrics_equal_single_process(prepared_dir, tmp_path):
     common = [
-        "--model", "ctr.models.deepfm.DeepFM",
-        "--model.embed_dim", "8",
+        "--model.net", "ctr.models.deepfm.DeepFM",
+        "--model.net.embed_dim", "8",
         "--data.data_dir", str(prepared_dir),
         "--data.eval_batch_size", "128",  # several eval batches, split unevenly over the two ranks
         "--trainer.enable_progress_bar", "false",

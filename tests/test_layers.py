@@ -126,67 +126,6 @@ def test_activity_gate_initial_values():
     assert layers.ActivityGate(4, mode="vector")(torch.zeros(3), v, u).shape == (3, 4)
 
 
-def test_cluster_guided_embedding_modes():
-    torch.manual_seed(0)
-    ids, codes, count = (
-        torch.tensor([1, 2, 3]),
-        torch.tensor([[0, 1], [1, 1], [2, 0]]),
-        torch.tensor([0.0, 5, 50]),
-    )
-    gated = layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0)
-    out = gated(ids, codes, count)
-    g = out.gate
-    torch.testing.assert_close(out.e, g * out.v + (1 - g) * out.u)
-    torch.testing.assert_close(out.u, out.prefixes.sum(1))
-    assert g[0] < 0.1 and g[2] > 0.9  # cold leans on its cluster, head on itself
-    plain = layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, use_gate=False)
-    out = plain(ids, codes, count)
-    torch.testing.assert_close(out.e, out.v + out.u)
-    alone = layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, use_cluster=False)
-    out = alone(ids, codes, count)
-    torch.testing.assert_close(out.e, out.v)
-    coarse = layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, use_gate=False, cluster_depths=1)
-    out = coarse(ids, codes, count)
-    torch.testing.assert_close(out.u, out.prefixes[:, 0])  # only the level-1 prefix is the cluster
-    assert out.prefixes.shape == (3, 2, 4)  # every depth is still embedded (the semantic view uses them)
-    torch.testing.assert_close(out.e, out.v + out.prefixes[:, 0])
-    with pytest.raises(ValueError, match="cluster_depths"):
-        layers.ClusterGuidedEmbedding(3, (3, 2), 4, count_max=50.0, cluster_depths=0)
-
-
-def test_prototype_update_is_ema_of_head_only():
-    pc = layers.PrototypeContrast(3, 2, momentum=0.5)
-    v = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 8.0], [9.0, 9.0]])
-    cluster, head = torch.tensor([0, 0, 1, 2]), torch.tensor([True, True, True, False])
-    pc.update(v, cluster, head)
-    torch.testing.assert_close(pc.prototypes, torch.tensor([[2.0, 0.0], [0.0, 8.0], [0.0, 0.0]]))
-    assert pc.seen.tolist() == [True, True, False]  # cluster 2 only had a tail id
-    pc.update(torch.tensor([[4.0, 2.0]]), torch.tensor([0]), torch.tensor([True]))
-    torch.testing.assert_close(pc.prototypes[0], torch.tensor([3.0, 1.0]))
-
-
-def test_prototype_loss_value_and_gradient_asymmetry():
-    pc = layers.PrototypeContrast(4, 3, tau=0.5)
-    pc.prototypes.copy_(torch.randn(4, 3))
-    pc.seen.copy_(torch.tensor([True, True, False, True]))
-    v = torch.randn(5, 3, requires_grad=True)
-    cluster = torch.tensor([0, 1, 1, 2, 3])  # cluster 2 has no prototype: its anchor is skipped
-    anchor = torch.tensor([False, True, True, True, True])
-    weight = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5])
-    loss = pc.loss(v, cluster, weight, anchor)
-    protos = torch.nn.functional.normalize(pc.prototypes[[0, 1, 3]], dim=-1)  # clusters present and seen
-    want = 0.0
-    for i, col in ((1, 1), (2, 1), (4, 2)):
-        logits = torch.nn.functional.normalize(v[i], dim=-1) @ protos.T / 0.5
-        want = want - weight[i] * torch.log_softmax(logits, -1)[col]
-    torch.testing.assert_close(loss, want / 3)
-    loss.backward()
-    assert v.grad[0].abs().sum() == 0 and v.grad[3].abs().sum() == 0  # head / prototype-less: no gradient
-    assert (v.grad[[1, 2, 4]].abs().sum(-1) > 0).all()
-    none = pc.loss(v, cluster, weight, torch.zeros(5, dtype=torch.bool))
-    assert float(none.detach()) == 0.0
-
-
 def test_field_embedding_layout_and_extras():
     spec = DataSpec(5, 6, ("a",), ("g", "h"), (4,), (3, 5), (2,), (3,), 3, 10.0, 10.0)
     fe = layers.FieldEmbedding(spec, 4)
@@ -203,6 +142,7 @@ def test_field_embedding_layout_and_extras():
         item_feats=torch.tensor([[[1, 2], [4, 0]], [[0, 0], [1, 1]]]),
         hist_item=torch.tensor([[3, 1, 0], [0, 0, 0]]),
         hist_item_sid=torch.zeros(b, 3, 1, dtype=torch.long),
+        hist_item_count=torch.zeros(b, 3),
         user_bucket=torch.zeros(b, dtype=torch.long),
         item_bucket=torch.zeros(b, dtype=torch.long),
     )
@@ -217,3 +157,46 @@ def test_field_embedding_layout_and_extras():
     torch.testing.assert_close(out2[:, 1], out[:, 1] + 1)
     torch.testing.assert_close(out2[0, 5], out[0, 5] + 1)  # extras are pooled with the mask too
     assert out2[1, 5].abs().sum() == 0
+
+
+def test_gated_mlp_starts_as_the_plain_mlp_and_gates_per_unit():
+    from ctr.layers import GatedMLP
+
+    torch.manual_seed(0)
+    net = GatedMLP(6, (5, 4), gate_dim=3, gate_hidden=4)
+    x, cond = torch.randn(8, 6), torch.randn(8, 3)
+    logit, gates = net(x, cond)
+    h = x
+    for layer in net.layers:
+        h = torch.relu(layer(h))
+    torch.testing.assert_close(logit, net.out(h).squeeze(-1))  # gates 2 sigmoid(0) = 1 at init
+    assert [g.shape for g in gates] == [(8, 5), (8, 4)] and all(
+        torch.equal(g, torch.ones_like(g)) for g in gates
+    )
+    logit.sum().backward()
+    assert net.gates[0][-1].weight.grad.abs().sum() > 0  # the gates learn from the click loss
+    with torch.no_grad():
+        net.gates[1][-1].bias.copy_(torch.tensor([-50.0, 0.0, 0.0, 0.0]))  # close unit 0 of layer 2
+    _, gates = net(x, cond)
+    assert torch.allclose(gates[1][:, 0], torch.zeros(8), atol=1e-12) and (gates[1][:, 1:] == 1).all()
+
+
+def test_mlp_batch_norm_and_unnormalised_attention():
+    from ctr.layers import MLP, TargetAttention
+
+    assert [type(m).__name__ for m in MLP(4, (3,), batch_norm=True, out_dim=1)] == [
+        "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear",
+    ]  # fmt: skip
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in MLP(4, (3,), out_dim=1))
+    torch.manual_seed(0)
+    att = TargetAttention(4, hidden=(5,), softmax=False)
+    hist, target = torch.randn(2, 3, 4), torch.randn(2, 4)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    pooled = att(hist, target, mask)
+    doubled = att(
+        torch.cat([hist[:, :2], hist[:, :2], hist[:, 2:]], 1),
+        target,
+        torch.cat([mask[:, :2]] * 2 + [mask[:, 2:]], 1),
+    )
+    torch.testing.assert_close(doubled[0], 2 * pooled[0])  # raw weights: a repeated history counts twice
+    assert torch.equal(pooled[1], torch.zeros(4))

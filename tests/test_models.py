@@ -1,6 +1,13 @@
-"""Every CTR model on random Batches: shapes, learning, Lightning wiring, checkpoints, predictions, AKT asymmetry."""
+"""Every CTR network in a CTRTask on random Batches: shapes, learning, Lightning wiring, checkpoints (class check,
+weights_only), the NaN guard, predictions, AKT asymmetry."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pickle
+from pathlib import Path
 
 import lightning as L
 import polars as pl
@@ -9,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from ctr.batch import Batch, DataSpec
-from ctr.models import AKT, DCNv2, DeepFM, SIDFeatures
-from ctr.module import CTRTask, PredictionWriter
+from ctr.models import AKT, DIN, POSO, ContentFeatures, DCNv2, DeepFM, Floor, SIDFeatures
+from ctr.module import MONITOR_KEY, CTRTask, PredictionWriter, net_config
 from semid import schema
 from semid.errors import InputError
 from semid.io import read_meta
@@ -27,6 +34,8 @@ SPEC = DataSpec(
     history_len=6,
     user_count_max=50.0,
     item_count_max=80.0,
+    user_content_dim=5,
+    item_content_dim=7,
 )
 SMALL = {"embed_dim": 8, "mlp_dims": (16,)}
 FAMILIES = {
@@ -34,9 +43,13 @@ FAMILIES = {
     "dcnv2": (DCNv2, SMALL),
     "dcnv2_parallel_lowrank": (DCNv2, {**SMALL, "structure": "parallel", "low_rank": 4}),
     "sid_features": (SIDFeatures, SMALL),
-    "akt": (AKT, {"embed_dim": 8, "view_dim": 8, "tower_dims": (16,), "head_dims": (8,)}),
+    "floor": (Floor, {}),
+    "deepfm_bn": (DeepFM, {**SMALL, "batch_norm": True}),
+    "din": (DIN, {**SMALL, "attention_dims": (8,)}),
+    "poso": (POSO, {**SMALL, "bucket_dim": 4, "gate_hidden": 8}),
+    "content_features": (ContentFeatures, SMALL),
+    "akt": (AKT, {"embed_dim": 8, "mlp_dims": (16,), "attention_dims": (8,)}),
 }
-AKT_SMALL = FAMILIES["akt"][1]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
@@ -65,15 +78,23 @@ def make_batch(b: int = 32, seed: int = 0, spec: DataSpec = SPEC) -> Batch:
         item_feats=torch.randint(0, 7, (b, 1, 3), generator=g),
         hist_item=hist,
         hist_item_sid=codes(spec.item_sid_sizes, (b, spec.history_len), g) * (hist > 0).unsqueeze(-1),
+        hist_item_count=torch.randint(0, int(spec.item_count_max) + 1, hist.shape, generator=g) * (hist > 0),
         user_bucket=torch.randint(0, 4, (b,), generator=g),
         item_bucket=torch.randint(0, 4, (b,), generator=g),
+        user_content=torch.randn(b, spec.user_content_dim, generator=g),
+        item_content=torch.randn(b, spec.item_content_dim, generator=g),
     )
 
 
+TASK_ARGS = ("lr", "weight_decay", "embedding_l2", "sparse_embeddings", "monitor")
+
+
 def build(name: str, **overrides) -> CTRTask:
+    """A CTRTask around network `name`; overrides go to the task (lr, ...) or else to the network."""
     cls, args = FAMILIES[name]
+    task = {"embedding_l2": 1e-4} | {k: overrides.pop(k) for k in TASK_ARGS if k in overrides}
     torch.manual_seed(0)
-    return cls(SPEC, **{**args, "embedding_l2": 1e-4, **overrides})
+    return CTRTask(functools.partial(cls, **args, **overrides), SPEC, **task)
 
 
 def loader(n: int = 3, seed: int = 0) -> DataLoader:
@@ -155,137 +176,363 @@ def test_prediction_writer_schema_and_values(tmp_path):
     assert read_meta(path)["model"] == "DeepFM"
 
 
+def test_network_is_a_plain_module_and_the_task_wraps_any():
+    net = DeepFM(SPEC, **SMALL)
+    assert not isinstance(net, L.LightningModule)
+    out = net(make_batch())
+    assert out.logit.shape == (32,) and torch.isfinite(out.embed_sq)
+    task = build("deepfm", sparse_embeddings=True)  # the task switches every table of the net to sparse
+    assert task.net.fields.item.sparse and not task.automatic_optimization
+    assert task.hparams.net == {
+        "class_path": "ctr.models.deepfm.DeepFM",
+        "init_args": {"embed_dim": 8, "mlp_dims": [16]},
+    }
+    assert net_config({"class_path": "ctr.models.akt.AKT"}) == {
+        "class_path": "ctr.models.akt.AKT",
+        "init_args": {},
+    }
+
+
+class _Wrapper(torch.nn.Module):
+    """What a meta layer / extra view looks like: any backbone, built from the same DataSpec, plus its own part."""
+
+    def __init__(self, spec: DataSpec, *, backbone, scale: float = 2.0):
+        super().__init__()
+        self.backbone, self.scale = backbone(spec), scale
+
+    def forward(self, batch: Batch):
+        out = self.backbone(batch)
+        return out._replace(logit=out.logit * self.scale)
+
+
+def test_a_wrapper_works_around_any_backbone(tmp_path):
+    for name in ("deepfm", "akt"):
+        cls, args = FAMILIES[name]
+        task = CTRTask(functools.partial(_Wrapper, backbone=functools.partial(cls, **args)), SPEC)
+        backbone = task.hparams.net["init_args"]["backbone"]  # nested factories stored as plain configs
+        assert backbone["class_path"] == f"ctr.models.{name}.{cls.__name__}"
+        trainer(fast_dev_run=True).fit(task, train_dataloaders=loader(1), val_dataloaders=loader(1))
+        task.trainer.save_checkpoint(tmp_path / "w.ckpt")
+        torch.load(tmp_path / "w.ckpt", weights_only=True)  # still plain data
+
+
 @pytest.mark.parametrize("name", ["deepfm", "akt"])
 def test_checkpoint_round_trip_identical_logits(name, tmp_path):
     model = build(name)
     t = trainer(max_steps=3, limit_val_batches=0)
     t.fit(model, train_dataloaders=loader())
     t.save_checkpoint(tmp_path / "m.ckpt")
-    cls = type(model)
-    loaded = cls.load_from_checkpoint(tmp_path / "m.ckpt")  # weights_only=True: the spec is stored as a dict
-    assert loaded.spec == SPEC and loaded.hparams.embed_dim == model.hparams.embed_dim
+    # weights_only=True: the spec and the network (class path + arguments) are stored as plain data
+    raw = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    assert raw["hyper_parameters"]["net"]["class_path"] == f"ctr.models.{name}.{type(model.net).__name__}"
+    loaded = CTRTask.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.spec == SPEC and type(loaded.net) is type(model.net)
+    assert loaded.hparams.net["init_args"]["embed_dim"] == 8
     batch = make_batch(seed=99)
     model.eval(), loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).logit, model(batch).logit, rtol=0, atol=0)
-    if name == "akt":  # buffers (prototypes, history activity) are part of the state
-        torch.testing.assert_close(loaded.item_protos.prototypes, model.item_protos.prototypes)
-        assert loaded.item_count_seen.sum() > 0
+
+
+def test_checkpoint_of_another_network_class_is_refused(tmp_path):
+    akt = build("akt")
+    trainer(max_steps=1, limit_val_batches=0).fit(akt, train_dataloaders=loader(1))
+    ckpt = tmp_path / "akt.ckpt"
+    akt.trainer.save_checkpoint(ckpt)
+    with pytest.raises(InputError, match="AKT network, this run builds ctr.models.deepfm.DeepFM") as err:
+        trainer().test(build("deepfm"), dataloaders=loader(1), ckpt_path=ckpt, verbose=False)
+    assert err.value.file == str(ckpt)
 
 
 def test_sparse_embeddings_manual_optimisation():
     model = build("sid_features", sparse_embeddings=True)
-    before = model.fields.item.weight.detach().clone()
-    mlp_before = model.mlp[0].weight.detach().clone()
+    before = model.net.fields.item.weight.detach().clone()
+    mlp_before = model.net.mlp[0].weight.detach().clone()
     opts = model.configure_optimizers()
     assert isinstance(opts[0], torch.optim.SparseAdam) and not model.automatic_optimization
     trainer(max_steps=2, limit_val_batches=0).fit(model, train_dataloaders=loader())
     touched = make_batch(seed=0).item.unique() + 1
-    assert not torch.equal(model.fields.item.weight[touched], before[touched])
-    assert not torch.equal(model.mlp[0].weight, mlp_before)
+    assert not torch.equal(model.net.fields.item.weight[touched], before[touched])
+    assert not torch.equal(model.net.mlp[0].weight, mlp_before)
 
 
 def test_missing_spec_is_an_input_error():
     with pytest.raises(InputError, match="DataSpec"):
-        DeepFM()
+        CTRTask(DeepFM)
 
 
-# -- AKT -------------------------------------------------------------------------------------------------
-def akt_batch_with_shared_clusters() -> Batch:
-    """Items 0..5 are head (bucket 0), 6..11 tail (bucket 2); item i has level-1 code i % 3, so every cluster has
-    both; users likewise."""
-    b = make_batch(b=12, seed=5)
-    ids = torch.arange(12)
-    head = ids < 6
-    sid_i = b.item_sid.clone()
-    sid_i[:, 0] = ids % 3
-    sid_u = b.user_sid.clone()
-    sid_u[:, 0] = ids % 3
-    bucket = torch.where(head, 0, 2)
-    count_i = torch.where(head, 70.0, 2.0)
-    count_u = torch.where(head, 45.0, 1.0)
-    return b._replace(
-        item=ids, user=ids + 10, item_sid=sid_i, user_sid=sid_u, item_bucket=bucket, user_bucket=bucket,
-        item_count=count_i, user_count=count_u,
+def test_malicious_pickle_in_a_checkpoint_is_refused(tmp_path):
+    target = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (target,))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": Evil()}}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        CTRTask.load_from_checkpoint(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("name", ["deepfm", "akt"])
+def test_nonfinite_loss_stops_training(name):
+    model = build(name)
+    with torch.no_grad():
+        next(model.net.parameters()).fill_(float("nan"))  # a poisoned table / bias: NaN logits and loss
+    with pytest.raises(
+        InputError, match=f"non-finite training loss nan at {type(model.net).__name__}: train epoch 0"
+    ):
+        trainer(max_steps=2, limit_val_batches=0).fit(model, train_dataloaders=loader())
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_nonfinite_predictions_stop_evaluation(stage, tmp_path):
+    model = build("deepfm")
+    with torch.no_grad():
+        model.net.bias.fill_(float("inf"))  # every logit +inf: sigmoid 1.0, a finite-looking but broken score
+        model.net.bias.sub_(float("inf"))  # inf - inf = NaN
+    out = tmp_path / "pred.parquet"
+    t = trainer(callbacks=[PredictionWriter(out)])
+    run = {"validate": t.validate, "test": t.test, "predict": t.predict}[stage]
+    where = {"validate": "validation", "test": "test", "predict": "predict"}[stage]
+    with pytest.raises(InputError, match=f"non-finite predictions .* DeepFM: {where} epoch 0, batch 0"):
+        run(model, dataloaders=loader(2))
+    assert not out.exists()  # nothing written from NaN scores
+
+
+# -- the ctr command: config shape, --ckpt_path checks -------------------------------------------------
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ctr"
+
+
+def test_cli_checks_the_checkpoint_before_building(prepared_dir, tmp_path):
+    from pipelines.train import cli
+
+    base = [
+        "--data.data_dir", str(prepared_dir), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    small = ["--model.net.embed_dim", "8", "--model.net.mlp_dims", "[8]"]
+    c = cli(
+        ["--config", str(CONFIGS / "deepfm.yaml"), *small, *base, "--trainer.fast_dev_run", "true"], run=False
+    )
+    assert isinstance(c.model, CTRTask) and type(c.model.net) is DeepFM
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    ckpt = tmp_path / "deepfm.ckpt"
+    c.trainer.save_checkpoint(ckpt)
+    assert torch.load(ckpt, weights_only=True)["hyper_parameters"]["net"]["init_args"]["embed_dim"] == 8
+    assert type(CTRTask.load_from_checkpoint(ckpt).net) is DeepFM  # via LightningCLI's instantiator
+
+    # another network class: refused before anything is built (LightningCLI alone swaps the model silently)
+    with pytest.raises(InputError, match="DeepFM network, the config builds ctr.models.akt.AKT") as err:
+        cli(["test", "--config", str(CONFIGS / "akt.yaml"), *base, "--ckpt_path", str(ckpt)])
+    assert err.value.file == str(ckpt)
+    # the same class with other arguments: the checkpoint's network arguments win, so its weights fit
+    t = cli(["test", "--config", str(CONFIGS / "deepfm.yaml"), *base, "--ckpt_path", str(ckpt)])
+    assert t.model.net.fields.item.embedding_dim == 8 and "test/auc" in t.trainer.callback_metrics
+
+    # garbage, and a pickle that would run code, are one InputError each (weights_only loading)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    target = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (target,))
+
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"net": {"class_path": "x"}, "y": Evil()}}, evil)
+    for bad in (garbage, evil, tmp_path / "missing.ckpt"):
+        with pytest.raises(InputError) as err:
+            cli(["test", "--config", str(CONFIGS / "deepfm.yaml"), *base, "--ckpt_path", str(bad)])
+        assert err.value.file == str(bad)
+    assert not target.exists()
+
+
+# -- baselines (issue 13) ------------------------------------------------------------------------------------
+def _logits(net: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    net.eval()
+    with torch.no_grad():
+        return net(batch).logit
+
+
+def test_floor_is_first_order_only():
+    """logit(u, i) - logit(u, i') - logit(u', i) + logit(u', i') = 0: no user-item interaction at all."""
+    floor = build("floor").net
+    with torch.no_grad():
+        for p in floor.parameters():
+            p.normal_()
+    b = make_batch(b=4)
+    b = b._replace(
+        user_feats=b.user_feats[:1].expand_as(b.user_feats),
+        item_feats=b.item_feats[:1].expand_as(b.item_feats),
+    )
+    u, i = torch.tensor([1, 1, 2, 2]), torch.tensor([3, 4, 3, 4])
+    logit = _logits(floor, b._replace(user=u, item=i))
+    torch.testing.assert_close(logit[0] - logit[1] - logit[2] + logit[3], torch.tensor(0.0))
+    # its value is the sum of its weights (features: mean of their tokens' weights)
+    w = floor.bias + floor.user.weight[u + 1, 0] + floor.item.weight[i + 1, 0]
+    w = w + floor.user_feats(b.user_feats).sum((1, 2)) + floor.item_feats(b.item_feats).sum((1, 2))
+    torch.testing.assert_close(logit, w.detach())
+    # DeepFM on the same batch is not additive (the test can fail)
+    deepfm = build("deepfm").net
+    d = _logits(deepfm, b._replace(user=u, item=i))
+    assert abs(float(d[0] - d[1] - d[2] + d[3])) > 1e-6
+    # bias, user and item rows (+ padding), one bag per side: 1 + (4 + 2) user and 1 + 6 item feature tokens
+    assert sum(p.numel() for p in floor.parameters()) == 1 + (30 + 1) + (40 + 1) + (1 + 4 + 2) + (1 + 6)
+
+
+def test_deepfm_batch_norm_is_optional():
+    plain, bn = build("deepfm").net, build("deepfm_bn").net
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in bn.modules()) == 1  # one hidden layer (16,)
+    dcn = DCNv2(SPEC, **SMALL, batch_norm=True)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in dcn.modules())
+    b = make_batch()
+    bn.train()
+    train_logit = bn(b).logit
+    assert not torch.allclose(train_logit, _logits(bn, b))  # batch statistics in train, running ones in eval
+
+
+def test_din_attention_is_unnormalised_and_ignores_padding():
+    din = build("din").net.eval()
+    att = din.history_pool
+    assert not att.softmax
+    b = make_batch()
+    hist = din.fields.item(b.hist_item)  # (B, H, d)
+    target = din.fields.item(b.item + 1)  # (B, d)
+    mask = b.hist_item > 0
+    t = target.unsqueeze(1).expand_as(hist)
+    score = att.score(torch.cat([hist, t, hist - t, hist * t], -1)).squeeze(-1)  # raw activation weights
+    expected = (score * mask).unsqueeze(-1).mul(hist).sum(1)
+    torch.testing.assert_close(att(hist, target, mask), expected)
+    assert torch.equal(att(hist, target, mask)[3], torch.zeros_like(target[3]))  # all-padded history -> 0
+    # the target changes the history field (mean pooling would not), so DIN's logit moves with the target item
+    # through the history as well; DeepFM's history field does not depend on the target
+    other = b._replace(item=(b.item + 1) % SPEC.n_items)
+    e1 = din.fields(b, pool=din.history_pool)[:, -1]
+    e2 = din.fields(other, pool=din.history_pool)[:, -1]
+    assert not torch.allclose(e1[4:], e2[4:])
+    deepfm = build("deepfm").net.eval()
+    torch.testing.assert_close(deepfm.fields(b)[:, -1], deepfm.fields(other)[:, -1])
+
+
+def test_poso_gates_start_at_one_and_personalise_by_user_group():
+    poso = build("poso").net.eval()
+    b = make_batch()
+    out = poso(b)
+    assert out.aux["poso/gate0_user_head"] == pytest.approx(1.0)  # 2 sigmoid(0): starts as the plain MLP
+    moved = b._replace(user_bucket=(b.user_bucket + 1) % 4, user_count=b.user_count + 7)
+    torch.testing.assert_close(_logits(poso, b), _logits(poso, moved))  # at init groups do not matter
+    with torch.no_grad():
+        poso.gated.gates[0][-1].weight.normal_()
+    assert not torch.allclose(_logits(poso, b), _logits(poso, moved))  # learned gates: they do
+    gate = 2 * torch.sigmoid(poso.gated.gates[0](torch.cat([torch.zeros(1, 1), poso.buckets.weight[:1]], 1)))
+    assert gate.shape == (1, 16) and (gate > 0).all() and (gate < 2).all()
+
+
+def test_content_features_use_the_vectors_and_need_them():
+    net = build("content_features").net.eval()
+    assert net.n_fields == net.fields.n_fields + 2
+    b = make_batch()
+    other = b._replace(item_content=b.item_content + 1.0)
+    assert not torch.allclose(_logits(net, b), _logits(net, other))
+    only_items = dataclasses.replace(SPEC, user_content_dim=0)
+    assert ContentFeatures(only_items, **SMALL).n_fields == net.fields.n_fields + 1
+    with pytest.raises(InputError, match="ContentFeatures needs content vectors") as err:
+        ContentFeatures(dataclasses.replace(SPEC, user_content_dim=0, item_content_dim=0), **SMALL)
+    assert "data.item_content" in str(err.value)
+
+
+# -- model selection: warm / cold validation, the monitor, leave-last-out (issue 13) -----------------------
+def test_validation_is_scored_for_warm_and_cold_users():
+    from ctr.metrics import auc, gauc
+
+    model = build("deepfm")
+    batches = [make_batch(b=64, seed=50 + i) for i in range(2)]
+    batches = [b._replace(user_count=torch.where(b.user < 12, 0.0, b.user_count + 1)) for b in batches]
+    t = trainer()
+    t.validate(model, dataloaders=DataLoader(batches, batch_size=None), verbose=False)
+    m = t.callback_metrics
+    both = Batch(*(torch.cat(parts) for parts in zip(*batches)))
+    with torch.no_grad():
+        model.eval()
+        prob = torch.sigmoid(model(both).logit)
+    warm = both.user_count > 0
+    assert 0 < int(warm.sum()) < warm.numel()
+    for suffix, mask in (("", torch.ones_like(warm)), ("_warm", warm), ("_cold", ~warm)):
+        assert float(m[f"val/gauc{suffix}"]) == pytest.approx(
+            gauc(prob[mask], both.label[mask], both.user[mask])
+        )
+        assert math.isfinite(float(m[f"val/gauc{suffix}"]))
+        assert float(m[f"val/auc{suffix}"]) == pytest.approx(auc(prob[mask], both.label[mask]))
+        assert float(m[f"val/n{suffix}"]) == int(mask.sum())
+    assert float(m[MONITOR_KEY]) == float(m["val/gauc"])
+    warm_model = build("deepfm", monitor="val/gauc_warm")
+    trainer().validate(warm_model, dataloaders=DataLoader(batches, batch_size=None), verbose=False)
+    assert float(warm_model.trainer.callback_metrics[MONITOR_KEY]) == pytest.approx(float(m["val/gauc_warm"]))
+    with pytest.raises(InputError, match="monitor"):
+        build("deepfm", monitor="val/logloss")
+
+
+def test_leave_last_out_validation_switches_the_monitor_to_auc(caplog):
+    """One validation row per user: GAUC is undefined. Early stopping on it would end the fit after epoch 0
+    (a NaN monitor); the task says so once and selects on AUC instead."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    val = make_batch(b=30, seed=60)._replace(user=torch.arange(30))  # every user once
+    val = val._replace(label=(torch.arange(30) % 2).float())
+    model = build("deepfm")
+    stop = EarlyStopping(monitor=MONITOR_KEY, mode="max", patience=2)
+    t = trainer(max_epochs=3, callbacks=[stop], num_sanity_val_steps=0)
+    t.fit(model, train_dataloaders=loader(2), val_dataloaders=DataLoader([val], batch_size=None))
+    m = t.callback_metrics
+    assert torch.isnan(m["val/gauc"]) and torch.isfinite(m[MONITOR_KEY])
+    assert float(m[MONITOR_KEY]) == float(m["val/auc"])
+    assert t.current_epoch == 3 and not stop.stopped_epoch  # not stopped after epoch 0 by a NaN
+    said = [r.getMessage() for r in caplog.records if "val/gauc is undefined" in r.getMessage()]
+    assert len(said) == 1 and "val/auc instead" in said[0]  # said once, not every epoch
+    one_class = val._replace(label=torch.zeros(30))
+    with pytest.raises(InputError, match="one label class"):
+        trainer(num_sanity_val_steps=0).validate(
+            build("deepfm"), dataloaders=DataLoader([one_class], batch_size=None)
+        )
+
+
+def write_fake_content(prepared: Path, folder: Path, dim: int = 6) -> Path:
+    """item_embeddings.parquet / user_embeddings.parquet as `semid build` writes them, for a prepared dataset."""
+    import numpy as np
+
+    from semid.io import write_parquet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    data_hash = read_meta(prepared / schema.ITEMS_FILE).get("data_hash")
+    for key, table, file in (
+        (schema.ITEM, schema.ITEMS_FILE, schema.ITEM_EMB_FILE),
+        (schema.USER, schema.USERS_FILE, schema.USER_EMB_FILE),
+    ):
+        n = pl.read_parquet(prepared / table).height
+        emb = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+        frame = pl.DataFrame({key: np.arange(n, dtype=np.int32), schema.EMBEDDING: emb})
+        write_parquet(frame, folder / file, {"data_hash": data_hash})
+    return folder
+
+
+def test_content_features_config_trains_through_the_cli(prepared_dir, tmp_path):
+    from pipelines.train import cli
+
+    content = write_fake_content(prepared_dir, tmp_path / "semids")
+    c = cli(
+        ["--config", str(CONFIGS / "content_features.yaml"), "--data.data_dir", str(prepared_dir),
+         "--data.item_content", str(content), "--data.user_content", str(content / schema.USER_EMB_FILE),
+         "--model.net.embed_dim", "8", "--model.net.mlp_dims", "[8]", "--trainer.fast_dev_run", "true",
+         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
     )  # fmt: skip
-
-
-def test_akt_contrastive_gradient_is_asymmetric():
-    model = build("akt", lambda_cl=1.0)
-    model.train()
-    batch = akt_batch_with_shared_clusters()
-    with torch.no_grad():
-        model(batch)  # first pass seeds the prototypes from the head ids
-    assert model.item_protos.seen[:3].all() and model.user_protos.seen[:3].all()
-    protos = model.item_protos.prototypes.clone()
-    model.zero_grad()
-    out = model(batch)
-    assert float(out.aux["cl_item"]) > 0 and float(out.aux["cl_user"]) > 0
-    out.aux_loss.backward()
-    for table, ids in ((model.item_emb.individual, batch.item), (model.user_emb.individual, batch.user)):
-        grad = table.weight.grad[ids + 1]  # (12, d)
-        assert torch.equal(grad[:6], torch.zeros_like(grad[:6])), "head rows must get no contrastive gradient"
-        assert (grad[6:].abs().sum(-1) > 0).all(), "every tail row must get a contrastive gradient"
-    # tail ids never move prototypes: a batch of tail ids only leaves them unchanged
-    tail_only = batch._replace(item_bucket=torch.full((12,), 2), user_bucket=torch.full((12,), 2))
-    before = model.item_protos.prototypes.clone()
-    model(tail_only)
-    torch.testing.assert_close(model.item_protos.prototypes, before)
-    assert not torch.equal(protos, torch.zeros_like(protos))
-
-
-def test_akt_head_min_count_defines_head():
-    model = build("akt", head_min_count=50.0)
-    model.train()
-    batch = akt_batch_with_shared_clusters()._replace(item_bucket=torch.full((12,), 2))  # buckets ignored
-    with torch.no_grad():
-        model(batch)
-    assert model.item_protos.seen[:3].all()
-
-
-def test_akt_gate_changes_outputs():
-    gated, plain = build("akt", use_gate=True), build("akt", use_gate=False)
-    missing = plain.load_state_dict(gated.state_dict(), strict=False)
-    assert not missing.missing_keys and all(".gate." in k for k in missing.unexpected_keys)
-    batch = make_batch()
-    gated.eval(), plain.eval()
-    with torch.no_grad():
-        out_g, out_p = gated(batch), plain(batch)
-    assert not torch.allclose(out_g.logit, out_p.logit)
-    assert "gate/item_tail" in out_g.aux and "gate/item_tail" not in out_p.aux
-
-
-@pytest.mark.parametrize(
-    "flags",
-    [
-        {"use_cluster": False},
-        {"use_gate": False},
-        {"use_asymmetry": False},
-        {"use_fusion": False},
-        {"gate_mode": "vector", "proto_depth": 2},
-        {"use_cluster": False, "use_gate": False, "use_asymmetry": False, "use_fusion": False},
-    ],
-)
-def test_akt_ablations_build_and_train(flags):
-    model = build("akt", **flags)
-    model.train()
-    batch = akt_batch_with_shared_clusters()
-    model(batch)
-    out = model(batch)
-    loss, _ = model.loss(batch, out)
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert ("cl_item" in out.aux) == flags.get("use_asymmetry", True)
-    assert ("fusion/history" in out.aux) == flags.get("use_fusion", True)
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
-
-
-def test_akt_logs_gate_means_by_bucket_and_fusion_weights():
-    model = build("akt").eval()
-    batch = make_batch()
-    out = model(batch)
-    g = model.item_emb(batch.item + 1, batch.item_sid, batch.item_count).gate.squeeze(-1)
-    tail = batch.item_bucket == 2
-    torch.testing.assert_close(out.aux["gate/item_tail"], g[tail].mean())
-    total = sum(out.aux[f"fusion/{v}"] for v in ("id", "semantic", "history"))
-    torch.testing.assert_close(total, torch.tensor(1.0))
+    assert type(c.model.net) is ContentFeatures
+    assert (c.model.spec.item_content_dim, c.model.spec.user_content_dim) == (6, 6)
+    before = c.model.net.item_proj.weight.detach().clone()
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    assert not torch.equal(c.model.net.item_proj.weight, before)  # the projection of the vectors is trained
+    assert c.config.checkpoint.monitor == MONITOR_KEY and c.config.early_stopping.monitor == MONITOR_KEY

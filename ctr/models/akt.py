@@ -1,43 +1,52 @@
-"""AKT-Rec: asymmetric head -> tail knowledge transfer over semantic-ID clusters (Alibaba, arXiv 2605.23310).
+"""AKT-Rec v2: cluster-guided adaptive embeddings, an instance and a cluster view of the history, and asymmetric
+head -> tail transfer (Alibaba, arXiv 2605.23310), plus the changes our ML-1M diagnosis calls for (issue 14).
 
-The paper gives the components at abstract level; these are the equations implemented here. For an id e (user or
-item) with semantic-ID codes c_1..c_L and train count n_e:
+The paper's text is not reachable here; its formulas come from third-party notes. Read top to bottom; B = batch,
+H = history length, d = `embed_dim`, k = `cluster_depth`. Per id space (users, items), for an id e with SID
+codes c_1..c_L and train count n_e:
 
-  activity        a_e = log(1 + n_e) / log(1 + n_max)                                          in [0, 1]
-  individual      v_e = E[e]
-  cluster         u_e = sum_{l<=D} E_l[prefix_l(e)] (D = `cluster_depths`, default all; one table per prefix depth,
-                                                     `SIDPrefixEmbedding`; a depth's
-                                                     rows: min(codes product, max_prefix_rows, 16 n), hashed)
-  gate            g_e = sigmoid(k a_e + b + MLP([a_e, v_e, u_e]))     k = 6, b = -3, MLP output 0 at init
-  adaptive        e   = g_e v_e + (1 - g_e) u_e       (use_gate=False: e = v_e + u_e; use_cluster=False: e = v_e)
+  activity      a_e = log(1 + n_e) / log(1 + n_max)                                                  in [0, 1]
+  cluster       c_e = sum_{l<=k} E_l[c_1..c_l]            k = 1: the first-level SID, as in the paper     (B, d)
+  individual    v_e = E[e] + sum_{l>k} E_l[c_1..c_l]      deep prefixes are per-id in practice [ours]     (B, d)
+                v_e = 0 where n_e = 0 (no trained row), or f(x_e) with the content tower [ours]
+  gate          e   = c_e + gamma(a_e) v_e,  gamma = 2 sigmoid(w . [a, 1{a=0}] + b), w = b = 0
+                      (gate_mode="residual" [ours]: starts as the SIDFeatures sum)
+                e   = g v_e + (1 - g) c_e,   g = sigmoid(6 a - 3 + MLP([a, v, c]))   (gate_mode="convex", paper)
+  orthogonality L_orth = mean_e cos^2(c_e, v_e) over users and items with a trained individual row
 
-  The gate is a scalar per id by default (`gate_mode="vector"`: one per dimension); at init a cold id takes
-  ~95% of its representation from its cluster and a head id ~95% from itself.
+  instance view s_I = DIN attention of e_item over the history's adaptive embeddings                     (B, d)
+  cluster view  S   = {h in history : c_1..c_k(h) = c_1..c_k(item)}   (SIM hard search)
+                s_C = mean_{h in S} e_h  (or attention over S; a learned vector z where S is empty)     (B, d)
+  view fusion   beta = sigmoid(w . [a_u, a_i, a_u a_i] + b)  (1/2 at init);  s = beta s_I + (1 - beta) s_C
+  prediction    fields = [e_user, e_item, user features, item features, s]                          (B, F, d)
+                logit = b0 + FM(fields) + MLP(flatten(fields))
 
-  asymmetric contrast (use_asymmetry), per side, over the unique ids of the batch:
-                  p_k <- m p_k + (1 - m) mean{v_e : e head, k(e) = k}       (no gradient, head ids only)
-                  L_cl = sum_{e not head} (1 - a_e) CE(cos(v_e, sg(p_j))_{j in K_b} / tau, k(e)) / #anchors
-  k(e) = the level-1..`proto_depth` SID prefix; "head" = the data's head bucket, or n_e >= `head_min_count`
-  when set. Head rows of E receive no gradient from L_cl and non-head ids never move a prototype.
+  transfer      per side, over the unique ids of the batch grouped by their level-1..k cluster:
+                c_head,k / c_tail,k = mean of e over the head / non-head ids of cluster k (clusters with both)
+                L_trans = lambda_h2t InfoNCE(c_tail, sg(c_head)) + lambda_t2h InfoNCE(c_head, sg(c_tail))
+                The first term pulls tail ids (and the cluster rows they share with the head, the only part a
+                cold id has) towards their cluster's head centroid: it is the head -> tail direction and gets
+                the larger weight. With lambda_t2h = 0 no head row receives any gradient from L_trans.
+                "head" = the data's head bucket, or n_e >= `head_min_count` when set.
+  cold path     [ours, DropoutNet] in training, each sample's user and item independently, with probability
+                p_cold, is presented as cold: n_e := 0 (so v_e := 0, a_e := 0, bucket := cold), which trains the
+                gate, the fusion and the cluster rows for the cold case that no train row otherwise shows.
+  content tower [ours, optional, Meta-Embedding / CVAR style] f(x_item) = MLP(item content vector) predicts
+                sg(v_item) on head items, L_content = mean ||f(x) - sg(v)||^2, and stands in for v_item where
+                n_item = 0 for the target item (the Batch holds no content for history items, so a cold
+                history item keeps v = 0). Needs content vectors in the Batch (DataSpec.item_content_dim > 0).
 
-  views (hierarchical feature aggregation), each flattened into its own tower -> h_v (view_dim):
-                  ID view:        [e_user, e_item, user features, item features]
-                  semantic view:  [u_user, u_item, E_l[prefix_l(user)] for all l, E_l[prefix_l(item)] for all l]
-                  history view:   [s, e_item, s * e_item],  s = DIN target attention of e_item over the history's
-                                  adaptive embeddings (their activity from a buffer of the train counts seen)
-  fusion (use_fusion)
-                  alpha = softmax(MLP([a_user, a_item, B[bucket_user], B[bucket_item]]))   (uniform at init)
-                  logit = b0 + FM(ID-view fields) + head(sum_v alpha_v h_v)          (fusion_mode="sum")
-                  logit = b0 + FM(ID-view fields) + head([V alpha_v h_v]_v)         (fusion_mode="concat")
-  "sum" is a convex mix of the views (the head sees one view_dim vector); "concat" rescales each view by its
-  weight (x V: identity at init) and lets the head model interactions across views.
-  use_fusion=False: logit = b0 + FM(ID-view fields) + MLP(concat of the three flattened views).
+  loss = BCE + lambda_orth L_orth + L_trans,item + L_trans,user + lambda_content L_content  (+ L2 from CTRTask)
 
-  loss = BCE + lambda_cl * (L_cl,item + L_cl,user)   (+ embedding L2 from CTRTask)
+Deviations from the paper, each switchable: the residual gate (gate_mode), deep prefixes in the individual part
+(deep_prefixes), zeroed individual rows and cold-path dropout (p_cold), the content tower (content_tower). The
+paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view, use_gate, use_transfer,
+lambda_t2h = lambda_h2t (no asymmetry), lambda_orth = 0; ours: use_view_gate (beta fixed at 1/2), p_cold = 0.
 
-Ablations flip `use_cluster`, `use_gate`, `use_asymmetry`, `use_fusion` (all True = full AKT-Rec). Gate means per
-activity bucket ("gate/item_tail", ...) and fusion weights ("fusion/history", "fusion/history_item_tail", ...) are
-returned in ModelOutput.aux for logging.
+Logged in ModelOutput.aux: gate means per bucket ("gate/item_tail", "gate/user_cold", ...; buckets as presented,
+so dropped samples count as cold), the instance-view weight beta per item and user bucket ("views/instance_item_
+tail", ...), the share of samples whose cluster set is non-empty ("views/cluster_hit"), and every loss term.
+A plain nn.Module built from the DataSpec; `ctr.module.CTRTask` trains it.
 """
 
 from __future__ import annotations
@@ -47,83 +56,96 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ctr.batch import Batch, DataSpec
+from ctr.batch import Batch, DataSpec, ModelOutput
 from ctr.layers import (
     HEAD_BUCKET,
     MLP,
     AdaptiveEmbedding,
     ClusterGuidedEmbedding,
+    ClusterView,
     FeatureBags,
     FMInteraction,
-    PrototypeContrast,
     TargetAttention,
+    ViewFusion,
     activity,
+    asymmetric_transfer,
+    cluster_key,
     first_occurrence,
+    orthogonality,
     squared_norm,
 )
-from ctr.module import CTRTask, ModelOutput
+from semid.errors import InputError
 from semid.schema import BUCKETS
 
-VIEWS = ("id", "semantic", "history")
+COLD_BUCKET = BUCKETS.index("cold")
 
 
 def bucket_means(values: Tensor, bucket: Tensor, prefix: str) -> dict[str, Tensor]:
-    """Mean of values (B,) or (B, V) per activity bucket (NaN for an empty bucket), as named scalars."""
-    values = values.detach().float().reshape(bucket.shape[0], -1)  # (B, V)
-    sums = values.new_zeros(len(BUCKETS), values.shape[1]).index_add_(0, bucket, values)  # (4, V)
-    counts = values.new_zeros(len(BUCKETS)).index_add_(0, bucket, values.new_ones(bucket.shape[0]))  # (4,)
-    means = sums / counts.unsqueeze(1)  # (4, V), NaN where empty
-    return {
-        f"{prefix}{name}": means[i] if means.shape[1] > 1 else means[i, 0] for i, name in enumerate(BUCKETS)
-    }
+    """Mean of values (B,) per activity bucket (NaN for an empty bucket), as named scalars."""
+    values = values.detach().float().reshape(-1)  # (B,)
+    sums = values.new_zeros(len(BUCKETS)).index_add_(0, bucket, values)  # (4,)
+    counts = values.new_zeros(len(BUCKETS)).index_add_(0, bucket, torch.ones_like(values))  # (4,)
+    means = sums / counts  # (4,), NaN where empty
+    return {f"{prefix}{name}": means[i] for i, name in enumerate(BUCKETS)}
 
 
-class AKT(CTRTask):
+class AKT(nn.Module):
     def __init__(
         self,
-        spec: DataSpec | None = None,
+        spec: DataSpec,
         *,
         embed_dim: int = 16,
-        view_dim: int = 64,
-        tower_dims: tuple[int, ...] = (128,),
-        head_dims: tuple[int, ...] = (64,),
+        mlp_dims: tuple[int, ...] = (256, 128),
         dropout: float = 0.1,
+        cluster_depth: int = 1,
+        deep_prefixes: bool = True,
         use_cluster: bool = True,
+        use_individual: bool = True,
         use_gate: bool = True,
-        use_asymmetry: bool = True,
-        use_fusion: bool = True,
-        fusion_mode: Literal["sum", "concat"] = "sum",
-        gate_mode: Literal["scalar", "vector"] = "scalar",
-        cluster_depths: int | None = None,
-        lambda_cl: float = 0.1,
-        tau: float = 0.2,
-        proto_momentum: float = 0.9,
-        proto_depth: int = 1,
-        head_min_count: float | None = None,
+        gate_mode: Literal["residual", "convex"] = "residual",
+        lambda_orth: float = 0.01,
+        use_instance_view: bool = True,
+        use_cluster_view: bool = True,
+        use_view_gate: bool = True,
+        cluster_pool: Literal["mean", "attention"] = "mean",
         attention_dims: tuple[int, ...] = (32,),
-        bucket_dim: int = 8,
-        fusion_hidden: int = 32,
+        use_transfer: bool = True,
+        lambda_h2t: float = 0.1,
+        lambda_t2h: float = 0.01,
+        tau: float = 0.2,
+        head_min_count: float | None = None,
+        p_cold: float = 0.1,
+        content_tower: bool = False,
+        content_dims: tuple[int, ...] = (64,),
+        lambda_content: float = 0.1,
         max_prefix_rows: int = 1 << 20,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        embedding_l2: float = 0.0,
-        sparse_embeddings: bool = False,
     ):
-        super().__init__(
-            spec,
-            lr=lr,
-            weight_decay=weight_decay,
-            embedding_l2=embedding_l2,
-            sparse_embeddings=sparse_embeddings,
-        )
-        spec, d = self.spec, embed_dim
+        super().__init__()
+        if not 0.0 <= p_cold < 1.0:
+            raise InputError(
+                f"p_cold={p_cold} is not a probability in [0, 1)", fix="set model.net.p_cold in [0, 1)"
+            )
+        if content_tower and spec.item_content_dim <= 0:
+            raise InputError(
+                "content_tower=True needs the items' content vectors and the data loaded none",
+                fix="load content vectors in the data config, or set model.net.content_tower: false",
+            )
+        levels = min(len(spec.user_sid_sizes), len(spec.item_sid_sizes))
+        if not 1 <= cluster_depth <= levels:
+            raise InputError(
+                f"cluster_depth={cluster_depth} is outside 1..{levels} (the semantic-ID levels of the data)",
+                fix=f"set model.net.cluster_depth between 1 and {levels} (the paper uses 1)",
+            )
+        self.spec, d = spec, embed_dim
+        self.k = cluster_depth
         common = dict(
+            cluster_depth=cluster_depth,
+            deep_prefixes=deep_prefixes,
             use_cluster=use_cluster,
+            use_individual=use_individual,
             use_gate=use_gate,
             gate_mode=gate_mode,
-            cluster_depths=cluster_depths,
             max_rows=max_prefix_rows,
-            sparse=sparse_embeddings,
         )
         self.user_emb = ClusterGuidedEmbedding(
             spec.n_users, spec.user_sid_sizes, d, count_max=spec.user_count_max, **common
@@ -131,123 +153,132 @@ class AKT(CTRTask):
         self.item_emb = ClusterGuidedEmbedding(
             spec.n_items, spec.item_sid_sizes, d, count_max=spec.item_count_max, **common
         )
-        self.user_feats = FeatureBags(spec.user_feature_vocab, d, sparse=sparse_embeddings)
-        self.item_feats = FeatureBags(spec.item_feature_vocab, d, sparse=sparse_embeddings)
-        self.attention = TargetAttention(d, hidden=attention_dims)
-        # train count of every item seen as a target so far: the activity of history items (persisted)
-        self.register_buffer("item_count_seen", torch.zeros(spec.n_items + 1))
+        self.user_feats = FeatureBags(spec.user_feature_vocab, d)
+        self.item_feats = FeatureBags(spec.item_feature_vocab, d)
 
-        n_id = 2 + len(spec.user_feature_vocab) + len(spec.item_feature_vocab)
-        n_sem = 2 + len(spec.user_sid_sizes) + len(spec.item_sid_sizes)
-        widths = (n_id * d, n_sem * d, 3 * d)
+        self.instance = TargetAttention(d, hidden=attention_dims) if use_instance_view else None
+        self.cluster_view = (
+            ClusterView(d, depth=cluster_depth, pool=cluster_pool, attention_dims=attention_dims)
+            if use_cluster_view
+            else None
+        )
+        self.fusion = ViewFusion() if use_view_gate and use_instance_view and use_cluster_view else None
+        has_history = use_instance_view or use_cluster_view
+        n_fields = 2 + len(spec.user_feature_vocab) + len(spec.item_feature_vocab) + int(has_history)
         self.fm = FMInteraction()
+        self.mlp = MLP(n_fields * d, mlp_dims, dropout=dropout, out_dim=1)
         self.bias = nn.Parameter(torch.zeros(()))
-        self.use_fusion = use_fusion
-        self.fusion_mode = fusion_mode
-        if use_fusion:
-            self.towers = nn.ModuleList(MLP(w, tower_dims, dropout=dropout, out_dim=view_dim) for w in widths)
-            self.buckets = nn.Embedding(len(BUCKETS), bucket_dim)
-            self.fusion = MLP(2 + 2 * bucket_dim, (fusion_hidden,), out_dim=len(VIEWS))
-            nn.init.zeros_(self.fusion[-1].weight)  # alpha uniform at init
-            nn.init.zeros_(self.fusion[-1].bias)
-            head_in = view_dim * (len(VIEWS) if fusion_mode == "concat" else 1)
-            self.head = MLP(head_in, head_dims, dropout=dropout, out_dim=1)
-        else:
-            self.joint = MLP(sum(widths), (*tower_dims, *head_dims), dropout=dropout, out_dim=1)
 
-        self.use_asymmetry = use_asymmetry
-        self.lambda_cl = lambda_cl
+        self.use_orth = lambda_orth > 0 and use_cluster and use_individual
+        self.lambda_orth = lambda_orth
+        self.use_transfer = use_transfer
+        self.lambda_h2t, self.lambda_t2h, self.tau = lambda_h2t, lambda_t2h, tau
         self.head_min_count = head_min_count
-        if use_asymmetry:
-            self.user_depth = min(proto_depth, len(spec.user_sid_sizes)) - 1
-            self.item_depth = min(proto_depth, len(spec.item_sid_sizes)) - 1
-            opts = dict(momentum=proto_momentum, tau=tau)
-            self.user_protos = PrototypeContrast(self.user_emb.prefix.rows[self.user_depth], d, **opts)
-            self.item_protos = PrototypeContrast(self.item_emb.prefix.rows[self.item_depth], d, **opts)
+        self.p_cold = p_cold
+        self.content = MLP(spec.item_content_dim, content_dims, out_dim=d) if content_tower else None
+        self.lambda_content = lambda_content
 
-    # -- asymmetric contrast -------------------------------------------------------------------------------
-    def contrast(
+    # -- cold path -----------------------------------------------------------------------------------------
+    def present(self, count: Tensor, bucket: Tensor) -> tuple[Tensor, Tensor]:
+        """Training only: each warm sample shown as cold with probability p_cold (count 0, bucket cold)."""
+        if not self.training or self.p_cold == 0:
+            return count, bucket
+        drop = (torch.rand(count.shape, device=count.device) < self.p_cold) & (count > 0)  # (B,)
+        return torch.where(drop, 0.0, count), torch.where(drop, COLD_BUCKET, bucket)
+
+    # -- asymmetric transfer -------------------------------------------------------------------------------
+    def transfer(
         self,
-        protos: PrototypeContrast,
-        emb: ClusterGuidedEmbedding,
-        depth: int,
         ids: Tensor,
         out: AdaptiveEmbedding,
         codes: Tensor,
+        sizes: tuple[int, ...],
         count: Tensor,
         bucket: Tensor,
-        count_max: float,
-    ) -> Tensor:
-        """L_cl of one side over the unique ids of the batch; updates the prototypes from head ids."""
-        _, pos = first_occurrence(ids)  # (N,)
-        v = out.v[pos]  # (N, d), gradient flows to the anchors' rows only through the loss below
-        cluster = emb.prefix.prefix_index(codes[pos])[:, depth]  # (N, L) -> (N,)
+    ) -> tuple[Tensor, Tensor]:
+        """L_trans of one side over its unique (id, presented-cold) pairs; returns (loss, h2t)."""
+        key = ids * 2 + (count == 0).long()  # (B,) a dropped sample is another point than the warm id
+        _, pos = first_occurrence(key)  # (N,) one sample of each
         is_head = (
             bucket[pos] == HEAD_BUCKET if self.head_min_count is None else count[pos] >= self.head_min_count
         )
-        loss = protos.loss(v, cluster, 1.0 - activity(count[pos], count_max), ~is_head)
-        protos.update(v, cluster, is_head)
-        return loss
+        res = asymmetric_transfer(
+            out.e[pos],
+            cluster_key(codes[pos], sizes, self.k),
+            is_head,
+            lambda_h2t=self.lambda_h2t,
+            lambda_t2h=self.lambda_t2h,
+            tau=self.tau,
+        )
+        return res.loss, res.h2t
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
         spec = self.spec
-        if self.training:
-            with torch.no_grad():
-                seen = self.item_count_seen
-                seen.scatter_reduce_(0, batch.item + 1, batch.item_count.float(), reduce="amax")
-        user = self.user_emb(batch.user + 1, batch.user_sid, batch.user_count)  # e, v, u: (B, d)
-        item = self.item_emb(batch.item + 1, batch.item_sid, batch.item_count)  # e, v, u: (B, d)
-        hist_count = self.item_count_seen[batch.hist_item]  # (B, H)
-        hist = self.item_emb(batch.hist_item, batch.hist_item_sid, hist_count)  # e, v, u: (B, H, d)
+        user_count, user_bucket = self.present(batch.user_count, batch.user_bucket)  # (B,), (B,)
+        item_count, item_bucket = self.present(batch.item_count, batch.item_bucket)  # (B,), (B,)
+        fallback = self.content(batch.item_content) if self.content is not None else None  # (B, d)
+        user = self.user_emb(batch.user + 1, batch.user_sid, user_count)  # e, v, c: (B, d)
+        item = self.item_emb(batch.item + 1, batch.item_sid, item_count, fallback=fallback)  # e, v, c: (B, d)
+        hist = self.item_emb(
+            batch.hist_item, batch.hist_item_sid, batch.hist_item_count
+        )  # e, v, c: (B, H, d)
         user_feats = self.user_feats(batch.user_feats)  # (B, F_u, d)
         item_feats = self.item_feats(batch.item_feats)  # (B, F_i, d)
-
-        ids = torch.stack([user.e, item.e], 1)  # (B, 2, d)
-        id_fields = torch.cat([ids, user_feats, item_feats], 1)  # (B, 2 + F_u + F_i, d)
-        clusters = torch.stack([user.u, item.u], 1)  # (B, 2, d)
-        sem_fields = torch.cat([clusters, user.prefixes, item.prefixes], 1)  # (B, 2 + L_u + L_i, d)
-        pooled = self.attention(hist.e, item.e, batch.hist_item > 0)  # (B, d)
-        hist_fields = torch.stack([pooled, item.e, pooled * item.e], 1)  # (B, 3, d)
-        views = [f.flatten(1) for f in (id_fields, sem_fields, hist_fields)]  # (B, fields * d) each
-
-        a_user = activity(batch.user_count, spec.user_count_max)  # (B,)
-        a_item = activity(batch.item_count, spec.item_count_max)  # (B,)
+        a_user = activity(user_count, spec.user_count_max)  # (B,)
+        a_item = activity(item_count, spec.item_count_max)  # (B,)
         aux: dict[str, Tensor] = {}
-        if self.use_fusion:
-            h = torch.stack([tower(x) for tower, x in zip(self.towers, views)], 1)  # (B, V, view_dim)
-            bucket_emb = self.buckets(torch.stack([batch.user_bucket, batch.item_bucket], 1))  # (B, 2, bd)
-            cond = torch.cat([a_user[:, None], a_item[:, None], bucket_emb.flatten(1)], -1)  # (B, 2 + 2 bd)
-            alpha = torch.softmax(self.fusion(cond), -1)  # (B, V)
-            if self.fusion_mode == "concat":
-                mixed = (alpha.unsqueeze(-1) * h * len(VIEWS)).flatten(1)  # (B, V * view_dim)
-            else:
-                mixed = torch.einsum("bv,bvd->bd", alpha, h)  # (B, view_dim)
-            deep = self.head(mixed).squeeze(-1)  # (B,)
-            for i, view in enumerate(VIEWS):
-                aux[f"fusion/{view}"] = alpha[:, i].detach().mean()
-                aux |= bucket_means(alpha[:, i], batch.item_bucket, f"fusion/{view}_item_")
-        else:
-            deep = self.joint(torch.cat(views, -1)).squeeze(-1)  # (B, sum widths) -> (B,)
-        logit = self.bias + self.fm(id_fields) + deep  # (B,)
+
+        # two views of the history
+        mask = batch.hist_item > 0  # (B, H)
+        views = []
+        if self.instance is not None:
+            views.append(self.instance(hist.e, item.e, mask))  # (B, d)
+        if self.cluster_view is not None:
+            s_c, same = self.cluster_view(hist.e, batch.hist_item_sid, mask, item.e, batch.item_sid)  # (B, d)
+            views.append(s_c)
+            aux["views/cluster_hit"] = same.any(1).float().mean()
+        if self.fusion is not None:
+            s, beta = self.fusion(a_user, a_item, views[0], views[1])  # (B, d), (B,)
+            aux |= bucket_means(beta, item_bucket, "views/instance_item_")
+            aux |= bucket_means(beta, user_bucket, "views/instance_user_")
+            views = [s]
+        elif len(views) == 2:
+            views = [0.5 * (views[0] + views[1])]  # use_view_gate=False: the views weighted equally
+
+        fields = torch.cat(
+            [torch.stack([user.e, item.e], 1), user_feats, item_feats, *(v[:, None] for v in views)], 1
+        )
+        logit = self.bias + self.fm(fields) + self.mlp(fields.flatten(1)).squeeze(-1)  # (B, F, d) -> (B,)
 
         if item.gate is not None:
-            aux |= bucket_means(item.gate.mean(-1), batch.item_bucket, "gate/item_")
-            aux |= bucket_means(user.gate.mean(-1), batch.user_bucket, "gate/user_")
+            aux |= bucket_means(item.gate.mean(-1), item_bucket, "gate/item_")
+            aux |= bucket_means(user.gate.mean(-1), user_bucket, "gate/user_")
 
         aux_loss = logit.new_zeros(())
-        if self.use_asymmetry and self.training:
-            cl_item = self.contrast(
-                self.item_protos, self.item_emb, self.item_depth, batch.item, item, batch.item_sid,
-                batch.item_count, batch.item_bucket, spec.item_count_max,
-            )  # fmt: skip
-            cl_user = self.contrast(
-                self.user_protos, self.user_emb, self.user_depth, batch.user, user, batch.user_sid,
-                batch.user_count, batch.user_bucket, spec.user_count_max,
-            )  # fmt: skip
-            aux["cl_item"], aux["cl_user"] = cl_item.detach(), cl_user.detach()
-            aux_loss = self.lambda_cl * (cl_item + cl_user)
-        embed_sq = None
-        if self.embedding_l2 > 0:
-            embed_sq = squared_norm(user.v, item.v, user.prefixes, item.prefixes, user_feats, item_feats)
+        if self.training and self.use_orth:
+            orth = orthogonality(
+                torch.cat([user.cluster, item.cluster]),
+                torch.cat([user.individual, item.individual]),
+                torch.cat([user_count, item_count]) > 0,
+            )
+            aux["orth"] = orth.detach()
+            aux_loss = aux_loss + self.lambda_orth * orth
+        if self.training and self.use_transfer:
+            loss_i, aux["trans_item"] = self.transfer(
+                batch.item, item, batch.item_sid, spec.item_sid_sizes, item_count, item_bucket
+            )
+            loss_u, aux["trans_user"] = self.transfer(
+                batch.user, user, batch.user_sid, spec.user_sid_sizes, user_count, user_bucket
+            )
+            aux_loss = aux_loss + loss_i + loss_u
+        if self.training and self.content is not None:
+            head = (batch.item_bucket == HEAD_BUCKET) & (item_count > 0)  # (B,) trained rows, not dropped
+            err = (fallback - item.individual.detach()).pow(2).sum(-1)  # (B,) v is the trained row where head
+            content = (err * head).sum() / head.sum().clamp_min(1)
+            aux["content"] = content.detach()
+            aux_loss = aux_loss + self.lambda_content * content
+        embed_sq = squared_norm(
+            user.individual, item.individual, user.cluster, item.cluster, user_feats, item_feats
+        )
         return ModelOutput(logit, aux_loss, aux, embed_sq)

@@ -11,15 +11,14 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ctr.batch import Batch, DataSpec
+from ctr.batch import Batch, DataSpec, ModelOutput
 from ctr.layers import MLP, CrossNetV2, FieldEmbedding, squared_norm
-from ctr.module import CTRTask, ModelOutput
 
 
-class DCNv2(CTRTask):
+class DCNv2(nn.Module):
     def __init__(
         self,
-        spec: DataSpec | None = None,
+        spec: DataSpec,
         *,
         embed_dim: int = 16,
         cross_layers: int = 3,
@@ -27,22 +26,14 @@ class DCNv2(CTRTask):
         structure: Literal["stacked", "parallel"] = "stacked",
         mlp_dims: tuple[int, ...] = (256, 128),
         dropout: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        embedding_l2: float = 0.0,
-        sparse_embeddings: bool = False,
+        batch_norm: bool = False,
     ):
-        super().__init__(
-            spec,
-            lr=lr,
-            weight_decay=weight_decay,
-            embedding_l2=embedding_l2,
-            sparse_embeddings=sparse_embeddings,
-        )
-        self.fields = FieldEmbedding(self.spec, embed_dim, sparse=sparse_embeddings)
+        super().__init__()
+        self.spec = spec
+        self.fields = FieldEmbedding(spec, embed_dim)
         width = self.fields.n_fields * embed_dim
         self.cross = CrossNetV2(width, n_layers=cross_layers, low_rank=low_rank)
-        self.deep = MLP(width, mlp_dims, dropout=dropout)
+        self.deep = MLP(width, mlp_dims, dropout=dropout, batch_norm=batch_norm)
         self.structure = structure
         head_in = self.deep.out_dim if structure == "stacked" else width + self.deep.out_dim
         self.head = nn.Linear(head_in, 1)
@@ -55,4 +46,4 @@ class DCNv2(CTRTask):
         else:
             h = torch.cat([self.cross(x0), self.deep(x0)], -1)  # (B, F*d + D_mlp)
         logit = self.head(h).squeeze(-1)  # (B,)
-        return ModelOutput(logit, logit.new_zeros(()), {}, squared_norm(e) if self.embedding_l2 > 0 else None)
+        return ModelOutput(logit, logit.new_zeros(()), {}, squared_norm(e))

@@ -2,6 +2,9 @@
 
 Fields: user id, item id, every user and item side feature (mean of its tokens), and the user's history as the
 mean of its item-id embeddings (shared with the target item table). logit = b + sum(w) + FM(e) + MLP(flat(e)).
+
+Subclasses change one hook each: `extras` (vectors added to the id embeddings: SIDFeatures), `history_pool` (how
+the history becomes one field: DIN), `extra_fields` (more fields: ContentFeatures), `deep` (the MLP: POSO).
 """
 
 from __future__ import annotations
@@ -9,44 +12,51 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ctr.batch import Batch, DataSpec
+from ctr.batch import Batch, DataSpec, ModelOutput
 from ctr.layers import MLP, FieldEmbedding, FMInteraction, squared_norm
-from ctr.module import CTRTask, ModelOutput
 
 
-class DeepFM(CTRTask):
+class DeepFM(nn.Module):
+    n_extra_fields = 0  # fields `extra_fields` appends (subclasses)
+
     def __init__(
         self,
-        spec: DataSpec | None = None,
+        spec: DataSpec,
         *,
         embed_dim: int = 16,
         mlp_dims: tuple[int, ...] = (256, 128),
         dropout: float = 0.1,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        embedding_l2: float = 0.0,
-        sparse_embeddings: bool = False,
+        batch_norm: bool = False,
     ):
-        super().__init__(
-            spec,
-            lr=lr,
-            weight_decay=weight_decay,
-            embedding_l2=embedding_l2,
-            sparse_embeddings=sparse_embeddings,
-        )
-        self.fields = FieldEmbedding(self.spec, embed_dim, sparse=sparse_embeddings)
-        self.first_order = FieldEmbedding(self.spec, 1, sparse=sparse_embeddings)
+        super().__init__()
+        self.spec = spec
+        self.fields = FieldEmbedding(spec, embed_dim)
+        self.first_order = FieldEmbedding(spec, 1)
         self.fm = FMInteraction()
-        self.mlp = MLP(self.fields.n_fields * embed_dim, mlp_dims, dropout=dropout, out_dim=1)
+        self.n_fields = self.fields.n_fields + self.n_extra_fields
+        self.mlp = MLP(self.n_fields * embed_dim, mlp_dims, dropout=dropout, out_dim=1, batch_norm=batch_norm)
         self.bias = nn.Parameter(torch.zeros(()))
+        # (hist (B, H, d), target (B, d), mask (B, H)) -> (B, d) history field; None = masked mean
+        self.history_pool: nn.Module | None = None
 
     def extras(self, batch: Batch) -> dict[str, Tensor]:
         """Vectors added to the user / item / history id embeddings (none here; SIDFeatures adds SID prefixes)."""
         return {}
 
+    def extra_fields(self, batch: Batch) -> Tensor | None:
+        """(B, n_extra_fields, d) more fields for the FM and the MLP (none here)."""
+        return None
+
+    def deep(self, batch: Batch, flat: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The deep part: (B, F*d) -> (B,) logit and scalars to log."""
+        return self.mlp(flat).squeeze(-1), {}
+
     def forward(self, batch: Batch) -> ModelOutput:
-        e = self.fields(batch, **self.extras(batch))  # (B, F, d)
+        e = self.fields(batch, **self.extras(batch), pool=self.history_pool)  # (B, F, d)
+        extra = self.extra_fields(batch)
+        if extra is not None:
+            e = torch.cat([e, extra], 1)  # (B, F + n_extra_fields, d)
         first = self.first_order(batch).sum((1, 2))  # (B, F, 1) -> (B,)
-        deep = self.mlp(e.flatten(1)).squeeze(-1)  # (B, F*d) -> (B,)
+        deep, aux = self.deep(batch, e.flatten(1))  # (B, F*d) -> (B,)
         logit = self.bias + first + self.fm(e) + deep  # (B,)
-        return ModelOutput(logit, logit.new_zeros(()), {}, squared_norm(e) if self.embedding_l2 > 0 else None)
+        return ModelOutput(logit, logit.new_zeros(()), aux, squared_norm(e))

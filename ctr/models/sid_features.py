@@ -17,34 +17,18 @@ from ctr.models.deepfm import DeepFM
 class SIDFeatures(DeepFM):
     def __init__(
         self,
-        spec: DataSpec | None = None,
+        spec: DataSpec,
         *,
         embed_dim: int = 16,
         mlp_dims: tuple[int, ...] = (256, 128),
         dropout: float = 0.1,
+        batch_norm: bool = False,
         max_prefix_rows: int = 1 << 20,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        embedding_l2: float = 0.0,
-        sparse_embeddings: bool = False,
     ):
-        super().__init__(
-            spec,
-            embed_dim=embed_dim,
-            mlp_dims=mlp_dims,
-            dropout=dropout,
-            lr=lr,
-            weight_decay=weight_decay,
-            embedding_l2=embedding_l2,
-            sparse_embeddings=sparse_embeddings,
-        )
-        opts = dict(max_rows=max_prefix_rows, sparse=sparse_embeddings)
-        self.item_sid = SIDPrefixEmbedding(
-            self.spec.item_sid_sizes, embed_dim, n_ids=self.spec.n_items, **opts
-        )
-        self.user_sid = SIDPrefixEmbedding(
-            self.spec.user_sid_sizes, embed_dim, n_ids=self.spec.n_users, **opts
-        )
+        super().__init__(spec, embed_dim=embed_dim, mlp_dims=mlp_dims, dropout=dropout, batch_norm=batch_norm)
+        rows = max_prefix_rows
+        self.item_sid = SIDPrefixEmbedding(spec.item_sid_sizes, embed_dim, n_ids=spec.n_items, max_rows=rows)
+        self.user_sid = SIDPrefixEmbedding(spec.user_sid_sizes, embed_dim, n_ids=spec.n_users, max_rows=rows)
 
     def extras(self, batch: Batch) -> dict[str, Tensor]:
         return {

@@ -1,0 +1,137 @@
+"""`ctr tune`: the search space per family, the pruning callback, and 3 trials on the synthetic prepared dataset
+giving a YAML that `ctr fit --config` accepts, the same for the same seed."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import optuna
+import polars as pl
+import pytest
+import yaml
+
+from ctr import tune as space
+from ctr.module import MONITOR_KEY, CTRTask
+from pipelines.tune import tune
+from semid.errors import InputError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ctr"
+
+
+@pytest.mark.parametrize("path", sorted(space.FAMILY_KNOBS))
+def test_every_family_knob_is_a_constructor_argument(path):
+    knobs = space.knobs_for(path, max_epochs=10)
+    accepted = set(inspect.signature(space._resolve(path)).parameters)
+    assert all(k.name in accepted for k in knobs if k.key.startswith(space.NET_ARGS))
+    keys = [k.key for k in knobs]
+    assert len(set(keys)) == len(keys)  # one knob per key
+    # the common knobs (and the epoch budget) are searched for every model
+    assert {"model.lr", "model.embedding_l2", "model.weight_decay", "early_stopping.patience",
+            "early_stopping.min_delta", "trainer.max_epochs"} <= set(keys)  # fmt: skip
+    assert ("model.net.init_args.dropout" in keys) == ("dropout" in accepted)
+
+
+def test_every_shipped_model_config_has_a_search_space():
+    for path in CONFIGS.glob("*.yaml"):
+        net = yaml.safe_load(path.read_text())["model"]["net"]["class_path"]
+        space.knobs_for(net, max_epochs=5)  # raises if a family knob drifted from the constructor
+
+
+def test_trial_config_sets_dotted_keys_without_touching_the_base():
+    base = {"model": {"net": {"class_path": "ctr.models.deepfm.DeepFM", "init_args": {"mlp_dims": [8]}}}}
+    knobs = space.knobs_for("ctr.models.deepfm.DeepFM", max_epochs=4)
+    trial = optuna.trial.FixedTrial(
+        {"model.lr": 0.01, "model.embedding_l2": 1e-6, "model.weight_decay": 1e-5, "early_stopping.patience": 2,
+         "early_stopping.min_delta": 1e-4, "dropout": 0.2, "embed_dim": 8, "batch_norm": True,
+         "trainer.max_epochs": 4}
+    )  # fmt: skip
+    config = space.trial_config(trial, base, knobs, "val/gauc_warm")
+    assert config["model"]["net"]["init_args"] == {
+        "mlp_dims": [8],
+        "dropout": 0.2,
+        "embed_dim": 8,
+        "batch_norm": True,
+    }
+    assert config["model"]["lr"] == 0.01 and config["model"]["monitor"] == "val/gauc_warm"
+    assert config["early_stopping"] == {"patience": 2, "min_delta": 1e-4} and config["trainer"] == {
+        "max_epochs": 4
+    }
+    assert base["model"]["net"]["init_args"] == {"mlp_dims": [8]}
+
+
+def test_unknown_network_is_an_input_error():
+    with pytest.raises(InputError, match="cannot import"):
+        space.knobs_for("ctr.models.nope.Nope", max_epochs=3)
+
+
+def _common(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "trainer: {limit_train_batches: 3, enable_model_summary: false}\n"
+        "data: {batch_size: 256, eval_batch_size: 4096}\n"
+    )
+    return path
+
+
+def test_three_trials_write_a_yaml_ctr_fit_accepts_deterministically(prepared_dir, tmp_path):
+    from pipelines.console import plain_argv
+    from pipelines.train import cli
+
+    common = _common(tmp_path)
+    model = tmp_path / "deepfm_small.yaml"
+    model.write_text(
+        "model:\n  net:\n    class_path: ctr.models.deepfm.DeepFM\n    init_args: {mlp_dims: [8]}\n"
+    )
+    runs = []
+    for run in ("a", "b"):
+        out = tune(str(model), str(prepared_dir), str(tmp_path / run), common=[str(common)], n_trials=3,
+                   seed=7, max_epochs=2)  # fmt: skip
+        assert out == tmp_path / run / "tuned" / "deepfm_small.yaml"
+        trials = pl.read_csv(out.with_name("deepfm_small_trials.csv"))
+        runs.append((out.read_text(), trials))
+    (yaml_a, trials_a), (yaml_b, trials_b) = runs
+    assert yaml_a == yaml_b  # same seed: same search, same training, same winner
+    assert trials_a.drop("seconds").equals(trials_b.drop("seconds"))
+    assert trials_a.height == 3 and set(trials_a["state"]) == {"COMPLETE"}
+    tuned = yaml.safe_load(yaml_a)
+    best = trials_a.sort("value", descending=True).row(0, named=True)
+    assert tuned["model"]["lr"] == pytest.approx(best["model.lr"])
+    assert tuned["model"]["net"]["init_args"]["mlp_dims"] == [8]  # the base is kept
+    assert not (tmp_path / "a" / "tuned" / ".deepfm_small.work").exists()
+    assert len(set(trials_a["model.lr"])) == 3  # three different draws
+
+    with plain_argv():
+        c = cli(
+            ["--config", str(common), "--config", str(out), "--data.data_dir", str(prepared_dir),
+             "--trainer.fast_dev_run", "true", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+             "--trainer.default_root_dir", str(tmp_path / "fit")],
+            run=False,
+        )  # fmt: skip
+    assert isinstance(c.model, CTRTask) and c.model.lr == pytest.approx(tuned["model"]["lr"])
+    assert c.model.monitor == "val/gauc_warm" and c.config.checkpoint.monitor == MONITOR_KEY
+    assert c.config.early_stopping.patience == tuned["early_stopping"]["patience"]
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    assert c.trainer.state.finished
+
+
+def test_pruning_callback_reports_and_stops():
+    class _Trainer:
+        sanity_checking = False
+        current_epoch = 0
+        should_stop = False
+        callback_metrics = {MONITOR_KEY: 0.6}
+
+    study = space.study(0, n_startup_trials=0, n_warmup_steps=0)
+    for value in (0.9, 0.8):  # two finished trials with good values at epoch 0
+        t = study.ask()
+        t.report(value, 0)
+        study.tell(t, value)
+    trial = study.ask()
+    cb = space.PruningCallback(trial)
+    trainer = _Trainer()
+    cb.on_validation_end(trainer, None)
+    assert cb.best == 0.6 and cb.epochs == 1
+    assert cb.pruned and trainer.should_stop  # 0.6 is below the median of the others at epoch 0
