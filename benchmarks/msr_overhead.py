@@ -40,6 +40,8 @@ SPEC = DataSpec(
     history_len=20,
     user_count_max=1000.0,
     item_count_max=3000.0,
+    n_scenarios=3,
+    scenario_names=("a", "b", "c"),
 )
 K = 576  # SmolLM2-135M hidden size
 
@@ -63,6 +65,7 @@ def batch(b: int, g: torch.Generator, device: str) -> Batch:
         user_bucket=r(0, 4, (b,)),
         item_bucket=r(0, 4, (b,)),
     )
+    out = out._replace(scenario=out.user % 3)
     return Batch(*(t.to(device) for t in out))
 
 
@@ -116,9 +119,9 @@ def main(args: list[str] | None = None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         f = files(Path(tmp))
-        meta = dict(user_vectors=f["user"], scenario_vectors=f["scen"], scenarios=f["scenarios"])
+        meta = dict(user_vectors=f["user"], scenario_vectors=f["scen"])
         backbones = {
-            "STAR": functools.partial(STAR, scenarios=f["scenarios"]),
+            "STAR": functools.partial(STAR),
             "DeepFM": functools.partial(DeepFM),
         }
         for name, factory in backbones.items():

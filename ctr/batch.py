@@ -3,8 +3,10 @@ networks are built from.
 
 Shapes: B = batch size, L_i / L_u = semantic-ID levels of items / users (the dedup suffix not included),
 F_i / F_u = number of item / user side features, M_i / M_u = max tokens of one multi-valued feature,
-H = history length, D_i / D_u = dimension of the frozen content vectors (0 when none are loaded). Token 0 is padding in every feature vocabulary and in the history (real item ids are
-shifted by one there), so `nn.EmbeddingBag(padding_idx=0)` / masks work directly.
+H = history length, D_i / D_u = dimension of the frozen content vectors (0 when none are loaded). Token 0 is
+padding in every feature vocabulary and in the history (real item ids are shifted by one there), so
+`nn.EmbeddingBag(padding_idx=0)` / masks work directly. Optional fields (content vectors, scenario, history event
+type) are empty tensors when the data module was not asked for them; a network that needs one checks `numel()`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ import torch
 from torch import Tensor
 
 NO_CONTENT = torch.zeros(0)  # the content fields of a Batch built without content vectors (nothing is read)
+NO_CODES = torch.zeros(0, dtype=torch.int64)  # scenario / hist_type of a Batch built without them
+
+HIST_TARGET, HIST_SOURCE = 0, 1
+"""`Batch.hist_type` values: an event of the target domain (the split's own data) / of the source domain (a merged
+cross-domain history, e.g. Amazon Food events before a Kitchen sample)."""
 
 
 class Batch(NamedTuple):
@@ -37,6 +44,10 @@ class Batch(NamedTuple):
     item_bucket: Tensor  # (B,) int64 index into BUCKETS of the item
     user_content: Tensor = NO_CONTENT  # (B, D_u) float32 frozen aligned content vector of the user, or empty
     item_content: Tensor = NO_CONTENT  # (B, D_i) float32 frozen aligned content vector of the item, or empty
+    scenario: Tensor = NO_CODES  # (B,) int64 scenario code in 0..n_scenarios-1 (semid.scenarios), or empty
+    hist_type: Tensor = (
+        NO_CODES  # (B, H) int64 HIST_TARGET / HIST_SOURCE per history event (0 where padded), or empty
+    )
 
 
 class ModelOutput(NamedTuple):
@@ -66,3 +77,8 @@ class DataSpec:
     item_count_max: float
     user_content_dim: int = 0  # dimension of the users' content vectors (0 = none loaded)
     item_content_dim: int = 0
+    n_scenarios: int = 0  # scenarios of the `scenario` column (0 = the batches carry none)
+    scenario_names: tuple[str, ...] = ()  # scenario code -> name
+    data_hash: str | None = (
+        None  # fingerprint of the prepared dataset (refuses side files built from another)
+    )

@@ -15,6 +15,14 @@ as one sorted array of positives plus, per sample, the end offset of its history
 Content vectors (optional, `item_content` / `user_content`): the frozen aligned vectors `semid build` writes
 (item_embeddings.parquet / user_embeddings.parquet), read once into an (n, D) tensor indexed per batch.
 
+Scenarios (optional, `scenarios`): a `scenarios.parquet` (semid.scenarios.write) gives every user or item one
+scenario; each split's rows get theirs once, as a tensor (`Batch.scenario`), and `DataSpec` names them.
+
+Source-domain history (optional, `source_history`): the Amazon reader's source_history.parquet (Food events of the
+Kitchen users) is merged into every history source set, so a sample's history holds the user's target *and*
+source events strictly before its timestamp (positions in the user's whole sequence); `Batch.hist_type` says which
+is which (HIST_TARGET / HIST_SOURCE): the "naive source history" arm of the cross-domain comparison.
+
 DDP: the loaders shard themselves (train: each rank takes an equal share of the epoch's permutation; eval: rank r
 takes batches r::world_size, disjoint and covering every sample once, so ranks may get unequal batch counts -- do not
 sync inside eval steps). Run the Trainer with `use_distributed_sampler=False`.
@@ -34,13 +42,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ctr.batch import Batch, DataSpec
+from ctr.batch import HIST_SOURCE, HIST_TARGET, NO_CODES, Batch, DataSpec
+from semid import scenarios as SC
 from semid import schema as S
 from semid.errors import InputError
 from semid.ids import read_table, sid_columns
 from semid.io import read_meta
 
 Split = Literal["train", "val", "test"]
+
+SOURCE_HISTORY_NAME = "source_history"  # <prepared>/source_history.parquet (semid.amazon.SOURCE_HISTORY)
 
 HISTORY_SOURCES: dict[str, tuple[str, ...]] = {
     "train": ("train",),
@@ -80,6 +91,7 @@ class History(NamedTuple):
     'last positive before t'."""
 
     items: Tensor  # (P + 1,) int64 item id + 1, with a leading 0 so that index 0 is padding
+    types: Tensor  # (P + 1,) int64 HIST_TARGET / HIST_SOURCE of each event (0 at the padding index)
     user_start: Tensor  # (n_users,) int64 offset of each user's first positive in the sorted array
     key: (
         np.ndarray
@@ -93,6 +105,15 @@ class SplitArrays:
     item: Tensor  # (N,) int64
     label: Tensor  # (N,) float32
     hist_end: Tensor  # (N,) int64 one past the last history positive of the sample in its History.items[1:]
+    scenario: Tensor  # (N,) int64 scenario code of each row; empty when no scenario table was given
+
+
+class ScenarioCodes(NamedTuple):
+    """A scenario table as per-entity codes: `codes[id]` is the scenario of user / item `id`."""
+
+    key: str  # schema.USER or schema.ITEM
+    codes: Tensor  # (n_users or n_items,) int64
+    names: tuple[str, ...]  # scenario code -> name
 
 
 @dataclass(frozen=True)
@@ -101,6 +122,9 @@ class Tables:
     users: Entities
     histories: dict[str, History]  # per split: the history its samples read (see HISTORY_SOURCES)
     splits: dict[str, SplitArrays]
+    scenarios: ScenarioCodes | None = None
+    data_hash: str | None = None  # the prepared dataset's fingerprint (items.parquet metadata)
+    merged_source: bool = False  # histories hold source-domain events (Batch.hist_type is served)
 
 
 # -- validation and reading ---------------------------------------------------------------------------------
@@ -356,20 +380,31 @@ def _read_split(path: Path, split: str, n_users: int, n_items: int) -> pl.DataFr
 # -- history ------------------------------------------------------------------------------------------------
 
 
-def build_history(interactions: pl.DataFrame, n_users: int) -> History:
-    """Sort the positives of `interactions` by (user, timestamp, item) into one array with per-user offsets."""
-    pos = interactions.filter(pl.col(S.LABEL) == 1)
-    user = pos[S.USER].cast(pl.Int64).to_numpy()
-    ts = pos[S.TIMESTAMP].cast(pl.Int64).to_numpy()
-    item = pos[S.ITEM].cast(pl.Int64).to_numpy()
+def build_history(interactions: pl.DataFrame, n_users: int, source: pl.DataFrame | None = None) -> History:
+    """Sort the positives of `interactions` (and every event of `source`, typed HIST_SOURCE) by (user, timestamp,
+    item) into one array with per-user offsets."""
+    pos = interactions.filter(pl.col(S.LABEL) == 1).select(
+        pl.col(S.USER).cast(pl.Int64), pl.col(S.ITEM).cast(pl.Int64), pl.col(S.TIMESTAMP).cast(pl.Int64)
+    )
+    events = pos.with_columns(pl.lit(HIST_TARGET, pl.Int64).alias("_type"))
+    if source is not None:
+        src = source.select(
+            pl.col(S.USER).cast(pl.Int64), pl.col(S.ITEM).cast(pl.Int64), pl.col(S.TIMESTAMP).cast(pl.Int64)
+        )
+        events = pl.concat([events, src.with_columns(pl.lit(HIST_SOURCE, pl.Int64).alias("_type"))])
+    user = events[S.USER].to_numpy()
+    ts = events[S.TIMESTAMP].to_numpy()
+    item = events[S.ITEM].to_numpy()
+    kind = events["_type"].to_numpy()
     order = np.lexsort((item, ts, user))  # last key is the primary one
-    user, ts, item = user[order], ts[order], item[order]
+    user, ts, item, kind = user[order], ts[order], item[order], kind[order]
     times = np.unique(ts)
     # a combined key that sorts like (user, timestamp) without overflow: the timestamp is replaced by its rank
     key = user * (times.size + 1) + np.searchsorted(times, ts)
     user_start = np.searchsorted(key, np.arange(n_users, dtype=np.int64) * (times.size + 1), side="left")
     return History(
         items=torch.from_numpy(np.concatenate([[0], item + 1]).astype(np.int64)),
+        types=torch.from_numpy(np.concatenate([[0], kind]).astype(np.int64)),
         user_start=torch.from_numpy(user_start.astype(np.int64)),
         key=key,
         times=times,
@@ -383,11 +418,64 @@ def history_end(history: History, user: np.ndarray, ts: np.ndarray) -> np.ndarra
     return np.searchsorted(history.key, query, side="left")
 
 
-def gather_history(history: History, user: Tensor, end: Tensor, length: int) -> Tensor:
-    """(B,) users and history ends -> (B, length) item id + 1 of the last positives, most recent first, 0 = pad."""
+def history_slots(history: History, user: Tensor, end: Tensor, length: int) -> Tensor:
+    """(B,) users and history ends -> (B, length) indices into History.items / types of the last events, most
+    recent first, 0 = pad."""
     pos = end[:, None] - 1 - torch.arange(length)  # (B, H) positions in the sorted positives
     valid = pos >= history.user_start[user][:, None]  # (B, H)
-    return history.items[torch.where(valid, pos + 1, 0)]  # (B, H)
+    return torch.where(valid, pos + 1, 0)  # (B, H)
+
+
+def gather_history(history: History, user: Tensor, end: Tensor, length: int) -> Tensor:
+    """(B,) users and history ends -> (B, length) item id + 1 of the last positives, most recent first, 0 = pad."""
+    return history.items[history_slots(history, user, end, length)]  # (B, H)
+
+
+def read_source_history(
+    path: str | Path, *, n_users: int, n_items: int, data_hash: str | None
+) -> pl.DataFrame:
+    """The Amazon reader's source_history.parquet -> (user_id, item_id, timestamp) of the dataset's users (events
+    of users without target-domain data, user_id null, are dropped), validated against the prepared dataset."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / f"{SOURCE_HISTORY_NAME}.parquet"
+    fix = "point data.source_history to the source_history.parquet that `semid prepare` wrote (amazon-food-kitchen)"
+    _require_file(path, fix)
+    _require_columns(pl.read_parquet_schema(path), [S.USER, S.ITEM, S.TIMESTAMP], path)
+    built_from = read_meta(path).get("data_hash")
+    if data_hash is not None and built_from is not None and built_from != data_hash:
+        raise InputError(
+            "the source history belongs to another prepared dataset (data_hash differs)", file=path, fix=fix
+        )
+    df = pl.read_parquet(path, columns=[S.USER, S.ITEM, S.TIMESTAMP]).drop_nulls(S.USER)
+    if df[S.ITEM].null_count() or df[S.TIMESTAMP].null_count():
+        raise InputError("null item ids or timestamps", file=path, fix=fix)
+    for col, n in ((S.USER, n_users), (S.ITEM, n_items)):
+        out = df.filter((pl.col(col) < 0) | (pl.col(col) >= n))[col].unique().head(5).to_list()
+        if out:
+            raise InputError(f"ids unknown to the dataset ({n} ids): {out}", file=path, column=col, fix=fix)
+    return df
+
+
+def read_scenarios(path: str | Path, *, n_users: int, n_items: int, data_hash: str | None) -> ScenarioCodes:
+    """A scenarios.parquet (semid.scenarios.read: validated, refused when built from another prepared dataset) ->
+    one code per user / item id; every id of the dataset must have one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SC.SCENARIOS_FILE
+    table = SC.read(path, data_hash=data_hash)
+    n = n_users if table.key == S.USER else n_items
+    keys = table.table[table.key].cast(pl.Int64).to_numpy()
+    if keys.size != n or (keys.size and (keys.min() != 0 or keys.max() != n - 1)):
+        raise InputError(
+            f"the scenario table covers {keys.size} of the dataset's {n} {table.key} ids",
+            file=path,
+            column=table.key,
+            fix="rebuild scenarios.parquet from this prepared directory (semid.scenarios.write)",
+        )
+    codes = np.zeros(n, dtype=np.int64)
+    codes[keys] = table.table[SC.SCENARIO].cast(pl.Int64).to_numpy()
+    return ScenarioCodes(table.key, torch.from_numpy(codes), table.names)
 
 
 # -- batches ------------------------------------------------------------------------------------------------
@@ -401,6 +489,8 @@ def load_tables(
     max_tokens_per_feature: int = 8,
     item_content: str | Path | None = None,
     user_content: str | Path | None = None,
+    scenarios: str | Path | None = None,
+    source_history: str | Path | None = None,
 ) -> Tables:
     """Validate and read a prepared dataset directory and its ID tables into tensors."""
     root = Path(data_dir)
@@ -442,26 +532,49 @@ def load_tables(
         )
     }
 
+    scenario_codes = (
+        None
+        if scenarios is None
+        else read_scenarios(scenarios, n_users=users.height, n_items=items.height, data_hash=data_hash)
+    )
+    source = (
+        None
+        if source_history is None
+        else read_source_history(
+            source_history, n_users=users.height, n_items=items.height, data_hash=data_hash
+        )
+    )
     by_sources = {
-        sources: build_history(pl.concat([splits[s] for s in sources], how="vertical_relaxed"), users.height)
+        sources: build_history(
+            pl.concat([splits[s] for s in sources], how="vertical_relaxed"), users.height, source
+        )
         for sources in set(HISTORY_SOURCES.values())
     }
     histories = {split: by_sources[HISTORY_SOURCES[split]] for split in splits}
     arrays = {}
     for split, df in splits.items():
-        user = df[S.USER].cast(pl.Int64).to_numpy()
-        end = history_end(histories[split], user, df[S.TIMESTAMP].cast(pl.Int64).to_numpy())
+        user = torch.from_numpy(df[S.USER].cast(pl.Int64).to_numpy().copy())
+        item = torch.from_numpy(df[S.ITEM].cast(pl.Int64).to_numpy().copy())
+        end = history_end(histories[split], user.numpy(), df[S.TIMESTAMP].cast(pl.Int64).to_numpy())
+        if scenario_codes is None:
+            scenario = NO_CODES
+        else:
+            scenario = scenario_codes.codes[user if scenario_codes.key == S.USER else item]  # (N,)
         arrays[split] = SplitArrays(
-            user=torch.from_numpy(user.copy()),
-            item=torch.from_numpy(df[S.ITEM].cast(pl.Int64).to_numpy().copy()),
+            user=user,
+            item=item,
             label=torch.from_numpy(df[S.LABEL].cast(pl.Float32).to_numpy().copy()),
             hist_end=torch.from_numpy(end.astype(np.int64)),
+            scenario=scenario,
         )
     return Tables(
         items=_entities(items, items_path, max_tokens_per_feature, item_sid, contents[S.ITEM]),
         users=_entities(users, users_path, max_tokens_per_feature, user_sid, contents[S.USER]),
         histories=histories,
         splits=arrays,
+        scenarios=scenario_codes,
+        data_hash=data_hash,
+        merged_source=source is not None,
     )
 
 
@@ -480,7 +593,9 @@ class SplitData(Dataset):
     def __getitem__(self, idx: Tensor) -> Batch:
         t, a = self.tables, self.arrays
         user, item = a.user[idx], a.item[idx]  # (B,)
-        hist = gather_history(t.histories[self.split], user, a.hist_end[idx], self.history_len)  # (B, H)
+        history = t.histories[self.split]
+        slots = history_slots(history, user, a.hist_end[idx], self.history_len)  # (B, H)
+        hist = history.items[slots]  # (B, H)
         hist_idx, hist_real = (hist - 1).clamp(min=0), hist > 0  # (B, H)
         hist_sid = t.items.sid.codes[hist_idx] * hist_real.unsqueeze(-1)  # (B, H, L_i)
         return Batch(
@@ -500,6 +615,8 @@ class SplitData(Dataset):
             item_bucket=t.items.bucket[item],
             user_content=t.users.content[user],  # (B, D_u), (B, 0) when none
             item_content=t.items.content[item],  # (B, D_i)
+            scenario=a.scenario[idx] if a.scenario.numel() else NO_CODES,  # (B,) or empty
+            hist_type=history.types[slots] if t.merged_source else NO_CODES,  # (B, H) or empty
         )
 
 
@@ -561,6 +678,8 @@ class CTRDataModule(L.LightningDataModule):
         predict_split: Literal["val", "test"] = "test",
         item_content: str | None = None,
         user_content: str | None = None,
+        scenarios: str | None = None,
+        source_history: str | None = None,
     ) -> None:
         """
         Args:
@@ -578,6 +697,12 @@ class CTRDataModule(L.LightningDataModule):
             item_content: frozen item content vectors (`semid build`'s item_embeddings.parquet, or the folder
                 holding it), served as `Batch.item_content` (ContentFeatures); None = none.
             user_content: the same for users (user_embeddings.parquet).
+            scenarios: a scenarios.parquet (semid.scenarios.write, or the folder holding it): every row gets its
+                user's / item's scenario as `Batch.scenario` (STAR, MetaLayers, per-scenario metrics); refused when
+                built from another prepared dataset. None = no scenarios.
+            source_history: the amazon-food-kitchen source_history.parquet (or the prepared folder holding it):
+                the users' source-domain (Food) events join their histories, strictly before each sample's
+                timestamp, typed in `Batch.hist_type` (the naive source-history arm). None = target events only.
         """
         super().__init__()
         for name, value, low in (
@@ -606,6 +731,8 @@ class CTRDataModule(L.LightningDataModule):
         self.predict_split = predict_split
         self.item_content = item_content
         self.user_content = user_content
+        self.scenarios = scenarios
+        self.source_history = source_history
         self.tables: Tables | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -618,6 +745,8 @@ class CTRDataModule(L.LightningDataModule):
                 max_tokens_per_feature=self.max_tokens_per_feature,
                 item_content=self.item_content,
                 user_content=self.user_content,
+                scenarios=self.scenarios,
+                source_history=self.source_history,
             )
 
     @property
@@ -638,6 +767,9 @@ class CTRDataModule(L.LightningDataModule):
             item_count_max=float(items.count.max()),
             user_content_dim=int(users.content.shape[1]),
             item_content_dim=int(items.content.shape[1]),
+            n_scenarios=0 if self.tables.scenarios is None else len(self.tables.scenarios.names),
+            scenario_names=() if self.tables.scenarios is None else self.tables.scenarios.names,
+            data_hash=self.tables.data_hash,
         )
 
     @property

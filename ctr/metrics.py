@@ -1,4 +1,5 @@
-"""CTR metrics: AUC, GAUC (impression-weighted per-user AUC, DIN KDD'18) and log loss, overall and per bucket.
+"""CTR metrics: AUC, GAUC (impression-weighted per-user AUC, DIN KDD'18) and log loss, overall, per bucket and per
+scenario; and the ranking metrics HR@K / NDCG@K of one positive among sampled negatives (the release protocol).
 
 Functional forms are vectorised torch (no per-group Python loop); the `Metric` classes keep every prediction in
 `cat` states, so they are exact (not binned) and correct under DDP. Ties count one half (average ranks).
@@ -13,6 +14,7 @@ Every function refuses non-finite scores (NonFiniteScoreError): a rank-based AUC
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -201,23 +203,49 @@ class GAUC(_CatMetric):
         return torch.tensor(value, dtype=torch.float64)
 
 
-class CTRMetrics(_CatMetric):
-    """AUC, GAUC (by user), log loss, count and positive rate overall and per item / user activity bucket.
+def scenario_scores(
+    preds: Tensor, target: Tensor, scenario: Tensor, names: Sequence[str]
+) -> dict[str, float]:
+    """AUC, log loss and rows of every scenario: keys f"scenario/{name}/{auc|logloss|n}" (NaN where undefined).
+    GAUC is reported overall only (a scenario's users are few in the small scenarios)."""
+    _check(preds, target, scenario)
+    out: dict[str, float] = {}
+    for code, name in enumerate(names):  # over scenarios (a few), not rows
+        mask = scenario.reshape(-1) == code
+        p, y = preds.reshape(-1)[mask], target.reshape(-1)[mask]
+        out[f"scenario/{name}/auc"] = auc(p, y)
+        out[f"scenario/{name}/logloss"] = logloss(p, y)
+        out[f"scenario/{name}/n"] = float(p.numel())
+    return out
 
-    compute() keys: "auc", "gauc", "logloss", "n", "pos_rate", and f"{kind}_{bucket}/{name}" for kind in
-    (item, user), bucket in semid.schema.BUCKETS, name in (auc, gauc, logloss, n). NaN where undefined.
+
+class CTRMetrics(_CatMetric):
+    """AUC, GAUC (by user), log loss, count and positive rate overall, per item / user activity bucket and, when
+    the batches carry scenarios, per scenario.
+
+    compute() keys: "auc", "gauc", "logloss", "n", "pos_rate", f"{kind}_{bucket}/{name}" for kind in
+    (item, user), bucket in semid.schema.BUCKETS, name in (auc, gauc, logloss, n), and (given `scenario_names`
+    and scenarios in the updates) f"scenario/{name}/{auc|logloss|n}". NaN where undefined.
     compute() raises NonFiniteScoreError if any stored score is NaN or inf.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, scenario_names: Sequence[str] = ()) -> None:
         super().__init__()
-        for name in ("preds", "target", "user", "item_bucket", "user_bucket"):
+        self.scenario_names = tuple(scenario_names)
+        for name in ("preds", "target", "user", "item_bucket", "user_bucket", "scenario"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
-        self, preds: Tensor, target: Tensor, user: Tensor, item_bucket: Tensor, user_bucket: Tensor
+        self,
+        preds: Tensor,
+        target: Tensor,
+        user: Tensor,
+        item_bucket: Tensor,
+        user_bucket: Tensor,
+        scenario: Tensor | None = None,
     ) -> None:
-        """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, item_bucket / user_bucket (B,) BUCKETS indices."""
+        """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, item_bucket / user_bucket (B,) BUCKETS indices,
+        scenario (B,) codes (None or empty = none; scored only when scenario_names are given)."""
         _check_sizes(preds, target, user)
         _check_sizes(preds, item_bucket, user_bucket)
         self.preds.append(preds.detach().reshape(-1))
@@ -225,6 +253,9 @@ class CTRMetrics(_CatMetric):
         self.user.append(user.detach().reshape(-1).long())
         self.item_bucket.append(item_bucket.detach().reshape(-1).long())
         self.user_bucket.append(user_bucket.detach().reshape(-1).long())
+        if self.scenario_names and scenario is not None and scenario.numel():
+            _check_sizes(preds, scenario)
+            self.scenario.append(scenario.detach().reshape(-1).long())
 
     def compute(self) -> dict[str, float]:
         preds = _cat(self.preds, torch.float32)
@@ -240,6 +271,13 @@ class CTRMetrics(_CatMetric):
                 mask = bucket == b
                 for key, value in _scores(preds[mask], target[mask], user[mask]).items():
                     out[f"{kind}_{name}/{key}"] = value
+        scenario = _cat(self.scenario, torch.long)
+        if self.scenario_names and scenario.numel():
+            if scenario.numel() != preds.numel():
+                raise ValueError(
+                    f"{scenario.numel()} scenario codes for {preds.numel()} rows: some batches had none"
+                )
+            out.update(scenario_scores(preds, target, scenario, self.scenario_names))
         return out
 
 
@@ -250,3 +288,44 @@ def _scores(preds: Tensor, target: Tensor, user: Tensor) -> dict[str, float]:
         "logloss": logloss(preds, target),
         "n": float(preds.numel()),
     }
+
+
+# -- ranking (one positive among sampled negatives) ------------------------------------------------------------
+
+
+def positive_rank(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """scores (N, C), the positive in column 0 and C - 1 negatives -> per list (N,) the number of negatives scored
+    above the positive and the number tied with it."""
+    if scores.dim() != 2 or scores.shape[1] < 1:
+        raise ValueError(f"scores must be (lists, 1 + negatives), got {tuple(scores.shape)}")
+    _check(scores, scores)
+    pos = scores[:, :1]  # (N, 1)
+    above = (scores[:, 1:] > pos).sum(1)  # (N,)
+    tied = (scores[:, 1:] == pos).sum(1)  # (N,)
+    return above, tied
+
+
+def _position_weights(scores: Tensor, k: int) -> Tensor:
+    """(N, k) probability that the positive lands at 0-based position j < k, ties broken uniformly at random: it is
+    at positions above .. above + tied, each with probability 1 / (tied + 1)."""
+    above, tied = positive_rank(scores)  # (N,), (N,)
+    j = torch.arange(k, device=scores.device)  # (k,)
+    inside = (j >= above[:, None]) & (j <= (above + tied)[:, None])  # (N, k)
+    return inside.to(torch.float64) / (tied[:, None] + 1).to(torch.float64)  # (N, k)
+
+
+def hit_rate_at_k(scores: Tensor, k: int = 10) -> float:
+    """HR@K: the share of lists whose positive (column 0 of scores (N, C)) ranks in the top K; ties with negatives
+    are broken uniformly at random, in expectation (a constant scorer gets K / C, not 0 or 1). NaN if N = 0."""
+    if scores.shape[0] == 0:
+        return math.nan
+    return float(_position_weights(scores, k).sum(1).mean())
+
+
+def ndcg_at_k(scores: Tensor, k: int = 10) -> float:
+    """NDCG@K with one relevant item (column 0 of scores (N, C)): mean of 1 / log2(2 + position) where the
+    position is < K, else 0; ties broken uniformly at random, in expectation. NaN if N = 0."""
+    if scores.shape[0] == 0:
+        return math.nan
+    gain = 1.0 / torch.log2(torch.arange(k, device=scores.device, dtype=torch.float64) + 2.0)  # (k,)
+    return float((_position_weights(scores, k) * gain).sum(1).mean())

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ctr.batch import Batch, DataSpec, ModelOutput
-from ctr.metrics import CTRMetrics, auc, gauc, logloss
+from ctr.metrics import CTRMetrics, auc, gauc, logloss, scenario_scores
 from semid import schema
 from semid.errors import InputError
 from semid.io import write_parquet
@@ -154,7 +154,9 @@ def embedding_tables(module: nn.Module) -> list[nn.Parameter]:
 
 
 class ValidationScores(Metric):
-    """AUC, GAUC and log loss overall, for warm users (train_count > 0) and for cold users (train_count 0).
+    """AUC, GAUC and log loss overall, for warm users (train_count > 0) and for cold users (train_count 0), and
+    AUC / log loss per scenario when given `scenario_names` and batches with scenarios
+    (keys f"scenario/{name}/{auc|logloss|n}", see ctr.metrics.scenario_scores).
 
     Under the temporal protocol most validation rows can belong to users with no train data (issue 13: 76% on
     ML-1M), so the overall GAUC mostly measures cold users; the warm/cold split makes that visible and selectable.
@@ -168,17 +170,23 @@ class ValidationScores(Metric):
     full_state_update = False
     STATES = {"preds": torch.float32, "target": torch.float32, "user": torch.long, "warm": torch.bool}
 
-    def __init__(self) -> None:
+    def __init__(self, scenario_names: Sequence[str] = ()) -> None:
         super().__init__()
-        for name in self.STATES:
+        self.scenario_names = tuple(scenario_names)
+        for name in (*self.STATES, "scenario"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, preds: Tensor, target: Tensor, user: Tensor, user_count: Tensor) -> None:
-        """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, user_count (B,) train interactions."""
+    def update(
+        self, preds: Tensor, target: Tensor, user: Tensor, user_count: Tensor, scenario: Tensor | None = None
+    ) -> None:
+        """preds (B,) probabilities, target (B,) 0/1, user (B,) ids, user_count (B,) train interactions,
+        scenario (B,) codes or empty / None."""
         self.preds.append(preds.detach().reshape(-1).float())
         self.target.append(target.detach().reshape(-1).float())
         self.user.append(user.detach().reshape(-1).long())
         self.warm.append(user_count.detach().reshape(-1) > 0)
+        if self.scenario_names and scenario is not None and scenario.numel():
+            self.scenario.append(scenario.detach().reshape(-1).long())
 
     def compute(self) -> dict[str, float]:
         rows = {name: _cat_state(getattr(self, name), dtype) for name, dtype in self.STATES.items()}
@@ -190,6 +198,9 @@ class ValidationScores(Metric):
             out[f"gauc{suffix}"] = gauc(p, y, u)
             out[f"logloss{suffix}"] = logloss(p, y)
             out[f"n{suffix}"] = float(p.numel())
+        scenario = _cat_state(self.scenario, torch.long)
+        if self.scenario_names and scenario.numel() == preds.numel() and preds.numel():
+            out.update(scenario_scores(preds, target, scenario, self.scenario_names))
         return out
 
 
@@ -259,8 +270,8 @@ class CTRTask(L.LightningModule):
             )
         self.monitor = monitor
         self._monitor_fallback = False  # set once the chosen GAUC is found undefined on the validation split
-        self.val_metrics = ValidationScores()
-        self.test_metrics = CTRMetrics()
+        self.val_metrics = ValidationScores(self.spec.scenario_names)
+        self.test_metrics = CTRMetrics(self.spec.scenario_names)
         self._nonfinite: dict[str, int | None] = {}  # stage -> first batch index with a non-finite logit
 
     @property
@@ -376,7 +387,7 @@ class CTRTask(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         prob = self._score("validation", batch, batch_idx)
-        self.val_metrics.update(prob, batch.label, batch.user, batch.user_count)
+        self.val_metrics.update(prob, batch.label, batch.user, batch.user_count, batch.scenario)
 
     def on_validation_epoch_end(self) -> None:
         self.check_finite("validation")
@@ -412,7 +423,9 @@ class CTRTask(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         prob = self._score("test", batch, batch_idx)
-        self.test_metrics.update(prob, batch.label, batch.user, batch.item_bucket, batch.user_bucket)
+        self.test_metrics.update(
+            prob, batch.label, batch.user, batch.item_bucket, batch.user_bucket, batch.scenario
+        )
 
     def on_test_epoch_end(self) -> None:
         self.check_finite("test")

@@ -3,6 +3,8 @@ on hand-built embeddings (and how the flat / pooled switches differ), and a vect
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,103 @@ def test_a_batch_of_64_is_vectorised_and_rows_are_independent(intents, target_aw
     assert torch.allclose(out[[0, 17, 63]], one, atol=1e-5)
     out.sum().backward()
     assert view.node_emb.weight.grad is not None and view.node_emb.weight.grad[1:].abs().sum() > 0
+
+
+# -- AIRNet: the view as a DeepFM field, through the data module and the CLI --------------------------------------
+
+
+def _write_intents(prepared_dir, path, data_hash):
+    """Paths for every item of a prepared dataset: two coarse groups, four fine ones (item id parity / mod 4)."""
+    import polars as pl
+
+    from semid import schema as S
+
+    n = pl.read_parquet(prepared_dir / S.ITEMS_FILE).height
+    paths = [[[f"g{i % 2}", f"f{i % 4}"]] for i in range(n)]
+    write_parquet(number_nodes(path_rows(np.arange(n), paths)), path, {"data_hash": data_hash})
+    return n
+
+
+def test_airnet_adds_the_intent_field_and_its_switches_matter(prepared_dir, tmp_path):
+    import dataclasses
+    import functools
+
+    from ctr.data import CTRDataModule
+    from ctr.models import AIRNet
+    from ctr.models.meta import MetaLayers
+    from semid import schema as S
+    from semid.errors import InputError
+    from semid.io import read_meta
+
+    data_hash = read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"]
+    _write_intents(prepared_dir, tmp_path / "intents.parquet", data_hash)
+    dm = CTRDataModule(str(prepared_dir), batch_size=16, eval_batch_size=16, history_len=5)
+    batch = next(iter(dm.loader("val", shuffle=False)))
+    nets = {}
+    for name, kw in {"air": {}, "no_retrieval": {"target_aware": False}, "flat": {"tree": False}}.items():
+        torch.manual_seed(0)
+        nets[name] = AIRNet(
+            dm.spec, intents=str(tmp_path / "intents.parquet"), embed_dim=4, mlp_dims=(8,), **kw
+        )
+        nets[name].eval()
+    air = nets["air"]
+    fields = air.embed(batch)
+    assert fields.shape == (16, air.fields.n_fields + 1, 4)
+    with torch.no_grad():
+        intent = air.view(
+            batch.hist_item, air.fields.item(batch.item + 1), hist_emb=air.fields.item(batch.hist_item)
+        )
+        assert torch.allclose(
+            fields[:, -1], intent
+        )  # the last field is the view, target = the item id embedding
+        logits = {k: n(batch).logit for k, n in nets.items()}
+    assert not torch.allclose(logits["air"], logits["no_retrieval"])
+    assert not torch.allclose(logits["air"], logits["flat"])
+    # hist_type weights events by type (source-domain events, data option source_history)
+    air.view.type_weights.copy_(torch.tensor([1.0, 5.0]))
+    typed = batch._replace(hist_type=(torch.arange(5) % 2).expand(16, -1) * (batch.hist_item > 0))
+    with torch.no_grad():
+        assert not torch.allclose(air(typed).logit, air(batch).logit)
+    wrapped = MetaLayers(  # the meta layers wrap AIRNet directly (it is a DeepFM)
+        dm.spec,
+        backbone=functools.partial(
+            AIRNet, intents=str(tmp_path / "intents.parquet"), embed_dim=4, mlp_dims=(8,)
+        ),
+        source="learned",
+        knowledge_dim=4,
+        use_scenario_level=False,
+    )
+    assert wrapped(batch).logit.shape == (16,)
+    other = dataclasses.replace(dm.spec, data_hash="another")
+    with pytest.raises(InputError, match="data_hash"):
+        AIRNet(other, intents=str(tmp_path / "intents.parquet"))
+
+
+AIR_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "ctr" / "air").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", AIR_CONFIGS, ids=lambda p: p.name)
+def test_air_configs_train_one_batch(path, prepared_dir, tmp_path):
+    import yaml
+
+    from pipelines.console import plain_argv
+    from pipelines.train import cli
+    from semid import schema as S
+    from semid.io import read_meta
+
+    _write_intents(
+        prepared_dir, tmp_path / "intents.parquet", read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"]
+    )
+    args = [
+        "--config", str(path.parents[1] / "common" / "ml-100k.yaml"), "--config", str(path),
+        "--data.data_dir", str(prepared_dir), "--model.net.init_args.intents", str(tmp_path / "intents.parquet"),
+        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    with plain_argv():
+        c = cli(args, run=False)
+    net = yaml.safe_load(path.read_text())["model"]["net"]
+    for key, value in net.get("init_args", {}).items():
+        assert getattr(c.model.net.view, key) == value
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    assert c.trainer.state.finished

@@ -446,3 +446,83 @@ def test_content_vectors_of_another_dataset_or_incomplete_are_refused(prepared: 
         module(prepared, item_content=str(partial)).setup()
     with pytest.raises(InputError, match="file not found"):
         module(prepared, user_content=str(tmp_path / "nope.parquet")).setup()
+
+
+# -- scenarios and the merged source-domain history ---------------------------------------------------------
+
+
+def write_scenarios(prepared: Path, out: Path, data_hash: str = DATA_HASH) -> Path:
+    """User u -> scenario u % 3, as semid.scenarios.write lays it out."""
+    from semid import scenarios as SC
+
+    table = pl.DataFrame({S.USER: range(N_USERS), SC.SCENARIO: [u % 3 for u in range(N_USERS)]}).cast(
+        pl.Int32
+    )
+    meta = {"kind": "scenarios", "key": S.USER, "names": ["a", "b", "c"], "data_hash": data_hash}
+    write_parquet(table, out, meta)
+    return out
+
+
+def test_scenarios_are_served_per_row_and_named_in_the_spec(prepared: Path, tmp_path: Path) -> None:
+    dm = module(prepared, scenarios=str(write_scenarios(prepared, tmp_path / "scenarios.parquet")))
+    assert dm.spec.n_scenarios == 3 and dm.spec.scenario_names == ("a", "b", "c")
+    assert dm.spec.data_hash == DATA_HASH
+    for split in S.SPLITS:
+        batches = collect(dm.loader(split, shuffle=split == "train"))
+        user, scen = cat(batches, "user"), cat(batches, "scenario")
+        assert scen.dtype == torch.int64 and torch.equal(scen, user % 3)
+    plain = collect(module(prepared).loader("val", shuffle=False))
+    assert plain[0].scenario.numel() == 0 and plain[0].hist_type.numel() == 0  # not asked: empty
+    assert module(prepared).spec.n_scenarios == 0
+
+
+def test_scenarios_of_another_dataset_or_incomplete_are_refused(prepared: Path, tmp_path: Path) -> None:
+    other = write_scenarios(prepared, tmp_path / "other.parquet", data_hash="another")
+    with pytest.raises(InputError, match="another prepared dataset"):
+        module(prepared, scenarios=str(other)).setup()
+    from semid import scenarios as SC
+
+    short = pl.DataFrame({S.USER: [0, 1], SC.SCENARIO: [0, 1]}).cast(pl.Int32)
+    meta = {"kind": "scenarios", "key": S.USER, "names": ["a", "b"], "data_hash": DATA_HASH}
+    write_parquet(short, tmp_path / "short.parquet", meta)
+    with pytest.raises(InputError, match="covers 2 of the dataset's 7"):
+        module(prepared, scenarios=str(tmp_path / "short.parquet")).setup()
+
+
+def test_source_history_merges_strictly_before_and_is_typed(prepared: Path, tmp_path: Path) -> None:
+    """Source events (label-free, typed 1) join the history exactly as an oracle over target + source events
+    says: strictly before the sample's timestamp, most recent first; users without target data are dropped."""
+    src = pl.DataFrame(
+        {
+            S.RAW_USER: ["u0", "u0", "u1", "x9"],
+            S.USER: [0, 0, 1, None],
+            S.ITEM: [N_ITEMS - 1, 3, N_ITEMS - 1, 2],  # the cold item too
+            S.TIMESTAMP: [5, 11, 0, 3],
+        },
+        schema={S.RAW_USER: pl.String, S.USER: pl.Int32, S.ITEM: pl.Int32, S.TIMESTAMP: pl.Int64},
+    )
+    write_parquet(src, tmp_path / "source_history.parquet", {"data_hash": DATA_HASH})
+    dm = module(prepared, source_history=str(tmp_path), history_len=6)  # a folder: its source_history.parquet
+    for split in S.SPLITS:
+        batches = collect(dm.loader(split, shuffle=False))
+        hist, types = cat(batches, "hist_item"), cat(batches, "hist_type")
+        rows = split_rows(prepared, split)
+        past = pl.concat(
+            [split_rows(prepared, s) for s in (("train",) if split == "train" else ("train", "val"))]
+        ).select(S.USER, S.ITEM, S.LABEL, S.TIMESTAMP)
+        events = [(u, i, t, 0) for u, i, y, t in past.iter_rows() if y == 1]
+        events += [
+            (u, i, t, 1) for u, i, t in src.drop_nulls(S.USER).select(S.USER, S.ITEM, S.TIMESTAMP).iter_rows()
+        ]
+        want_h, want_t = [], []
+        for u, ts in rows.select(S.USER, S.TIMESTAMP).iter_rows():
+            mine = sorted(((t, i, k) for uu, i, t, k in events if uu == u and t < ts), reverse=True)[:6]
+            want_h.append([i + 1 for _, i, _ in mine] + [0] * (6 - len(mine)))
+            want_t.append([k for _, _, k in mine] + [0] * (6 - len(mine)))
+        assert hist.tolist() == want_h and types.tolist() == want_t
+        assert (types == 1).any() or split == "train"
+    other = tmp_path / "o"
+    other.mkdir()
+    write_parquet(src, other / "source_history.parquet", {"data_hash": "another"})
+    with pytest.raises(InputError, match="another prepared dataset"):
+        module(prepared, source_history=str(other)).setup()

@@ -215,3 +215,62 @@ def test_non_finite_scores_are_refused(bad: float) -> None:
     ctr.update(all_bad.float(), target, user, zeros, zeros)
     with pytest.raises(NonFiniteScoreError):
         ctr.compute()
+
+
+# -- per scenario and ranking -----------------------------------------------------------------------------------
+
+
+def test_ctr_metrics_per_scenario_match_masked_oracles():
+    from ctr.metrics import CTRMetrics, auc, logloss
+
+    g = torch.Generator().manual_seed(3)
+    n = 300
+    preds, target = torch.rand(n, generator=g), torch.randint(0, 2, (n,), generator=g).float()
+    user, scen = torch.randint(0, 20, (n,), generator=g), torch.randint(0, 3, (n,), generator=g)
+    buckets = torch.zeros(n, dtype=torch.long)
+    m = CTRMetrics(("a", "b", "c"))
+    for part in torch.arange(n).split(64):  # several updates, as batches
+        m.update(preds[part], target[part], user[part], buckets[part], buckets[part], scen[part])
+    out = m.compute()
+    for code, name in enumerate("abc"):
+        mask = scen == code
+        assert out[f"scenario/{name}/auc"] == pytest.approx(auc(preds[mask], target[mask]))
+        assert out[f"scenario/{name}/logloss"] == pytest.approx(logloss(preds[mask], target[mask]))
+        assert out[f"scenario/{name}/n"] == int(mask.sum())
+    assert out["scenario/a/auc"] != out["scenario/b/auc"]
+    plain = CTRMetrics()
+    plain.update(preds, target, user, buckets, buckets, scen)
+    assert not any(k.startswith("scenario/") for k in plain.compute())
+
+
+def _ranking_oracle(scores: torch.Tensor, k: int) -> tuple[float, float]:
+    """Every order of the positive among its ties, enumerated: mean hit and DCG over those placements."""
+    import math
+
+    hits, gains = [], []
+    for row in scores.tolist():
+        pos, neg = row[0], row[1:]
+        above = sum(s > pos for s in neg)
+        tied = sum(s == pos for s in neg)
+        places = [above + j for j in range(tied + 1)]  # each equally likely
+        hits.append(sum(p < k for p in places) / len(places))
+        gains.append(sum(1 / math.log2(p + 2) for p in places if p < k) / len(places))
+    return sum(hits) / len(hits), sum(gains) / len(gains)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_hr_and_ndcg_match_a_brute_force_oracle(k):
+    from ctr.metrics import hit_rate_at_k, ndcg_at_k
+
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 6, (50, 12), generator=g).float()  # coarse: many ties
+    hr, ndcg = _ranking_oracle(scores, k)
+    assert hit_rate_at_k(scores, k) == pytest.approx(hr)
+    assert ndcg_at_k(scores, k) == pytest.approx(ndcg)
+    perfect = torch.cat([torch.ones(4, 1), torch.zeros(4, 11)], 1)
+    assert hit_rate_at_k(perfect, k) == 1.0 and ndcg_at_k(perfect, k) == pytest.approx(1.0)
+    assert hit_rate_at_k(torch.zeros(4, 20), k) == pytest.approx(
+        k / 20
+    )  # a constant scorer: chance, not 0 or 1
+    last = torch.cat([torch.zeros(4, 1), torch.ones(4, 11)], 1)
+    assert hit_rate_at_k(last, k) == (1.0 if k > 11 else 0.0)

@@ -4,18 +4,20 @@ around a backbone (exact start, gradients, switches, knowledge sources, checkpoi
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import lightning as L
 import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from ctr.batch import DataSpec
 from ctr.models.deepfm import DeepFM
 from ctr.models.din import DIN
-from ctr.models.meta import DeepFMFields, MetaLayers
+from ctr.models.meta import MetaLayers
 from ctr.models.star import STAR, PartitionedNorm
 from ctr.module import CTRTask
 from semid import data, synthetic
@@ -39,6 +41,8 @@ SPEC = DataSpec(
     history_len=6,
     user_count_max=50.0,
     item_count_max=80.0,
+    n_scenarios=3,
+    scenario_names=("a", "b", "c"),
 )
 N_SCEN = 3
 AGE = SC.ScenarioRule(
@@ -49,7 +53,8 @@ AGE = SC.ScenarioRule(
 def make_batch(b: int = 32, seed: int = 0):
     from tests.test_models import make_batch as base
 
-    return base(b, seed, SPEC)
+    batch = base(b, seed, SPEC)
+    return batch._replace(scenario=batch.user % N_SCEN)  # as the data module serves scenarios.parquet below
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +80,11 @@ def files(tmp_path_factory):
 
 
 def star(files, **kw) -> functools.partial:
-    return functools.partial(
-        STAR, scenarios=files["scenarios"], embed_dim=4, mlp_dims=(8,), aux_dims=(4,), **kw
-    )
+    return functools.partial(STAR, embed_dim=4, mlp_dims=(8,), aux_dims=(4,), **kw)
 
 
 def meta(files, backbone, **kw) -> functools.partial:
-    args = dict(user_vectors=files["user"], scenario_vectors=files["scen"], scenarios=files["scenarios"])
+    args = dict(user_vectors=files["user"], scenario_vectors=files["scen"])
     return functools.partial(MetaLayers, backbone=backbone, **{**args, "scenario_dims": (8,), **kw})
 
 
@@ -252,11 +255,27 @@ def test_meta_layers_start_exactly_at_the_backbone(files, name, source):
         assert torch.equal(net(batch).logit, bare(batch).logit)
 
 
-def test_deepfm_adapter_matches_deepfm():
+def test_deepfm_family_exposes_its_fields_and_meta_layers_wrap_it_directly(files):
     torch.manual_seed(0)
     net = DIN(SPEC, embed_dim=4, mlp_dims=(8,), attention_dims=(4,)).eval()
     batch = make_batch()
-    assert torch.equal(DeepFMFields(net)(batch).logit, net(batch).logit)
+    assert torch.equal(net.head(net.embed(batch), batch).logit, net(batch).logit)
+    assert net.embed(batch).shape == (32, 3 + 2 + 1, 4)
+    wrapped = meta(files, functools.partial(DIN, embed_dim=4, mlp_dims=(8,), attention_dims=(4,)))(SPEC)
+    assert type(wrapped.backbone) is DIN  # no adapter in between
+
+
+def test_multi_scenario_networks_need_scenarios(files):
+    import dataclasses
+
+    bare = dataclasses.replace(SPEC, n_scenarios=0, scenario_names=())
+    with pytest.raises(InputError, match="STAR needs scenarios"):
+        star(files)(bare)
+    with pytest.raises(InputError, match="MetaLayers needs scenarios"):
+        meta(files, BACKBONES["deepfm"](files))(bare)
+    net = star(files)(SPEC)
+    with pytest.raises(InputError, match="carries no scenario"):
+        net(make_batch()._replace(scenario=torch.zeros(0, dtype=torch.long)))
 
 
 def test_meta_gradients_reach_generators_and_knowledge_matters(files):
@@ -285,12 +304,11 @@ def test_meta_refuses_missing_vectors_and_bad_backbone(files):
             SPEC,
             backbone=BACKBONES["star"](files),
             scenario_vectors=files["scen"],
-            scenarios=files["scenarios"],
         )
     from ctr.models.floor import Floor
 
     with pytest.raises(InputError, match="does not expose its input fields"):
-        MetaLayers(SPEC, backbone=Floor, source="learned", knowledge_dim=4, scenarios=files["scenarios"])
+        MetaLayers(SPEC, backbone=Floor, source="learned", knowledge_dim=4)
 
 
 def test_checkpoint_round_trip_weights_only(files, tmp_path):
@@ -317,3 +335,47 @@ def test_checkpoint_round_trip_weights_only(files, tmp_path):
         assert not torch.equal(
             task(batch).logit, task.net.backbone(batch).logit
         )  # it trained away from the backbone
+
+
+# -- configs through the CLI ------------------------------------------------------------------------------------
+
+MSR_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "ctr" / "msr").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", MSR_CONFIGS, ids=lambda p: p.name)
+def test_msr_configs_train_one_batch_with_per_scenario_metrics(path, prepared_dir, tmp_path):
+    """Every configs/ctr/msr YAML trains and tests one batch on a prepared dataset with scenarios.parquet (and the
+    vector files where its source needs them); validation and test report every scenario."""
+    from pipelines.console import plain_argv
+    from pipelines.train import cli
+
+    rule = SC.ScenarioRule(
+        side="user", column="age", groups={"young": ["18-24"], "mid": ["25-34"], "rest": []}, default="rest"
+    )
+    scen = SC.write(prepared_dir, rule, tmp_path / SC.SCENARIOS_FILE)
+    n_users = pl.read_parquet(prepared_dir / S.USERS_FILE).height
+    rng = np.random.default_rng(0)
+    users = msr.Knowledge(pl.DataFrame({S.USER: range(n_users)}, schema={S.USER: pl.Int32}), [""] * n_users)
+    scens = msr.Knowledge(pl.DataFrame({SC.SCENARIO: [0, 1, 2]}, schema={SC.SCENARIO: pl.Int32}), [""] * 3)
+    msr.write_vectors(tmp_path / "u.parquet", users, rng.normal(size=(n_users, 8)), kind="user", meta={})
+    msr.write_vectors(tmp_path / "s.parquet", scens, rng.normal(size=(3, 8)), kind="scenario", meta={})
+    common = path.parents[1] / "common" / "ml-100k.yaml"
+    args = [
+        "--config", str(common), "--config", str(path),
+        "--data.data_dir", str(prepared_dir), "--data.scenarios", str(tmp_path / SC.SCENARIOS_FILE),
+        "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path),
+    ]  # fmt: skip
+    yaml_net = yaml.safe_load(path.read_text())["model"]["net"]
+    source = yaml_net.get("init_args", {})
+    if source.get("source") in ("llm", "prompt_text"):
+        args += ["--model.net.init_args.user_vectors", str(tmp_path / "u.parquet")]
+        args += ["--model.net.init_args.scenario_vectors", str(tmp_path / "s.parquet")]
+    with plain_argv():
+        c = cli(args, run=False)
+    assert type(c.model.net).__name__ == yaml_net["class_path"].rsplit(".", 1)[1]
+    assert c.model.spec.scenario_names == scen.names == ("young", "mid", "rest")
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    assert {f"val/scenario/{n}/auc" for n in scen.names} <= set(c.trainer.callback_metrics)
+    result = c.trainer.test(c.model, datamodule=c.datamodule, verbose=False)[0]
+    assert {"test/gauc", *(f"test/scenario/{n}/logloss" for n in scen.names)} <= set(result)

@@ -15,6 +15,10 @@ Tree (N nodes, node 0 = padding, a node is a full path prefix so its parent is f
   embeddings when given), with log W as an attention bias;
 - switches: target_aware=False pools every chain end (tree) / every node (flat) by W, no retrieval or attention;
   tree=False treats the nodes as a flat intent list: top_k nodes by similarity at any level, no top-down constraint.
+
+`AIRNet` is the CTR model: DeepFM with the intent vector as one more field, the target being the candidate's item id
+embedding and the supporting events the history's item id embeddings; `batch.hist_type` (a merged source-domain
+history, data option `source_history`) picks each event's type weight.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ctr.batch import Batch, DataSpec
+from ctr.models.deepfm import DeepFM
 from semid.errors import InputError
 from semid.intents import IntentTable, chains, read_intents
 
@@ -239,3 +245,63 @@ class IntentView(nn.Module):
         mask = bias[:, None, None, :].expand(-1, self.heads, 1, -1)  # (B, h, 1, 1 + k)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, 1, dh)
         return self.out(att.reshape(b, self.dim))  # (B, dim)
+
+
+class AIRNet(DeepFM):
+    """DeepFM + the AIR intent view as one more field.
+
+    Args:
+        intents: the intents.parquet of this prepared dataset (semid.intents.build); refused when its data_hash
+            is another dataset's.
+        target_aware: False = pool every chain end / node by weight (the "no retrieval" ablation).
+        tree: False = a flat intent list instead of the tree (the "flat" ablation).
+        top_k, beam, heads, decay: the view's retrieval and attention (see IntentView).
+        type_weights: weight per history event type: (target-domain, source-domain) events (`batch.hist_type`).
+        supporting_events: add the supporting events' item embeddings to each retrieved chain.
+        embed_dim, mlp_dims, dropout, batch_norm: DeepFM's; the view's width is embed_dim.
+    """
+
+    n_extra_fields = 1
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        *,
+        intents: str,
+        target_aware: bool = True,
+        tree: bool = True,
+        top_k: int = 4,
+        beam: int = 4,
+        heads: int = 2,
+        decay: float = 0.9,
+        type_weights: tuple[float, ...] = (1.0, 1.0),
+        supporting_events: bool = True,
+        embed_dim: int = 16,
+        mlp_dims: tuple[int, ...] = (256, 128),
+        dropout: float = 0.1,
+        batch_norm: bool = False,
+    ):
+        super().__init__(spec, embed_dim=embed_dim, mlp_dims=mlp_dims, dropout=dropout, batch_norm=batch_norm)
+        table = read_intents(intents, n_items=spec.n_items, data_hash=spec.data_hash)
+        self.view = IntentView(
+            spec,
+            intents=table,
+            dim=embed_dim,
+            target_dim=embed_dim,
+            event_dim=embed_dim if supporting_events else 0,
+            top_k=top_k,
+            beam=beam,
+            heads=heads,
+            decay=decay,
+            type_weights=tuple(type_weights),
+            target_aware=target_aware,
+            tree=tree,
+        )
+        self.supporting_events = supporting_events
+
+    def extra_fields(self, batch: Batch) -> Tensor:
+        target = self.fields.item(batch.item + 1)  # (B, d)
+        hist_type = batch.hist_type if batch.hist_type.numel() else None  # (B, H) or None
+        hist_emb = self.fields.item(batch.hist_item) if self.supporting_events else None  # (B, H, d)
+        intent = self.view(batch.hist_item, target, hist_type=hist_type, hist_emb=hist_emb)  # (B, d)
+        return intent.unsqueeze(1)  # (B, 1, d)

@@ -4,7 +4,10 @@ Fields: user id, item id, every user and item side feature (mean of its tokens),
 mean of its item-id embeddings (shared with the target item table). logit = b + sum(w) + FM(e) + MLP(flat(e)).
 
 Subclasses change one hook each: `extras` (vectors added to the id embeddings: SIDFeatures), `history_pool` (how
-the history becomes one field: DIN), `extra_fields` (more fields: ContentFeatures), `deep` (the MLP: POSO).
+the history becomes one field: DIN), `extra_fields` (more fields: ContentFeatures, AIRNet), `deep` (the MLP: POSO).
+`embed(batch) -> (B, F, d)` and `head(fields, batch) -> ModelOutput` split the forward pass where the field
+embeddings are complete (forward = head(embed(batch))), so a wrapper (ctr.models.meta.MetaLayers) can transform the
+fields of DeepFM and of every subclass.
 """
 
 from __future__ import annotations
@@ -51,12 +54,18 @@ class DeepFM(nn.Module):
         """The deep part: (B, F*d) -> (B,) logit and scalars to log."""
         return self.mlp(flat).squeeze(-1), {}
 
-    def forward(self, batch: Batch) -> ModelOutput:
+    def embed(self, batch: Batch) -> Tensor:
+        """The input fields: (B, F + n_extra_fields, d)."""
         e = self.fields(batch, **self.extras(batch), pool=self.history_pool)  # (B, F, d)
         extra = self.extra_fields(batch)
-        if extra is not None:
-            e = torch.cat([e, extra], 1)  # (B, F + n_extra_fields, d)
+        return e if extra is None else torch.cat([e, extra], 1)  # (B, F + n_extra_fields, d)
+
+    def head(self, fields: Tensor, batch: Batch) -> ModelOutput:
+        """Fields (B, F, d) -> the output: bias + first order + FM(fields) + deep(flat fields)."""
         first = self.first_order(batch).sum((1, 2))  # (B, F, 1) -> (B,)
-        deep, aux = self.deep(batch, e.flatten(1))  # (B, F*d) -> (B,)
-        logit = self.bias + first + self.fm(e) + deep  # (B,)
-        return ModelOutput(logit, logit.new_zeros(()), aux, squared_norm(e))
+        deep, aux = self.deep(batch, fields.flatten(1))  # (B, F*d) -> (B,)
+        logit = self.bias + first + self.fm(fields) + deep  # (B,)
+        return ModelOutput(logit, logit.new_zeros(()), aux, squared_norm(fields))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        return self.head(self.embed(batch), batch)

@@ -11,7 +11,8 @@ logits; training moves it away. Knowledge `source`: `llm` / `prompt_text` = froz
 embeddings of the same size through the same path (the capacity control).
 
 A backbone is usable when it follows `FieldNet` (`embed(batch) -> (B, F, d)`, `head(fields, batch) ->
-ModelOutput`: STAR does); DeepFM and its subclasses are adapted here until DeepFM has those two methods.
+ModelOutput`): STAR, DeepFM and every DeepFM subclass (DIN, POSO, SIDFeatures, ContentFeatures, AIRNet) do.
+The scenario of a sample is `batch.scenario` (data option `scenarios`); their number is the DataSpec's.
 Shapes: B = batch, F = fields, d = embedding dim, D = F * d, K = knowledge dim, h = meta_dim, r = rank, S = scenarios.
 """
 
@@ -26,8 +27,7 @@ from torch import Tensor, nn
 
 from ctr.batch import Batch, DataSpec, ModelOutput
 from ctr.layers import squared_norm
-from ctr.models.deepfm import DeepFM
-from ctr.scenario import ScenarioIndex
+from ctr.scenario import n_scenarios, scenario_of
 from semid.errors import InputError
 from semid.knowledge import msr
 
@@ -41,36 +41,9 @@ class FieldNet(Protocol):
     def head(self, fields: Tensor, batch: Batch) -> ModelOutput: ...  # fields (B, F, d) -> the output
 
 
-class DeepFMFields(nn.Module):
-    """DeepFM (and subclasses) as a FieldNet: `embed` / `head` split exactly where DeepFM.forward uses `e`.
-    To be replaced by these two methods on DeepFM itself (tests check head(embed(b)) == DeepFM(b))."""
-
-    def __init__(self, net: DeepFM):
-        super().__init__()
-        self.net = net
-
-    def embed(self, batch: Batch) -> Tensor:
-        net = self.net
-        e = net.fields(batch, **net.extras(batch), pool=net.history_pool)  # (B, F, d)
-        extra = net.extra_fields(batch)
-        return e if extra is None else torch.cat([e, extra], 1)  # (B, F + n_extra, d)
-
-    def head(self, fields: Tensor, batch: Batch) -> ModelOutput:
-        net = self.net
-        first = net.first_order(batch).sum((1, 2))  # (B, F, 1) -> (B,)
-        deep, aux = net.deep(batch, fields.flatten(1))  # (B,)
-        logit = net.bias + first + net.fm(fields) + deep  # (B,)
-        return ModelOutput(logit, logit.new_zeros(()), aux, squared_norm(fields))
-
-    def forward(self, batch: Batch) -> ModelOutput:
-        return self.head(self.embed(batch), batch)
-
-
 def as_field_net(net: nn.Module) -> nn.Module:
     if isinstance(net, FieldNet):
         return net
-    if isinstance(net, DeepFM):
-        return DeepFMFields(net)
     raise InputError(
         f"the backbone {type(net).__name__} does not expose its input fields (embed / head)",
         fix="use a backbone with embed(batch) and head(fields, batch) (STAR, DeepFM and its subclasses)",
@@ -141,7 +114,6 @@ class MetaLayers(nn.Module):
     backbone: builds the wrapped network from the DataSpec (`{class_path: ctr.models.star.STAR, ...}` in YAML).
     source: where the knowledge comes from: llm | prompt_text (frozen vectors from the files) | learned.
     user_vectors, scenario_vectors: `user_vectors.parquet` / `scenario_vectors.parquet` (semid.knowledge.msr).
-    scenarios: `scenarios.parquet` (until the Batch carries `scenario`).
     use_user_level, use_scenario_level: switch each meta level (both off = the backbone alone).
     knowledge_dim: K of the learned tables; None = the dimension of the vector files (the same capacity).
     meta_dim: h, the meta code every generator reads; rank: r of A(k) B(k).
@@ -156,7 +128,6 @@ class MetaLayers(nn.Module):
         source: KnowledgeSource = "llm",
         user_vectors: str | None = None,
         scenario_vectors: str | None = None,
-        scenarios: str | None = None,
         use_user_level: bool = True,
         use_scenario_level: bool = True,
         knowledge_dim: int | None = None,
@@ -174,14 +145,12 @@ class MetaLayers(nn.Module):
         learned = source == "learned"
         self.user_knowledge: Knowledge | None = None
         self.scenario_knowledge: Knowledge | None = None
-        self.scenario: ScenarioIndex | None = None
         if use_user_level:
             vectors, dim = _vectors(user_vectors, "user", spec.n_users, learned, knowledge_dim)
             self.user_knowledge = Knowledge(vectors, spec.n_users, dim, meta_dim, learned=learned)
             self.user_layer = MetaLinear(d, d, meta_dim, rank, zero=True)  # e + e (W0 + A B), W0 from 0
         if use_scenario_level:
-            self.scenario = ScenarioIndex(spec, scenarios=scenarios)
-            n_s = self.scenario.n_scenarios
+            n_s = n_scenarios(spec, type(self).__name__)
             vectors, dim = _vectors(scenario_vectors, "scenario", n_s, learned, knowledge_dim)
             self.scenario_knowledge = Knowledge(vectors, n_s, dim, meta_dim, learned=learned)
             dims = [f * d, *scenario_dims]
@@ -197,8 +166,8 @@ class MetaLayers(nn.Module):
             fields = e + self.user_layer(e, z)  # (B, F, d): one generated (d, d) transform per user
         out = self.backbone.head(fields, batch)
         logit, aux = out.logit, dict(out.aux)
-        if self.scenario_knowledge is not None and self.scenario is not None:
-            s = self.scenario(batch)  # (B,)
+        if self.scenario_knowledge is not None:
+            s = scenario_of(batch)  # (B,)
             z = self.scenario_knowledge()  # (S, h)
             h = fields.flatten(1)  # (B, D)
             for layer in self.tower:
@@ -229,6 +198,7 @@ def _field_shape(net: nn.Module, spec: DataSpec) -> tuple[int, int]:
         item_bucket=z,
         user_content=torch.zeros(1, spec.user_content_dim),
         item_content=torch.zeros(1, spec.item_content_dim),
+        scenario=z if spec.n_scenarios else torch.zeros(0, dtype=torch.long),
     )
     was = net.training
     net.eval()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ctr.batch import Batch, DataSpec, ModelOutput
 from ctr.layers import MLP, FieldEmbedding, squared_norm
-from ctr.scenario import ScenarioIndex
+from ctr.scenario import n_scenarios, scenario_of
 
 
 class PartitionedNorm(nn.Module):
@@ -82,9 +82,9 @@ class StarLinear(nn.Module):
 
 
 class STAR(nn.Module):
-    """Args:
-    scenarios: `scenarios.parquet` giving each user's / item's scenario (until the Batch carries `scenario`).
-    n_scenarios: the number of scenarios when no table is given.
+    """The scenario of a sample is `batch.scenario` (data option `scenarios`); their number is the DataSpec's.
+
+    Args:
     embed_dim, mlp_dims, dropout: the field embeddings and the star FCN's hidden layers.
     aux_dims: hidden layers of the auxiliary network (scenario embedding + fields -> one logit).
     """
@@ -93,8 +93,6 @@ class STAR(nn.Module):
         self,
         spec: DataSpec,
         *,
-        scenarios: str | None = None,
-        n_scenarios: int | None = None,
         embed_dim: int = 16,
         mlp_dims: Sequence[int] = (256, 128),
         aux_dims: Sequence[int] = (64,),
@@ -102,8 +100,7 @@ class STAR(nn.Module):
     ):
         super().__init__()
         self.spec = spec
-        self.scenario = ScenarioIndex(spec, scenarios=scenarios, n_scenarios=n_scenarios)
-        n_s = self.scenario.n_scenarios
+        n_s = n_scenarios(spec, type(self).__name__)
         self.fields = FieldEmbedding(spec, embed_dim)
         dim = self.fields.n_fields * embed_dim
         self.norm = PartitionedNorm(dim, n_s)
@@ -121,7 +118,7 @@ class STAR(nn.Module):
         return self.fields(batch)  # (B, F, d)
 
     def head(self, fields: Tensor, batch: Batch) -> ModelOutput:
-        s = self.scenario(batch)  # (B,)
+        s = scenario_of(batch)  # (B,)
         flat = fields.flatten(1)  # (B, F, d) -> (B, D)
         h = self.norm(flat, s)  # (B, D)
         for layer in self.layers:
