@@ -28,10 +28,18 @@ def _split_debug(args: list[str] | None) -> tuple[list[str], bool]:
 
 def semid_commands() -> dict[str, Callable[..., Any]]:
     from pipelines.build_semids import assign, build, inspect
+    from pipelines.imagine import imagine
     from pipelines.prepare import prepare
     from pipelines.run import run
 
-    return {"prepare": prepare, "build": build, "assign": assign, "inspect": inspect, "run": run}
+    return {
+        "prepare": prepare,
+        "build": build,
+        "assign": assign,
+        "inspect": inspect,
+        "imagine": imagine,
+        "run": run,
+    }
 
 
 def _semid(argv: list[str]) -> None:
