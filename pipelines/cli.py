@@ -1,6 +1,6 @@
 """The `semid` and `ctr` commands: one dispatcher per command, one top-level error handler for both.
 
-`semid prepare|build|assign|inspect|run` are jsonargparse commands over the stage functions; `ctr
+`semid prepare|build|assign|inspect|imagine|rgcd|run` are jsonargparse commands over the stage functions; `ctr
 fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command, `ctr tune` the
 Optuna search (pipelines.tune) and `ctr run` the same as `semid run`. Any InputError becomes one line
 `<command>: error: ...` and exit status 2; `--debug` (anywhere on the line) adds the traceback.
@@ -30,6 +30,7 @@ def semid_commands() -> dict[str, Callable[..., Any]]:
     from pipelines.build_semids import assign, build, inspect
     from pipelines.imagine import imagine
     from pipelines.prepare import prepare
+    from pipelines.rgcd import rgcd
     from pipelines.run import run
 
     return {
@@ -38,6 +39,7 @@ def semid_commands() -> dict[str, Callable[..., Any]]:
         "assign": assign,
         "inspect": inspect,
         "imagine": imagine,
+        "rgcd": rgcd,
         "run": run,
     }
 
