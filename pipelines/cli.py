@@ -1,8 +1,8 @@
 """The `semid` and `ctr` commands: one dispatcher per command, one top-level error handler for both.
 
-`semid prepare|build|assign|inspect|imagine|rgcd|run` are jsonargparse commands over the stage functions; `ctr
-fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command, `ctr tune` the
-Optuna search (pipelines.tune) and `ctr run` the same as `semid run`. Any InputError becomes one line
+`semid prepare|build|assign|inspect|imagine|intents|rgcd|run` are jsonargparse commands over the stage
+functions; `ctr fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command,
+`ctr tune` the Optuna search (pipelines.tune) and `ctr run` the same as `semid run`. Any InputError becomes one line
 `<command>: error: ...` and exit status 2; `--debug` (anywhere on the line) adds the traceback.
 """
 
@@ -29,6 +29,7 @@ def _split_debug(args: list[str] | None) -> tuple[list[str], bool]:
 def semid_commands() -> dict[str, Callable[..., Any]]:
     from pipelines.build_semids import assign, build, inspect
     from pipelines.imagine import imagine
+    from pipelines.intents import intents
     from pipelines.prepare import prepare
     from pipelines.rgcd import rgcd
     from pipelines.run import run
@@ -39,6 +40,7 @@ def semid_commands() -> dict[str, Callable[..., Any]]:
         "assign": assign,
         "inspect": inspect,
         "imagine": imagine,
+        "intents": intents,
         "rgcd": rgcd,
         "run": run,
     }

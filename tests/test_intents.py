@@ -187,3 +187,36 @@ def test_build_reads_the_prepared_items_and_refuses_ids_of_another_dataset(prepa
     with pytest.raises(InputError, match="data_hash"):
         build(prepared_dir, tmp_path / "x.parquet", sids=tmp_path / "other.parquet")
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_semid_intents_command_writes_the_table_and_errors_in_one_line(prepared_dir, tmp_path, capsys):
+    from pipelines.cli import semid_main
+    from semid.ids import make_table, table_meta, write_table
+    from semid.io import read_meta
+
+    items = pl.read_parquet(prepared_dir / S.ITEMS_FILE)
+    codes = np.stack([items[S.ITEM].to_numpy() % 4, items[S.ITEM].to_numpy() % 3], 1)
+    data_hash = read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"]
+    meta = table_meta(
+        key=S.ITEM, codebook_sizes=[4, 3], health={}, encoder="test", seed=0, data_hash=data_hash
+    )
+    write_table(make_table(items[S.ITEM].to_numpy(), codes, key=S.ITEM), tmp_path / "sids.parquet", meta)
+    out = tmp_path / "intents.parquet"
+    semid_main(
+        [
+            "intents",
+            "--data_dir",
+            str(prepared_dir),
+            "--out",
+            str(out),
+            "--sids",
+            str(tmp_path / "sids.parquet"),
+        ]
+    )
+    assert "from SID prefixes" in capsys.readouterr().out
+    assert read_intents(out, n_items=items.height, data_hash=data_hash).n_nodes == 4 + 12
+
+    with pytest.raises(SystemExit) as exit_info:  # no LLM and no IDs: one line, exit 2, nothing written
+        semid_main(["intents", "--data_dir", str(prepared_dir), "--out", str(tmp_path / "none.parquet")])
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err and not (tmp_path / "none.parquet").exists()
