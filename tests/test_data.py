@@ -293,7 +293,7 @@ def test_missing_or_directory_input_fails_before_hashing(synthetic_raw, tmp_path
     def no_hash(path):
         raise AssertionError("hashed before the inputs were checked")
 
-    monkeypatch.setattr(data, "sha256_file", no_hash)
+    monkeypatch.setattr("semid.data.prepared.sha256_file", no_hash)
     for bad, match in ((tmp_path / "nope.parquet", "file not found"), (tmp_path, "is a directory")):
         files = data.RawFiles(synthetic_raw["inter"], bad, synthetic_raw["user"])
         with pytest.raises(InputError, match=match) as info:

@@ -1,0 +1,277 @@
+"""Batches from `Tables`: `SplitData` (an index tensor -> a whole `Batch`), `IndexBatches` (the rank-sharded
+sampler) and `CTRDataModule` (the LightningDataModule that reads once and serves them).
+
+A batch is a handful of index gathers from pre-materialised tensors, so there is no per-sample Dataset or collate.
+DDP: the loaders shard themselves (train: each rank takes an equal share of the epoch's permutation; eval: rank r
+takes batches r::world_size, disjoint and covering every sample once, so ranks may get unequal batch counts -- do not
+sync inside eval steps). Run the Trainer with `use_distributed_sampler=False`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ctr.batch import NO_CODES, Batch, DataSpec
+from ctr.data.arrays import Tables
+from ctr.data.history import history_slots
+from ctr.data.tables import load_tables
+from semid.errors import InputError
+
+Split = Literal["train", "val", "test"]
+
+
+class SplitData(Dataset):
+    """One split; indexing with a tensor of sample indices returns the whole `Batch` (no collate)."""
+
+    def __init__(self, tables: Tables, split: str, history_len: int) -> None:
+        self.tables = tables
+        self.arrays = tables.splits[split]
+        self.split = split
+        self.history_len = history_len
+
+    def __len__(self) -> int:
+        return self.arrays.user.numel()
+
+    def __getitem__(self, idx: Tensor) -> Batch:
+        t, a = self.tables, self.arrays
+        user, item = a.user[idx], a.item[idx]  # (B,)
+        history = t.histories[self.split]
+        slots = history_slots(history, user, a.hist_end[idx], self.history_len)  # (B, H)
+        hist = history.items[slots]  # (B, H)
+        hist_idx, hist_real = (hist - 1).clamp(min=0), hist > 0  # (B, H)
+        hist_sid = t.items.sid.codes[hist_idx] * hist_real.unsqueeze(-1)  # (B, H, L_i)
+        return Batch(
+            user=user,
+            item=item,
+            label=a.label[idx],
+            user_sid=t.users.sid.codes[user],  # (B, L_u)
+            item_sid=t.items.sid.codes[item],  # (B, L_i)
+            user_count=t.users.count[user],
+            item_count=t.items.count[item],
+            user_feats=t.users.feats.tokens[user],  # (B, F_u, M_u)
+            item_feats=t.items.feats.tokens[item],  # (B, F_i, M_i)
+            hist_item=hist,
+            hist_item_sid=hist_sid,
+            hist_item_count=t.items.count[hist_idx] * hist_real,  # (B, H)
+            user_bucket=t.users.bucket[user],
+            item_bucket=t.items.bucket[item],
+            user_content=t.users.content[user],  # (B, D_u), (B, 0) when none
+            item_content=t.items.content[item],  # (B, D_i)
+            scenario=a.scenario[idx] if a.scenario.numel() else NO_CODES,  # (B,) or empty
+            hist_type=history.types[slots] if t.merged_source else NO_CODES,  # (B, H) or empty
+        )
+
+
+class IndexBatches(Sampler[Tensor]):
+    """Yields index tensors, one per batch, for this rank.
+
+    shuffle=True (train): a permutation seeded by (seed, epoch); rank r takes every world_size-th index of it,
+    cut to n // world_size so that every rank runs the same number of steps (world_size 1 serves every sample).
+    shuffle=False (eval): file order in batches; rank r takes batches r::world_size (disjoint, covering all).
+    """
+
+    def __init__(
+        self, n: int, *, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
+        if batch_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad batch_size={batch_size}, rank={rank}, world_size={world_size}")
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at the start of every epoch (the train order depends on it)."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[Tensor]:
+        if self.shuffle:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            mine = torch.from_numpy(perm[self.rank :: self.world_size][: self.n // self.world_size])
+            return list(mine.split(self.batch_size))
+        return list(torch.arange(self.n).split(self.batch_size))[self.rank :: self.world_size]
+
+    def __iter__(self):
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return math.ceil((self.n // self.world_size) / self.batch_size)
+        return len(range(self.rank, math.ceil(self.n / self.batch_size), self.world_size))
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    return batch
+
+
+class CTRDataModule(L.LightningDataModule):
+    """Serves `Batch`es of a prepared dataset; `spec` tells the model the cardinalities (link it in LightningCLI)."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        item_sids: str | None = None,
+        user_sids: str | None = None,
+        batch_size: int = 2048,
+        eval_batch_size: int = 8192,
+        history_len: int = 20,
+        max_tokens_per_feature: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        predict_split: Literal["val", "test"] = "test",
+        item_content: str | None = None,
+        user_content: str | None = None,
+        scenarios: str | None = None,
+        source_history: str | None = None,
+    ) -> None:
+        """
+        Args:
+            data_dir: a prepared dataset directory (`semid prepare` output).
+            item_sids: item ID table (item_sids.parquet, or the directory holding it); None = one constant code.
+            user_sids: user ID table (user_sids.parquet, or its directory); None = one constant code.
+            batch_size: training batch size (per rank).
+            eval_batch_size: validation / test / predict batch size.
+            history_len: number of past positives per sample (train ones for train samples; train and val ones
+                for val and test samples; always strictly before the sample).
+            max_tokens_per_feature: multi-valued side features keep at most this many tokens.
+            num_workers: DataLoader worker processes (0 = gather in the main process, usually fastest).
+            seed: seeds the per-epoch shuffling.
+            predict_split: the split `predict_dataloader` serves.
+            item_content: frozen item content vectors (`semid build`'s item_embeddings.parquet, or the folder
+                holding it), served as `Batch.item_content` (ContentFeatures); None = none.
+            user_content: the same for users (user_embeddings.parquet).
+            scenarios: a scenarios.parquet (semid.scenarios.write, or the folder holding it): every row gets its
+                user's / item's scenario as `Batch.scenario` (STAR, MetaLayers, per-scenario metrics); refused when
+                built from another prepared dataset. None = no scenarios.
+            source_history: the amazon-food-kitchen source_history.parquet (or the prepared folder holding it):
+                the users' source-domain (Food) events join their histories, strictly before each sample's
+                timestamp, typed in `Batch.hist_type` (the naive source-history arm). None = target events only.
+        """
+        super().__init__()
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("history_len", history_len, 0),
+            ("max_tokens_per_feature", max_tokens_per_feature, 1),
+            ("num_workers", num_workers, 0),
+        ):
+            if value < low:
+                raise InputError(f"{name}={value} must be >= {low}", fix=f"set data.{name} to at least {low}")
+        if predict_split not in ("val", "test"):
+            raise InputError(
+                f"predict_split={predict_split!r}", fix="set data.predict_split to 'val' or 'test'"
+            )
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.item_sids = item_sids
+        self.user_sids = user_sids
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.history_len = history_len
+        self.max_tokens_per_feature = max_tokens_per_feature
+        self.num_workers = num_workers
+        self.seed = seed
+        self.predict_split = predict_split
+        self.item_content = item_content
+        self.user_content = user_content
+        self.scenarios = scenarios
+        self.source_history = source_history
+        self.tables: Tables | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read everything once; later calls (every Trainer stage, `spec`) return at once."""
+        if self.tables is None:
+            self.tables = load_tables(
+                self.data_dir,
+                item_sids=self.item_sids,
+                user_sids=self.user_sids,
+                max_tokens_per_feature=self.max_tokens_per_feature,
+                item_content=self.item_content,
+                user_content=self.user_content,
+                scenarios=self.scenarios,
+                source_history=self.source_history,
+            )
+
+    @property
+    def spec(self) -> DataSpec:
+        self.setup()
+        items, users = self.tables.items, self.tables.users
+        return DataSpec(
+            n_users=users.count.numel(),
+            n_items=items.count.numel(),
+            user_feature_names=users.feats.names,
+            item_feature_names=items.feats.names,
+            user_feature_vocab=users.feats.vocab,
+            item_feature_vocab=items.feats.vocab,
+            user_sid_sizes=users.sid.sizes,
+            item_sid_sizes=items.sid.sizes,
+            history_len=self.history_len,
+            user_count_max=float(users.count.max()),
+            item_count_max=float(items.count.max()),
+            user_content_dim=int(users.content.shape[1]),
+            item_content_dim=int(items.content.shape[1]),
+            n_scenarios=0 if self.tables.scenarios is None else len(self.tables.scenarios.names),
+            scenario_names=() if self.tables.scenarios is None else self.tables.scenarios.names,
+            data_hash=self.tables.data_hash,
+        )
+
+    @property
+    def world_size(self) -> int:
+        return int(self.trainer.world_size) if self.trainer is not None else 1
+
+    @property
+    def rank(self) -> int:
+        return int(self.trainer.global_rank) if self.trainer is not None else 0
+
+    def dataset(self, split: Split) -> SplitData:
+        self.setup()
+        return SplitData(self.tables, split, self.history_len)
+
+    def loader(
+        self, split: Split, *, shuffle: bool, rank: int | None = None, world_size: int | None = None
+    ) -> DataLoader:
+        """Batches of `split` for one rank (default: the trainer's rank and world size, else 0 and 1)."""
+        rank = self.rank if rank is None else rank
+        world_size = self.world_size if world_size is None else world_size
+        if world_size > 1 and self.trainer is not None:
+            connector = getattr(self.trainer, "_accelerator_connector", None)
+            if getattr(connector, "use_distributed_sampler", False):
+                raise InputError(
+                    "CTRDataModule shards batches by rank itself; Lightning's distributed sampler would re-shard them",
+                    fix="create the Trainer with use_distributed_sampler=False (trainer.use_distributed_sampler: false)",
+                )
+        data = self.dataset(split)
+        sampler = IndexBatches(
+            len(data),
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+        return DataLoader(
+            data,
+            sampler=sampler,
+            batch_size=None,
+            collate_fn=_whole_batch,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.loader(self.predict_split, shuffle=False)

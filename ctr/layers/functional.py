@@ -1,0 +1,52 @@
+"""Small tensor functions the layers share: table init, activity level, masked mean, the L2 term, id helpers."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+EMBED_INIT_STD = 1e-2
+HEAD_BUCKET = 0  # index of "head" in semid.schema.BUCKETS
+ROWS_PER_ID = 16  # cap of a SID-prefix table: rows per id (see SIDPrefixEmbedding)
+
+
+def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float = EMBED_INIT_STD) -> None:
+    """Small normal init (N(0,1), torch's default, swamps the MLPs of a CTR model); padding row stays zero."""
+    nn.init.normal_(table.weight, std=std)
+    if table.padding_idx is not None:
+        with torch.no_grad():
+            table.weight[table.padding_idx].zero_()
+
+
+def activity(count: Tensor, count_max: float) -> Tensor:
+    """a = log(1 + count) / log(1 + count_max), in [0, 1] (0 = cold)."""
+    return (torch.log1p(count.float()) / math.log1p(max(count_max, 1.0))).clamp(0.0, 1.0)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x (B, H, d) over the positions where mask (B, H) is true; zeros for an all-padded row."""
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, H, 1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, d)
+
+
+def squared_norm(*xs: Tensor) -> Tensor:
+    """Per-sample squared L2 norm of the looked-up embeddings, averaged over the batch (the CTR L2 regulariser)."""
+    return sum(x.pow(2).flatten(1).sum(1).mean() for x in xs)
+
+
+def first_occurrence(ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Unique ids (N,) of ids (B,) and, for each, the position of one sample holding it (N,)."""
+    uniq, inverse = torch.unique(ids, return_inverse=True)  # (N,), (B,)
+    pos = torch.full_like(uniq, ids.numel()).scatter_reduce(
+        0, inverse, torch.arange(ids.numel(), device=ids.device), reduce="amin"
+    )  # (N,)
+    return uniq, pos
+
+
+def largest_prime_at_most(n: int) -> int:
+    def is_prime(k: int) -> bool:
+        return k >= 2 and all(k % p for p in range(2, math.isqrt(k) + 1))
+
+    return next(k for k in range(max(n, 2), 1, -1) if is_prime(k))
