@@ -9,6 +9,9 @@ The output folder is owned (semid.io.owned_output_dir): it must be new, empty or
 Sub-stages (encode + align, item RQ-VAE, user RQ-VAE) are kept as they finish in `<out>/.work/`, keyed by the
 fingerprint of what each depends on, so a failed user RQ-VAE resumes without redoing alignment or the item IDs.
 
+Strict item cold start (`assign_held_out`, on when the prepared data holds items out): the item RQ-VAE trains on the
+other items only and the held-out items get their IDs afterwards, as `semid assign` gives a new item.
+
 Items with an `image_path` (in items.parquet, or in the new items given to `assign`) are embedded from text +
 image by a clip / vlm encoder; alignment then trains the projection heads only (see semid.align).
 """
@@ -161,31 +164,73 @@ def _aligned(
 
 
 def _quantise(
-    folder: Path, key: str, emb: torch.Tensor, ids: np.ndarray, cfg: RQVAEConfig, entity: str, what: str
+    folder: Path,
+    key: str,
+    emb: torch.Tensor,
+    ids: np.ndarray,
+    cfg: RQVAEConfig,
+    entity: str,
+    what: str,
+    held_out: np.ndarray | None = None,
 ) -> Quantised:
+    """Train the RQ-VAE and give every entity an ID. `held_out` (a bool mask over `ids`): entities the RQ-VAE
+    does not see; they get their IDs afterwards from the trained model through `semid.ids.assign_new`, exactly as
+    `semid assign` gives a new item (strict item cold start)."""
     table_file, rqvae_file = folder / "table.parquet", folder / "rqvae.pt"
     if stage_done(table_file, key) and rqvae_file.is_file():
         meta = read_meta(table_file)
         print(f"[semids] {what}: reused from an earlier attempt", flush=True)
         return Quantised(pl.read_parquet(table_file), meta["table"], rqvae_file)
     folder = _fresh(folder, folder.parent)
+    fit = np.ones(len(ids), dtype=bool) if held_out is None else ~held_out
     # raises a clear error for a codebook larger than the data, before any training
-    sizes = resolve_codebook_sizes(cfg, emb.shape[0])
+    sizes = resolve_codebook_sizes(cfg, int(fit.sum()))
     start = time.perf_counter()
-    model = train_rqvae(emb, cfg)
-    codes = model.encode(emb)  # (N, L)
-    table = make_table(ids, codes, key=entity)
+    fit_rows = torch.from_numpy(np.flatnonzero(fit))
+    model = train_rqvae(emb[fit_rows], cfg)  # (N_fit, D) in
+    table = make_table(ids[fit], model.encode(emb[fit_rows]), key=entity)  # codes (N_fit, L)
     h = health(table, sizes)
     check_health(h, cfg.min_level0_utilization, what=what)
-    meta = {"codebook_sizes": sizes, "levels": len(sizes), "health": h, "rqvae": asdict(cfg)}
+    meta = {"codebook_sizes": sizes, "levels": len(sizes), "health": h, "rqvae": asdict(cfg), "version": 1}
+    n_new = len(ids) - int(fit.sum())
+    if n_new:
+        new_rows = torch.from_numpy(np.flatnonzero(~fit))
+        codes = model.encode(emb[new_rows])  # (N_new, L)
+        table, meta = assign_new(table, meta, ids[~fit], codes, source={"codebook_sizes": sizes})
+        meta["held_out_assigned"] = {
+            "count": n_new,
+            "how": "held-out items: RQ-VAE trained without them, IDs assigned afterwards as `semid assign` does",
+        }
     save_rqvae(model, cfg, rqvae_file)
     write_parquet(table, table_file, {"stage_hash": key, "table": meta})  # last: marks the sub-stage finished
+    assigned = f", {n_new:,} held out and assigned after training" if n_new else ""
     print(
-        f"[semids] {what}: {len(ids):,} ids, levels {sizes}, collision rate {h['collision_rate']:.2%}, "
-        f"level utilization {[round(u, 3) for u in h['utilization']]} ({time.perf_counter() - start:.1f}s)",
+        f"[semids] {what}: {len(ids):,} ids{assigned}, levels {sizes}, collision rate "
+        f"{meta['health']['collision_rate']:.2%}, level utilization "
+        f"{[round(u, 3) for u in meta['health']['utilization']]} ({time.perf_counter() - start:.1f}s)",
         flush=True,
     )
     return Quantised(table, meta, rqvae_file)
+
+
+def held_out_mask(prepared: data.Prepared, assign_held_out: bool | None) -> np.ndarray | None:
+    """The items the item RQ-VAE must not see (prepared meta `held_out_items`), or None.
+
+    `assign_held_out` None = on exactly when the prepared data names held-out items (split.cold_items)."""
+    held = prepared.meta.get("held_out_items") or []
+    if assign_held_out is None:
+        assign_held_out = bool(held)
+    if not assign_held_out or not held:
+        return None
+    item_ids = prepared.items[S.ITEM].to_numpy()
+    mask = np.isin(item_ids, np.asarray(held, dtype=item_ids.dtype))
+    if mask.all():
+        raise InputError(
+            "every item is held out: no item is left to train the item RQ-VAE on",
+            column="held_out_items",
+            fix="lower split.cold_items in `semid prepare`",
+        )
+    return mask
 
 
 def build(
@@ -197,6 +242,7 @@ def build(
     user_rqvae: RQVAEConfig = RQVAEConfig(),
     cache: str | None = None,
     force: bool = False,
+    assign_held_out: bool | None = None,
 ) -> tuple[Path, str]:
     """Build item and user semantic-ID tables from a prepared dataset directory.
 
@@ -211,6 +257,11 @@ def build(
         cache: cache directory (frozen embeddings of texts and images already encoded are reused when
             alignment trains the heads only).
         force: rebuild even if `out` holds a build of the same data and config (finished sub-stages included).
+        assign_held_out: strict item cold start: the items the prepared data holds out (`split.cold_items`,
+            metadata `held_out_items`) are left out of the item RQ-VAE's training and get their IDs afterwards,
+            from their content through the aligned encoder and the trained RQ-VAE, as `semid assign` gives a new
+            item (alignment already sees no behaviour of theirs: they have no train rows). None (default) = on
+            when the prepared data names held-out items; False = quantise them with the other items.
 
     Returns:
         (output directory, stage fingerprint).
@@ -219,7 +270,10 @@ def build(
     prepared = data.load(data_dir)
     data_hash = prepared.meta.get("data_hash")
     align_key = sha256_json({"data": data_hash, "encoder": asdict(encoder), "align": asdict(align_config)})
-    item_key = sha256_json({"align": align_key, "rqvae": asdict(item_rqvae)})
+    held_out = held_out_mask(prepared, assign_held_out)
+    n_held = 0 if held_out is None else int(held_out.sum())
+    held = {"held_out": n_held} if n_held else {}  # absent when off: earlier builds stay up to date
+    item_key = sha256_json({"align": align_key, "rqvae": asdict(item_rqvae), **held})
     user_key = sha256_json({"align": align_key, "rqvae": asdict(user_rqvae)})
     fingerprint = sha256_json(
         {
@@ -228,6 +282,7 @@ def build(
             "align": asdict(align_config),
             "item_rqvae": asdict(item_rqvae),
             "user_rqvae": asdict(user_rqvae),
+            **held,
         }
     )
     if (
@@ -252,7 +307,9 @@ def build(
     aligned = _aligned(folders["align"], align_key, prepared, encoder, align_config, cache)
     item_ids = prepared.items[S.ITEM].to_numpy()
     user_ids = prepared.users[S.USER].to_numpy()
-    items = _quantise(folders["items"], item_key, aligned.item_emb, item_ids, item_rqvae, S.ITEM, "items")
+    items = _quantise(
+        folders["items"], item_key, aligned.item_emb, item_ids, item_rqvae, S.ITEM, "items", held_out
+    )
     users = _quantise(folders["users"], user_key, aligned.user_emb, user_ids, user_rqvae, S.USER, "users")
 
     common = {

@@ -1,9 +1,13 @@
-"""The main job: prepare -> build semantic IDs -> fit/test every configured model for every seed -> report.
+"""The main job: prepare -> build semantic IDs -> [tune every model] -> fit/test every model for every seed -> report.
 
 Every stage writes its outputs atomically with a fingerprint of its inputs and config; a stage whose output exists
 with the same fingerprint is skipped (`semid.io.stage_done`), so a re-run after a crash resumes at the first
 unfinished (model, seed) and a changed config re-runs only what depends on it. Each config file is read once: its
 text is hashed and the very same text is what the fit trains from. The run directory is locked while a run uses it.
+
+With `tune: N` (`semid run --tune N`, off by default) every model is first tuned with the same N Optuna trials on
+validation (`ctr tune`, pipelines/tune.py); its seeds are then fitted from the tuned config written to
+`<run>/tuned/<model>.yaml`, and the report lists every tuned configuration.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +23,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
+from ctr.module import Monitor
 from semid import data
 from semid import schema as S
 from semid.errors import InputError
@@ -29,6 +35,8 @@ FIT_LEGACY = (S.METRICS_FILE, S.PREDICTIONS_FILE, S.CHECKPOINTS_DIR, S.LOGS_DIR,
 """What a (model, seed) folder written before the output marker existed holds."""
 FIT_CONFIG_DIR = "config"
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+TUNE_RECORD = "{name}.json"
+"""`<run>/tuned/<model>.json`: the tuning stage's fingerprint and result, written last (its presence marks it done)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,31 @@ class ModelStage:
     """Folder name under <run>/models: letters, digits, '_', '.', '-' only."""
     config: str
     """A `ctr fit` YAML (configs/ctr/<model>.yaml)."""
+
+
+@dataclass(frozen=True)
+class TuneStage:
+    """How `tune` trials run (their number is `run`'s `tune`, the same for every model)."""
+
+    seed: int = 0
+    """Seeds the TPE sampler and every trial's training."""
+    monitor: Monitor | None = None
+    """What trials are ranked on; None = the common configs' `model.monitor`, else val/gauc_warm (the rule not
+    dominated by cold users; set val/auc where validation GAUC is undefined, e.g. leave-last-out)."""
+    max_epochs: int = 20
+    """The largest epoch budget a trial may draw (early-stopping patience and min_delta are searched too)."""
+
+
+@dataclass(frozen=True)
+class ReportStage:
+    """What `build_report` is told."""
+
+    floor: str | None = "floor"
+    """The trivial model every other one is shown against (ignored when no model has that name)."""
+    min_gauc_users: int = 50
+    """A GAUC cell resting on fewer users is marked in report.md."""
+    baselines: list[str] | None = None
+    """Models the target is compared with (default: every model that is not the target, an ablation or the floor)."""
 
 
 class ConfigText(NamedTuple):
@@ -220,6 +253,116 @@ def _fit_one(
     return metrics
 
 
+class Tuning(NamedTuple):
+    trials: int
+    stage: TuneStage
+
+
+def tune_monitor(stage: TuneStage, common_cfg: list[ConfigText]) -> str:
+    """The number trials are ranked on: the stage's, else the last common config's `model.monitor`, else
+    val/gauc_warm (not dominated by the cold users of a temporal validation split)."""
+    if stage.monitor is not None:
+        return stage.monitor
+    for cfg in reversed(common_cfg):
+        model = cfg.parsed.get("model") if isinstance(cfg.parsed, dict) else None
+        if isinstance(model, dict) and model.get("monitor"):
+            return str(model["monitor"])
+    return "val/gauc_warm"
+
+
+def best_trial(trials_csv: Path) -> dict[str, Any]:
+    """The winning row of a `ctr tune` trials table: its value, epochs and searched parameters."""
+    import polars as pl
+
+    frame = pl.read_csv(trials_csv).filter((pl.col("state") == "COMPLETE") & pl.col("value").is_not_nan())
+    row = frame.sort("value", descending=True).row(0, named=True)
+    fixed = {"trial", "state", "value", "epochs", "seconds"}
+    return {
+        "trial": int(row["trial"]),
+        "value": float(row["value"]),
+        "epochs": int(row["epochs"]),
+        "params": {k: v for k, v in row.items() if k not in fixed and v is not None},
+    }
+
+
+def _tuned_config(
+    model: ModelStage,
+    base: ConfigText,
+    common_cfg: list[ConfigText],
+    tuning: Tuning,
+    prepared: Path,
+    semids: Path,
+    data_hash: str,
+    semid_hash: str,
+    out: Path,
+) -> ConfigText:
+    """Tune `model` (or reuse the tuning of an earlier attempt with the same inputs) -> its tuned config."""
+    from pipelines.tune import TUNED_DIR, tune
+
+    folder = out / TUNED_DIR
+    monitor = tune_monitor(tuning.stage, common_cfg)
+    stage_hash = sha256_json(
+        {
+            "data": data_hash,
+            "semids": semid_hash,
+            "common": [c.parsed for c in common_cfg],
+            "model": base.parsed,
+            "trials": tuning.trials,
+            "seed": tuning.stage.seed,
+            "monitor": monitor,
+            "max_epochs": tuning.stage.max_epochs,
+        }
+    )
+    record = folder / TUNE_RECORD.format(name=model.name)
+    if stage_done(record, stage_hash) and (folder / f"{model.name}.yaml").is_file():
+        print(f"[tune] {model.name}: up to date", flush=True)
+        return read_config(folder / f"{model.name}.yaml", "tuned model")
+    start = time.perf_counter()
+    # the frozen texts: the trials train from exactly what was hashed
+    frozen = folder / f".{model.name}.inputs"
+    paths = []
+    for i, cfg in enumerate([*common_cfg, base]):
+        paths.append(frozen / f"{i:02d}_{cfg.path.name}")
+        write_text(cfg.text, paths[-1])
+    tuned = tune(
+        str(paths[-1]),
+        str(prepared),
+        str(out),
+        name=model.name,
+        common=[str(p) for p in paths[:-1]],
+        n_trials=tuning.trials,
+        seed=tuning.stage.seed,
+        monitor=monitor,
+        max_epochs=tuning.stage.max_epochs,
+        item_sids=str(semids / S.ITEM_SIDS_FILE),
+        user_sids=str(semids / S.USER_SIDS_FILE),
+        item_content=str(semids / S.ITEM_EMB_FILE),
+        user_content=str(semids / S.USER_EMB_FILE),
+    )
+    shutil.rmtree(_inside(frozen, out), ignore_errors=True)
+    best = best_trial(folder / f"{model.name}_trials.csv")
+    write_json(
+        {
+            "stage_hash": stage_hash,
+            "model": model.name,
+            "base_config": str(base.path),
+            "tuned_config": str(tuned),
+            "trials": tuning.trials,
+            "tpe_seed": tuning.stage.seed,
+            "monitor": monitor,
+            "max_epochs": tuning.stage.max_epochs,
+            "best": best,
+        },
+        record,
+    )  # last: its presence marks the tuning of this model done
+    _stage_line(
+        "tune",
+        f"{model.name}: best {monitor} {best['value']:.4f} ({tuning.trials} trials)",
+        time.perf_counter() - start,
+    )
+    return read_config(tuned, "tuned model")
+
+
 def run(
     name: str,
     prepare: PrepareStage = PrepareStage(),
@@ -232,6 +375,9 @@ def run(
     cache: str | None = None,
     only_models: list[str] | None = None,
     verbose: bool = False,
+    tune: int = 0,
+    tuning: TuneStage = TuneStage(),
+    report: ReportStage = ReportStage(),
 ) -> Path:
     """Run the whole chain and write <run_dir>/report/{report.md,report.json,*.png}.
 
@@ -248,10 +394,16 @@ def run(
         cache: cache directory for fetched data and embeddings.
         only_models: restrict this invocation to these model names (the report still covers every finished one).
         verbose: show library logs and warnings on the console too (they always go to <run_dir>/run.log).
+        tune: Optuna trials per model on validation before the seeds (0 = off, the default): every model gets
+            the same number; its seeds then train from <run_dir>/tuned/<model>.yaml.
+        tuning: how the trials run (TPE seed, the monitored number, the largest epoch budget).
+        report: what the report is told (floor model, the user count under which a GAUC cell is marked).
     """
     from pipelines.console import quiet_console
 
     common, seeds = common or [], seeds if seeds is not None else [0]
+    if tune < 0:
+        raise InputError(f"tune={tune}", fix="give --tune a number of trials per model (0 = no tuning)")
     if not models:
         raise InputError("no models to fit", fix="list models (name + config) in the pipeline config")
     validate_model_names(models, only_models)
@@ -271,10 +423,29 @@ def run(
             file=out,
             fix="choose --run_dir under a writable folder",
         ) from None
-    with dir_lock(out), quiet_console(out / RUN_LOG, verbose=verbose):
-        _run_stages(
-            name, prepare, semids, models, common_cfg, model_cfg, seeds, target, out, cache, only_models
-        )
+    try:
+        with dir_lock(out), quiet_console(out / RUN_LOG, verbose=verbose):
+            _run_stages(
+                name,
+                prepare,
+                semids,
+                models,
+                common_cfg,
+                model_cfg,
+                seeds,
+                target,
+                out,
+                cache,
+                only_models,
+                Tuning(tune, tuning),
+                report,
+            )
+    except SystemExit as err:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(err, SIGTERMException):  # Lightning's: a SystemExit without a code, i.e. exit status 0
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
     return out
 
 
@@ -290,6 +461,8 @@ def _run_stages(
     out: Path,
     cache: str | None,
     only_models: list[str] | None,
+    tuning: Tuning,
+    report: ReportStage,
 ) -> None:
     from ctr.report import build_report
 
@@ -301,9 +474,22 @@ def _run_stages(
     semid_dir, semid_hash = run_semids(prepared, semids, out, cache)
     _stage_line("semids", f"{semid_dir}", time.perf_counter() - start)
 
-    for model in models:
-        if only_models and model.name not in only_models:
-            continue
+    selected = [m for m in models if not only_models or m.name in only_models]
+    if tuning.trials:
+        model_cfg = dict(model_cfg)
+        for model in selected:  # every model's trials before any seed: the same budget for all
+            model_cfg[model.name] = _tuned_config(
+                model,
+                model_cfg[model.name],
+                common_cfg,
+                tuning,
+                prepared,
+                semid_dir,
+                data_hash,
+                semid_hash,
+                out,
+            )
+    for model in selected:
         configs = [*common_cfg, model_cfg[model.name]]
         for seed in seeds:
             stage_hash = sha256_json(
@@ -330,7 +516,13 @@ def _run_stages(
             )
 
     start = time.perf_counter()
-    build_report(out, target=target)
+    build_report(
+        out,
+        target=target,
+        baselines=report.baselines,
+        floor=report.floor,
+        min_gauc_users=report.min_gauc_users,
+    )
     _stage_line("report", f"{out / S.REPORT_DIR / 'report.md'}", time.perf_counter() - start)
     print(f"[run] {name} done in {time.perf_counter() - total:.0f}s -> {out}", flush=True)
 

@@ -104,3 +104,36 @@ def test_common_configs_parse_and_train_one_batch(common, prepared_dir, tmp_path
         for key, value in values.items():
             if (section, key) != ("trainer", "enable_model_summary"):
                 assert c.config[section][key] == value, (section, key)
+
+
+def _pipeline(name: str):
+    return _parser(run).parse_args(["--config", str(CONFIGS / "pipeline" / f"{name}.yaml")])
+
+
+def test_protocol_configs_follow_issue_13():
+    from pipelines.run import ConfigText, TuneStage, tune_monitor
+
+    small = _pipeline("ml-100k")
+    names = [m.name for m in small.models]
+    assert small.tune == 0  # the README's first command does not tune
+    assert {"floor", "deepfm", "dcnv2", "sid_features", "din", "content_features", "poso", "akt"} <= set(
+        names
+    )
+    assert 1 <= sum(n.startswith("akt_") for n in names) <= 3 and small.seeds == [0, 1, 2]
+    full = _pipeline("ml-1m")
+    ablations = {p.stem for p in (CONFIGS / "ctr").glob("akt_*.yaml")}
+    assert ablations <= {m.name for m in full.models} and "floor" in {m.name for m in full.models}
+    cold = _pipeline("ml-1m-coldstart")
+    assert cold.prepare.split.cold_items == 0.1 and cold.prepare.dataset == "ml-1m"
+    amazon = _pipeline("amazon-kitchen")
+    assert amazon.prepare.dataset == "amazon-food-kitchen" and amazon.prepare.split.mode == "leave_last_out"
+    for cfg in (small, full, cold, amazon):
+        assert cfg.report.floor in {m.name for m in cfg.models}
+    # tuning ranks trials on what the common config selects models by: AUC where GAUC is undefined
+    common = [
+        ConfigText(Path(p), "", yaml.safe_load((CONFIGS.parent / p).read_text())) for p in amazon.common
+    ]
+    assert tune_monitor(TuneStage(), common) == "val/auc"
+    common = [ConfigText(Path(p), "", yaml.safe_load((CONFIGS.parent / p).read_text())) for p in full.common]
+    assert tune_monitor(TuneStage(), common) == "val/gauc_warm"
+    assert tune_monitor(TuneStage(monitor="val/gauc"), common) == "val/gauc"

@@ -219,9 +219,12 @@ def test_missing_model_config_is_a_clear_error_before_any_work(pipeline_config, 
 
 
 def test_assign_gives_new_items_ids_and_keeps_old_ones(finished_run, tmp_path, capsys):
+    import shutil
+
     from pipelines.semid_cli import main as semid_main
 
-    semids = finished_run / "semids"
+    semids = tmp_path / "semids"  # a copy: the in-place assign below must not change the shared finished run
+    shutil.copytree(finished_run / "semids", semids)
     old = pl.read_parquet(semids / S.ITEM_SIDS_FILE)
     new_items = pl.DataFrame(
         {
@@ -247,3 +250,33 @@ def test_assign_gives_new_items_ids_and_keeps_old_ones(finished_run, tmp_path, c
     assert pl.read_parquet(semids / S.ITEM_SIDS_FILE).equals(table)
     semid_main(["inspect", "--table", str(semids / S.ITEM_SIDS_FILE)])
     assert "collision" in capsys.readouterr().out.lower()
+
+
+def test_tune_fits_seeds_from_the_tuned_config_and_the_report_lists_it(
+    finished_run, pipeline_config, tmp_path, capsys
+):
+    import shutil
+
+    run = tmp_path / "tuned"
+    shutil.copytree(finished_run, run)
+    args = ["--config", str(pipeline_config), "--run_dir", str(run), "--only_models", "[deepfm]"]
+    tune_args = ["--tune", "1", "--tuning.max_epochs", "1"]
+    run_main([*args, *tune_args])
+    log = capsys.readouterr().out
+    assert "[semids] up to date" in log and "[tune] deepfm:" in log
+    record = json.loads((run / "tuned" / "deepfm.json").read_text())
+    assert (
+        record["trials"] == 1 and record["monitor"] == "val/gauc_warm"
+    )  # the default: not ruled by cold users
+    tuned = yaml.safe_load((run / "tuned" / "deepfm.yaml").read_text())
+    assert tuned["trainer"]["max_epochs"] == 1 and tuned["model"]["monitor"] == "val/gauc_warm"
+    assert record["best"]["params"]["model.lr"] == pytest.approx(tuned["model"]["lr"])
+    frozen = sorted((run / "models" / "deepfm" / "seed0" / "config").iterdir())
+    assert yaml.safe_load(frozen[-1].read_text()) == tuned  # the seed trained from the tuned config
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert set(report["tuned"]) == {"deepfm"} and report["tuned"]["deepfm"]["trials"] == 1
+    assert "## Tuned configurations" in (run / "report" / "report.md").read_text()
+    assert not list((run / "tuned").glob(".*"))  # no scratch left
+    run_main([*args, *tune_args])
+    log = capsys.readouterr().out
+    assert "[tune] deepfm: up to date" in log and "[fit] deepfm seed 0: up to date" in log

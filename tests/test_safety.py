@@ -21,8 +21,8 @@ import yaml
 
 from pipelines.cli import ctr_main, semid_main
 from pipelines.prepare import prepare
+from semid import data, synthetic
 from semid import schema as S
-from semid import synthetic
 from semid.errors import InputError
 from semid.io import (
     clean_stale_staging,
@@ -510,3 +510,90 @@ def test_build_resumes_after_a_failed_user_rqvae(tmp_path, synthetic_raw, monkey
     assert "[semids] items: reused" in log and "[semids] users:" in log
     assert (out / S.USER_SIDS_FILE).is_file() and not (out / ".work").exists()
     assert json.loads((out / S.OUTPUT_MARKER).read_text())["command"] == "semid build"
+
+
+def _fake_align(calls: list[int]):
+    """An `align` stand-in: seeded unit vectors (one per text) and an empty state file, in a second."""
+    from semid.align import AlignResult
+
+    def fake(items_text, users_text, train, enc_cfg, cfg, *, work_dir, images=None, cache=None, **_):
+        calls.append(len(items_text))
+        gen = torch.Generator().manual_seed(0)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": 1}, work_dir / "state.pt")
+        item = torch.nn.functional.normalize(torch.randn(len(items_text), 8, generator=gen), dim=1)
+        user = torch.nn.functional.normalize(torch.randn(len(users_text), 8, generator=gen), dim=1)
+        return AlignResult(item, user, {"probe": 1.0}, work_dir / "state.pt")
+
+    return fake
+
+
+def test_cold_start_build_keeps_held_out_items_out_of_the_rqvae(tmp_path, synthetic_raw, monkeypatch):
+    """Strict item cold start: the item RQ-VAE never trains on held-out items; their IDs are what `semid assign`
+    gives a new item (the trained RQ-VAE applied to their aligned content vector, suffix after existing ones)."""
+    import pipelines.build_semids as B
+    from semid.ids import read_table, sid_columns
+    from semid.rqvae import RQVAEConfig, load_rqvae
+
+    split = {"cold_items": 0.1, "cold_item_mode": "random", "seed": 0}
+    prepared = prepare(
+        interactions=str(synthetic_raw["inter"]),
+        items=str(synthetic_raw["item"]),
+        users=str(synthetic_raw["user"]),
+        columns=synthetic.columns(),
+        out=str(tmp_path / "prepared"),
+        split=data.SplitConfig(**split),
+    )
+    held = read_meta(prepared / S.ITEMS_FILE)["held_out_items"]
+    assert len(held) == 12
+    monkeypatch.setattr(B, "align", _fake_align([]))
+    trained_on: list[int] = []
+    real_train = B.train_rqvae
+    monkeypatch.setattr(
+        B, "train_rqvae", lambda emb, cfg: trained_on.append(emb.shape[0]) or real_train(emb, cfg)
+    )
+    rq = RQVAEConfig(levels=2, codebook_size=4, max_epochs=2, batch_size=64)
+    out, _ = B.build(data_dir=str(prepared), out=str(tmp_path / "semids"), item_rqvae=rq, user_rqvae=rq)
+    assert trained_on == [120 - 12, 200]  # items without the held-out ones; users all
+    table, meta = read_table(out / S.ITEM_SIDS_FILE, key=S.ITEM)
+    assert table.height == 120 and meta["held_out_assigned"]["count"] == 12 and meta["added"] == 12
+    emb = pl.read_parquet(out / S.ITEM_EMB_FILE).filter(pl.col(S.ITEM).is_in(held)).sort(S.ITEM)
+    codes = load_rqvae(out / S.ITEM_RQVAE_FILE).encode(
+        torch.from_numpy(np.stack(emb[S.EMBEDDING].to_numpy()))
+    )
+    got = table.filter(pl.col(S.ITEM).is_in(held)).sort(S.ITEM).select(sid_columns(table))
+    assert np.array_equal(got.to_numpy(), codes.numpy())  # the trained RQ-VAE's codes for their content
+    trained_on.clear()
+    B.build(
+        data_dir=str(prepared),
+        out=str(tmp_path / "semids_all"),
+        item_rqvae=rq,
+        user_rqvae=rq,
+        assign_held_out=False,
+    )
+    assert trained_on == [120, 200]  # switched off: quantised with the others
+
+
+def test_sigterm_during_a_run_is_a_failing_exit_status(tmp_path, tiny_pipeline, monkeypatch):
+    """Lightning turns SIGTERM into a SystemExit without a code (status 0): a killed run must not look finished."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import pipelines.run as R
+
+    def killed(*args, **kwargs):
+        raise SIGTERMException()
+
+    monkeypatch.setattr(R, "_run_stages", killed)
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(tiny_pipeline))
+    with pytest.raises(SystemExit) as exc:
+        semid_main(["run", "--config", str(tmp_path / "p.yaml")])
+    assert exc.value.code == 143
+    assert not (tmp_path / "run" / ".lock").exists()  # the lock is released on the way out
+
+
+def test_negative_tune_is_one_line_before_any_work(tmp_path, tiny_pipeline, capsys):
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(tiny_pipeline))
+    with pytest.raises(SystemExit) as exc:
+        semid_main(["run", "--config", str(tmp_path / "p.yaml"), "--tune", "-1"])
+    assert exc.value.code == 2 and "--tune" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -36,6 +36,30 @@ REPORT_COMMAND = "report"
 """The command name in the report folder's OUTPUT_MARKER (semid.io.owned_output_dir)."""
 REPORT_FILES: tuple[str, ...] = ("report.md", "report.json", *PLOTS)
 """What a report folder written before the marker existed may hold (it may still be replaced)."""
+TUNED_DIR = "tuned"
+"""<run>/tuned/<model>.json: what `semid run --tune N` found for a model (pipelines.run writes it)."""
+
+
+def read_tuned(run_dir: Path, models: list[str]) -> dict[str, Any]:
+    """The tuning record of every model in `models` that `semid run --tune` tuned (none: {})."""
+    import json
+
+    tuned = {}
+    for name in models:
+        path = run_dir / TUNED_DIR / f"{name}.json"
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except ValueError:
+                raise InputError(
+                    "unreadable tuning record",
+                    file=path,
+                    fix="re-run `semid run --tune N` to redo the tuning",
+                ) from None
+            tuned[name] = {
+                k: record.get(k) for k in ("trials", "tpe_seed", "monitor", "tuned_config", "best")
+            }
+    return tuned
 
 
 def _json_safe(obj: Any) -> Any:
@@ -173,6 +197,7 @@ def build_report(
         "models": role.ablations,
         "delta_vs_target": {m: mean_deltas(summaries[m], summaries[role.target]) for m in role.ablations},
     }
+    report["tuned"] = read_tuned(run_dir, order)
     report["semid_health"] = {
         name: (t.health if (t := sid_tables.get(name)) else None) for name in semid_paths
     }

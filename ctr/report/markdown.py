@@ -98,6 +98,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if best is not None:
         lines += delta_table(report)
     lines += ablation_table(report)
+    lines += tuned_table(report)
     lines += health_table(report)
     lines += ["", "## Plots", ""]
     lines += [f"- [{p}]({p})" for p in report["plots"]]
@@ -238,6 +239,33 @@ def ablation_table(report: dict[str, Any]) -> list[str]:
     lines += _users_note(k, _any_marked(cells, k))
     if len(names) == 1:
         lines += ["", f"(no ablation runs: model directories named `{target}_*`)"]
+    return lines
+
+
+def tuned_table(report: dict[str, Any]) -> list[str]:
+    """The configuration each tuned model's seeds trained from (`semid run --tune N`); nothing when untuned."""
+    tuned = report.get("tuned") or {}
+    if not tuned:
+        return []
+    lines = [
+        "",
+        "## Tuned configurations",
+        "",
+        "Every model had the same number of Optuna trials (TPE, seeded) on validation; its seeds trained from the "
+        "best trial's config.",
+        "",
+        "| model | trials | monitor | best val | epochs | parameters | config |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in tuned.items():
+        best = t.get("best") or {}
+        params = ", ".join(
+            f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in (best.get("params") or {}).items()
+        )
+        lines.append(
+            f"| {name} | {t.get('trials')} | {t.get('monitor')} | {_f(best.get('value'))} | {best.get('epochs')} "
+            f"| {params} | {t.get('tuned_config')} |"
+        )
     return lines
 
 

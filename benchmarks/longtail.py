@@ -1,0 +1,372 @@
+"""The long-tail benchmark of issue 13: every protocol through `semid run --tune N`, summarised in benchmarks/LONGTAIL.md.
+
+    python -m benchmarks.longtail                                  # ml-1m, ml-1m-coldstart, amazon-kitchen
+    python -m benchmarks.longtail --trials 20 --seeds 0,1,2 --protocols ml-1m,amazon-kitchen
+    python -m benchmarks.longtail --protocols ml-100k --trials 1 --seeds 0 --models floor,deepfm,akt   # smoke
+
+A protocol is a pipeline config, configs/pipeline/<protocol>.yaml. Each runs as one `semid run` (a subprocess, so a
+failed protocol does not stop the others) into <runs>/<protocol>: prepare -> semantic IDs -> every model tuned
+with the same number of Optuna trials on validation -> the seeds of each tuned config -> report. Re-running resumes:
+finished stages are skipped (the wall time then says so). The table is computed from the predictions themselves:
+AUC / GAUC / logloss overall and per bucket under both tail definitions -- the percentile buckets (head 20% /
+torso 30% / tail by train count rank) and AKT-Rec's absolute ones (item tail < 10 train interactions, user tail
+< 5; a sample is tail when either side is) -- with the users each GAUC rests on, the floor verdict and the tuned
+configuration of every model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTOCOLS = ("ml-1m", "ml-1m-coldstart", "amazon-kitchen")
+DEFINITIONS = ("percentile", "absolute")
+SIDES = ("item", "user", "sample")
+"""Bucket sides: the item's, the user's, and (absolute definition only) the sample's: cold if either side is cold,
+else tail if either side is tail (AKT-Rec), else head."""
+MIN_USERS = 50
+
+
+@dataclass(frozen=True)
+class Options:
+    protocols: tuple[str, ...] = PROTOCOLS
+    trials: int = 20
+    seeds: tuple[int, ...] = (0, 1, 2)
+    models: tuple[str, ...] | None = None
+    """Restrict every protocol to these model names (default: every model of its config)."""
+    max_epochs: int | None = None
+    """The largest epoch budget a trial may draw (default: `semid run`'s)."""
+    runs: Path = ROOT / "runs" / "longtail"
+    configs: Path = ROOT / "configs" / "pipeline"
+    out: Path = ROOT / "benchmarks" / "LONGTAIL.md"
+
+
+class ProtocolRun(NamedTuple):
+    protocol: str
+    run_dir: Path
+    seconds: float
+    returncode: int
+    command: list[str]
+
+
+class Cell(NamedTuple):
+    """One metric cell over seeds: mean and std of AUC / GAUC / logloss, rows, and the fewest GAUC users."""
+
+    auc: tuple[float, float]
+    gauc: tuple[float, float]
+    logloss: tuple[float, float]
+    n: int
+    users: int
+
+
+def command(protocol: str, opts: Options) -> list[str]:
+    """The `semid run` command line of one protocol."""
+    cmd = [
+        sys.executable, "-m", "pipelines.semid_cli", "run",
+        "--config", str(opts.configs / f"{protocol}.yaml"),
+        "--run_dir", str(opts.runs / protocol),
+        "--tune", str(opts.trials),
+        "--seeds", json.dumps(list(opts.seeds)),
+    ]  # fmt: skip
+    if opts.models:
+        cmd += ["--only_models", json.dumps(list(opts.models))]
+    if opts.max_epochs is not None:
+        cmd += ["--tuning.max_epochs", str(opts.max_epochs)]
+    return cmd
+
+
+def run_protocol(protocol: str, opts: Options) -> ProtocolRun:
+    cmd = command(protocol, opts)
+    print(f"[longtail] {protocol}: {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False).returncode
+    seconds = time.perf_counter() - start
+    print(f"[longtail] {protocol}: exit {rc} after {seconds:.0f}s", flush=True)
+    return ProtocolRun(protocol, opts.runs / protocol, seconds, rc, cmd)
+
+
+# -- scoring -------------------------------------------------------------------------------------------------------
+
+
+def _buckets(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(item_id, item_abs), (user_id, user_abs): the absolute buckets the prepared data recorded."""
+    from semid import schema as S
+    from semid.data import ABS_BUCKET
+
+    prepared = run_dir / S.PREPARED_DIR
+    items = pl.read_parquet(prepared / S.ITEMS_FILE, columns=[S.ITEM, ABS_BUCKET])
+    users = pl.read_parquet(prepared / S.USERS_FILE, columns=[S.USER, ABS_BUCKET])
+    return items.rename({ABS_BUCKET: "item_abs"}), users.rename({ABS_BUCKET: "user_abs"})
+
+
+def with_abs_buckets(pred: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame) -> pl.DataFrame:
+    """Predictions + item_abs, user_abs and sample_abs (cold if either side is cold, else tail if either is)."""
+    from semid import schema as S
+
+    frame = pred.join(items, on=S.ITEM, how="left").join(users, on=S.USER, how="left")
+    either = pl.lit("head")
+    for level in ("tail", "cold"):  # the later, stronger level wins
+        either = (
+            pl.when((pl.col("item_abs") == level) | (pl.col("user_abs") == level))
+            .then(pl.lit(level))
+            .otherwise(either)
+        )
+    return frame.with_columns(either.alias("sample_abs"))
+
+
+def bucket_column(definition: str, side: str) -> str | None:
+    from semid import schema as S
+
+    if definition == "percentile":
+        return {"item": S.ITEM_BUCKET, "user": S.USER_BUCKET}.get(side)
+    return f"{side}_abs"
+
+
+def bucket_names(definition: str) -> tuple[str, ...]:
+    from semid import schema as S
+    from semid.data import ABS_BUCKETS
+
+    return S.BUCKETS if definition == "percentile" else ABS_BUCKETS
+
+
+def score(frame: pl.DataFrame) -> dict[str, float]:
+    """AUC, GAUC (groups = users), logloss, rows and GAUC users of one prediction frame (ctr.metrics)."""
+    from ctr import metrics
+    from semid import schema as S
+
+    p = torch.tensor(frame[S.SCORE].to_numpy(), dtype=torch.float32)  # (n,)
+    y = torch.tensor(frame[S.LABEL].to_numpy(), dtype=torch.float32)  # (n,)
+    u = torch.tensor(frame[S.USER].to_numpy(), dtype=torch.long)  # (n,)
+    if p.numel() == 0:
+        return {"auc": math.nan, "gauc": math.nan, "logloss": math.nan, "n": 0, "users": 0}
+    parts = metrics.user_auc(p, y, u)
+    return {
+        "auc": metrics.auc(p, y),
+        "gauc": float(metrics.gauc_from_users(parts.auc, parts.n)),
+        "logloss": metrics.logloss(p, y),
+        "n": int(p.numel()),
+        "users": int(torch.isfinite(parts.auc).sum()),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
+    return mean, std
+
+
+def fold(scores: list[dict[str, float]]) -> Cell:
+    return Cell(
+        *(_mean_std([s[k] for s in scores]) for k in ("auc", "gauc", "logloss")),
+        n=scores[0]["n"],
+        users=min(s["users"] for s in scores),
+    )
+
+
+def summarise(run_dir: Path) -> dict[str, dict[str, Cell]]:
+    """model -> {"overall" | "<definition>/<side>/<bucket>": Cell over seeds}, from every seed's predictions."""
+    from ctr.report.runs import discover
+    from semid import schema as S
+
+    items, users = _buckets(run_dir)
+    torch.set_num_threads(1)  # memory-bound sorts: faster single-threaded on a busy machine
+    out: dict[str, dict[str, Cell]] = {}
+    for model, seeds in discover(run_dir).items():
+        frames = [
+            with_abs_buckets(pl.read_parquet(d / S.PREDICTIONS_FILE), items, users)
+            for _, d in sorted(seeds.items())
+        ]
+        cells = {"overall": fold([score(f) for f in frames])}
+        for definition in DEFINITIONS:
+            for side in SIDES:
+                column = bucket_column(definition, side)
+                if column is None:
+                    continue
+                for bucket in bucket_names(definition):
+                    cells[f"{definition}/{side}/{bucket}"] = fold(
+                        [score(f.filter(pl.col(column) == bucket)) for f in frames]
+                    )
+        out[model] = cells
+    return out
+
+
+# -- LONGTAIL.md ---------------------------------------------------------------------------------------------------
+
+
+def _ms(x: tuple[float, float], digits: int = 4) -> str:
+    mean, std = x
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def _users(n: int) -> str:
+    return f"{n:,}" + (" †" if n < MIN_USERS else "")
+
+
+def _report(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "report" / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
+    lines = [
+        f"## {run.protocol}",
+        "",
+        f"`{' '.join(['semid', *run.command[3:]])}` -- wall time {run.seconds / 60:.1f} min "
+        f"(this invocation, tuning included; stages already up to date are skipped), exit {run.returncode}.",
+        "",
+    ]
+    report = _report(run.run_dir)
+    if run.returncode != 0 or not report:
+        return [*lines, f"**Failed**: see {run.run_dir / 'run.log'}.", ""]
+    cells = summarise(run.run_dir)
+    order = [m for m in report.get("model_order", []) if m in cells] or sorted(cells)
+    roles = report.get("roles", {})
+    floor = report.get("floor") or {}
+    verdict = {m: ("yes" if d["beats_floor"] else "**no**") for m, d in (floor.get("models") or {}).items()}
+    if floor:
+        verdict[floor["model"]] = "(floor)"
+    lines += [
+        f"Test split, mean ± std over seeds {list(opts.seeds)}; GAUC users = users with both labels (fewest over "
+        f"seeds; † fewer than {MIN_USERS}). Beats floor: overall AUC and GAUC above the floor "
+        f"`{floor.get('model', 'none')}`'s.",
+        "",
+        "| model | role | AUC | GAUC | GAUC users | logloss | beats floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in order:
+        c = cells[m]["overall"]
+        lines.append(
+            f"| {m} | {roles.get(m, '')} | {_ms(c.auc)} | {_ms(c.gauc)} | {_users(c.users)} | {_ms(c.logloss)} "
+            f"| {verdict.get(m, 'n/a')} |"
+        )
+    for definition in DEFINITIONS:
+        title = (
+            "percentile buckets (head = top 20% by train count, torso = next 30%, tail = rest; cold = no train row)"
+            if definition == "percentile"
+            else "absolute buckets (AKT-Rec: item tail < 10 train interactions, user tail < 5; cold = none; a sample "
+            "is tail / cold when either side is)"
+        )
+        lines += ["", f"### Long tail, {title}", ""]
+        lines += [
+            "| side | bucket | rows | model | AUC | GAUC | GAUC users | logloss |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for side in SIDES:
+            if bucket_column(definition, side) is None:
+                continue
+            for bucket in bucket_names(definition):
+                for m in order:
+                    c = cells[m][f"{definition}/{side}/{bucket}"]
+                    if c.n == 0:
+                        continue
+                    lines.append(
+                        f"| {side} | {bucket} | {c.n:,} | {m} | {_ms(c.auc)} | {_ms(c.gauc)} | {_users(c.users)} "
+                        f"| {_ms(c.logloss)} |"
+                    )
+    tuned = report.get("tuned") or {}
+    lines += ["", "### Tuned configurations", ""]
+    if not tuned:
+        lines += ["(not tuned)"]
+    else:
+        lines += ["| model | trials | monitor | best val | params | config |", "|---|---|---|---|---|---|"]
+        for m in order:
+            t = tuned.get(m)
+            if t is None:
+                continue
+            best = t.get("best") or {}
+            params = ", ".join(
+                f"{k}={f'{v:.3g}' if isinstance(v, float) else v}"
+                for k, v in (best.get("params") or {}).items()
+            )
+            value = best.get("value")
+            lines.append(
+                f"| {m} | {t.get('trials')} | {t.get('monitor')} | {'n/a' if value is None else f'{value:.4f}'} "
+                f"| {params} | {t.get('tuned_config')} |"
+            )
+    return [*lines, ""]
+
+
+def render(runs: list[ProtocolRun], opts: Options) -> str:
+    lines = [
+        "# Long-tail benchmark (issue 13)",
+        "",
+        f"Written by `python -m benchmarks.longtail` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.node() or 'this machine'} ({os.cpu_count()} CPUs, torch {torch.__version__}). "
+        f"Protocols {list(opts.protocols)}; {opts.trials} Optuna trials per model on validation (TPE, seeded; "
+        f"the same for every model), then seeds {list(opts.seeds)} of each tuned config."
+        + (f" Models restricted to {list(opts.models)}." if opts.models else ""),
+        "",
+    ]
+    for run in runs:
+        lines += protocol_section(run, opts)
+    return "\n".join(lines) + "\n"
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    d = Options()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--protocols", type=_names, default=d.protocols, help="comma-separated configs/pipeline names"
+    )
+    p.add_argument("--trials", type=int, default=d.trials, help="Optuna trials per model (the same for all)")
+    p.add_argument(
+        "--seeds", type=_ints, default=d.seeds, help="comma-separated seeds fitted per tuned config"
+    )
+    p.add_argument(
+        "--models", type=_names, default=None, help="restrict to these model names (comma-separated)"
+    )
+    p.add_argument("--max_epochs", type=int, default=None, help="largest epoch budget a trial may draw")
+    p.add_argument("--runs", type=Path, default=d.runs, help="run directories go to <runs>/<protocol>")
+    p.add_argument("--configs", type=Path, default=d.configs, help="folder of the pipeline configs")
+    p.add_argument("--out", type=Path, default=d.out, help="the Markdown table")
+    a = p.parse_args(argv)
+    if a.trials < 1:
+        p.error("--trials must be >= 1: the benchmark compares tuned models")
+    if not a.seeds:
+        p.error("--seeds: give at least one seed")
+    missing = [x for x in a.protocols if not (a.configs / f"{x}.yaml").is_file()]
+    if missing:
+        p.error(f"no pipeline config for {missing} in {a.configs}")
+    return Options(a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from semid.io import write_text
+
+    opts = parse(argv)
+    runs = [run_protocol(protocol, opts) for protocol in opts.protocols]
+    write_text(render(runs, opts), opts.out)
+    print(f"[longtail] wrote {opts.out}", flush=True)
+    if any(r.returncode != 0 for r in runs):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
