@@ -68,9 +68,11 @@ class AlignConfig:
     users_per_step: int = 64
     """User examples per step (a fresh random subset of the train users each epoch). User texts are ~3x longer
     than item texts, so this bounds their share of the cost."""
-    bf16: bool = True
-    """Train the top layers under bf16 autocast (CPU): ~2x faster on AVX-512 BF16 CPUs. Output vectors are
-    always computed in float32."""
+    bf16: bool = False
+    """Train the top layers under bf16 autocast (CPU). Off by default: ~2x faster only on CPUs with AVX512-BF16 or
+    AMX (`semid.knowledge.hf.cpu_has_fast_bf16`), and many times slower where bf16 is emulated (the 2-core CI
+    machines). A config value rather than auto-detection, so the same config gives the same IDs on any machine.
+    Output vectors are always computed in float32."""
     lr: float = 2e-4
     """AdamW; well below from-scratch rates because the top layer is pretrained."""
     weight_decay: float = 0.01
