@@ -119,7 +119,7 @@ def test_protocol_configs_follow_issue_13():
     assert {"floor", "deepfm", "dcnv2", "sid_features", "din", "content_features", "poso", "akt"} <= set(
         names
     )
-    assert 1 <= sum(n.startswith("akt_") for n in names) <= 3 and small.seeds == [0, 1, 2]
+    assert small.seeds == [0, 1, 2]  # AKT ablations run in the ML-1M protocols, not the 10-minute default
     full = _pipeline("ml-1m")
     ablations = {p.stem for p in (CONFIGS / "ctr").glob("akt_*.yaml")}
     assert ablations <= {m.name for m in full.models} and "floor" in {m.name for m in full.models}
