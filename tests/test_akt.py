@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from tiny import TINY_SPEC
 from torch.utils.data import DataLoader
 
 from ctr import layers
@@ -21,19 +22,7 @@ from semid.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models run on one thread
 
-SPEC = DataSpec(
-    n_users=30,
-    n_items=40,
-    user_feature_names=("age", "gender"),
-    item_feature_names=("genre",),
-    user_feature_vocab=(5, 3),
-    item_feature_vocab=(7,),
-    user_sid_sizes=(4, 3),
-    item_sid_sizes=(5, 4, 3),
-    history_len=6,
-    user_count_max=50.0,
-    item_count_max=80.0,
-)
+SPEC = TINY_SPEC
 SMALL = {"embed_dim": 8, "mlp_dims": (16,), "attention_dims": (8,)}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ctr"
 

@@ -13,6 +13,7 @@ import lightning as L
 import polars as pl
 import pytest
 import torch
+from tiny import TINY_SPEC
 from torch.utils.data import DataLoader
 
 from ctr.batch import Batch, DataSpec
@@ -22,21 +23,7 @@ from semid import schema
 from semid.errors import InputError
 from semid.io import read_meta
 
-SPEC = DataSpec(
-    n_users=30,
-    n_items=40,
-    user_feature_names=("age", "gender"),
-    item_feature_names=("genre",),
-    user_feature_vocab=(5, 3),
-    item_feature_vocab=(7,),
-    user_sid_sizes=(4, 3),
-    item_sid_sizes=(5, 4, 3),
-    history_len=6,
-    user_count_max=50.0,
-    item_count_max=80.0,
-    user_content_dim=5,
-    item_content_dim=7,
-)
+SPEC = dataclasses.replace(TINY_SPEC, user_content_dim=5, item_content_dim=7)
 SMALL = {"embed_dim": 8, "mlp_dims": (16,)}
 FAMILIES = {
     "deepfm": (DeepFM, SMALL),

@@ -3,6 +3,7 @@ around a backbone (exact start, gradients, switches, knowledge sources, checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import polars as pl
 import pytest
 import torch
 import yaml
+from tiny import TINY_SPEC
 from torch.utils.data import DataLoader
 
-from ctr.batch import DataSpec
 from ctr.models.deepfm import DeepFM
 from ctr.models.din import DIN
 from ctr.models.meta import MetaLayers
@@ -29,21 +30,7 @@ from semid.knowledge import LLM, LLMCache, LLMConfig, msr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPEC = DataSpec(
-    n_users=30,
-    n_items=40,
-    user_feature_names=("age", "gender"),
-    item_feature_names=("genre",),
-    user_feature_vocab=(5, 3),
-    item_feature_vocab=(7,),
-    user_sid_sizes=(4, 3),
-    item_sid_sizes=(5, 4, 3),
-    history_len=6,
-    user_count_max=50.0,
-    item_count_max=80.0,
-    n_scenarios=3,
-    scenario_names=("a", "b", "c"),
-)
+SPEC = dataclasses.replace(TINY_SPEC, n_scenarios=3, scenario_names=("a", "b", "c"))
 N_SCEN = 3
 AGE = SC.ScenarioRule(
     side="user", column="age", groups={"young": ["18-24"], "mid": ["25-34"], "old": ["35-44"]}
