@@ -15,7 +15,6 @@ nested mapping (`trial_config`) that is both what the trial trains and what is w
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -120,12 +119,23 @@ def _resolve(net_class_path: str) -> type:
         ) from None
 
 
+def init_parameters(cls: type) -> set[str]:
+    """The init_args a network config of this class accepts, as the CLI reads them: jsonargparse's view of the
+    constructor, which follows `**kwargs` handed to the parent class or to a layer (DIN's `**deepfm`, AKT's
+    `**embedding`)."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "net", skip={"spec"})
+    return {a.dest.split(".", 1)[1] for a in parser._actions if a.dest.startswith("net.")}
+
+
 def knobs_for(net_class_path: str, max_epochs: int, *, min_epochs: int = 3) -> tuple[Knob, ...]:
     """Every knob a model of this class is tuned on: the common ones, dropout if it takes one, its family's, and
     the epoch budget (max_epochs drawn in [min(min_epochs, max_epochs), max_epochs])."""
     cls = _resolve(net_class_path)
     family = next((FAMILY_KNOBS[class_path(c)] for c in cls.__mro__ if class_path(c) in FAMILY_KNOBS), ())
-    accepted = set(inspect.signature(cls).parameters)
+    accepted = init_parameters(cls)
     knobs = [*TASK_KNOBS, *([DROPOUT] if "dropout" in accepted else []), *family]
     unknown = [k.name for k in knobs if k.key.startswith(NET_ARGS) and k.name not in accepted]
     if unknown:  # FAMILY_KNOBS drifted from the constructor: a test checks every family

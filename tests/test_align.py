@@ -14,6 +14,7 @@ import torch
 
 from semid import align as al
 from semid.align import ANCHOR, NEXT_ITEM, POSITIVE, AlignConfig
+from semid.align.training import AlignModule
 from semid.encoder import ContentEncoder, EncoderConfig, encode
 from semid.errors import InputError
 from semid.schema import ITEM, LABEL, RATING, TEXT, TIMESTAMP, USER
@@ -253,13 +254,13 @@ def test_same_seed_same_vectors_whatever_the_thread_count(
     result, enc_cfg = aligned_run
     items_text, users_text, train, _ = groups
     seen: list[int] = []
-    original = al.AlignModule.training_step
+    original = AlignModule.training_step
 
-    def spy(self: al.AlignModule, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def spy(self: AlignModule, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         seen.append(torch.get_num_threads())
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(al.AlignModule, "training_step", spy)
+    monkeypatch.setattr(AlignModule, "training_step", spy)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

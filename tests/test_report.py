@@ -15,17 +15,9 @@ import pytest
 import torch
 
 from ctr import metrics
-from ctr.report import (
-    BUCKET_KINDS,
-    bootstrap_gauc_delta,
-    build_report,
-    merge_health,
-    read_sid_table,
-    roles,
-    select_best,
-    sid_health,
-    user_auc_table,
-)
+from ctr.report import build_report
+from ctr.report.health import merge_health, read_sid_table, sid_health
+from ctr.report.stats import BUCKET_KINDS, bootstrap_gauc_delta, roles, select_best, user_auc_table
 from pipelines.report import main
 from semid import ids, schema
 from semid.errors import InputError

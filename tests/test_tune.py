@@ -3,7 +3,6 @@ giving a YAML that `ctr fit --config` accepts, the same for the same seed."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import optuna
@@ -12,6 +11,7 @@ import pytest
 import yaml
 
 from ctr import tune as space
+from ctr.models.deepfm import DeepFM
 from ctr.module import MONITOR_KEY, CTRTask
 from pipelines.tune import tune
 from semid.errors import InputError
@@ -24,7 +24,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ctr"
 @pytest.mark.parametrize("path", sorted(space.FAMILY_KNOBS))
 def test_every_family_knob_is_a_constructor_argument(path):
     knobs = space.knobs_for(path, max_epochs=10)
-    accepted = set(inspect.signature(space._resolve(path)).parameters)
+    accepted = space.init_parameters(space._resolve(path))
+    if issubclass(space._resolve(path), DeepFM):  # DeepFM's arguments, also where a subclass takes **deepfm
+        assert {"embed_dim", "mlp_dims", "dropout", "batch_norm"} <= accepted
     assert all(k.name in accepted for k in knobs if k.key.startswith(space.NET_ARGS))
     keys = [k.key for k in knobs]
     assert len(set(keys)) == len(keys)  # one knob per key

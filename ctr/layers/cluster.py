@@ -50,7 +50,6 @@ class ClusterGuidedEmbedding(nn.Module):
         use_gate: bool = True,
         gate_mode: Literal["residual", "convex"] = "residual",
         max_rows: int = 1 << 20,
-        sparse: bool = False,
     ):
         super().__init__()
         if not 1 <= cluster_depth <= len(sid_sizes):
@@ -62,11 +61,11 @@ class ClusterGuidedEmbedding(nn.Module):
         self.deep = deep_prefixes and use_individual and cluster_depth < len(sid_sizes)
         depths = len(sid_sizes) if self.deep else cluster_depth
         self.prefix = (
-            SIDPrefixEmbedding(sid_sizes[:depths], dim, max_rows=max_rows, n_ids=n, sparse=sparse)
+            SIDPrefixEmbedding(sid_sizes[:depths], dim, max_rows=max_rows, n_ids=n)
             if use_cluster or self.deep
             else None
         )
-        self.individual = nn.Embedding(n + 1, dim, padding_idx=0, sparse=sparse) if use_individual else None
+        self.individual = nn.Embedding(n + 1, dim, padding_idx=0) if use_individual else None
         if self.individual is not None:
             init_table(self.individual)
         self.gate: nn.Module | None = None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -258,7 +258,7 @@ class AIRNet(DeepFM):
         top_k, beam, heads, decay: the view's retrieval and attention (see IntentView).
         type_weights: weight per history event type: (target-domain, source-domain) events (`batch.hist_type`).
         supporting_events: add the supporting events' item embeddings to each retrieved chain.
-        embed_dim, mlp_dims, dropout, batch_norm: DeepFM's; the view's width is embed_dim.
+        deepfm: DeepFM's arguments (embed_dim, mlp_dims, dropout, batch_norm); the view's width is embed_dim.
     """
 
     n_extra_fields = 1
@@ -276,12 +276,10 @@ class AIRNet(DeepFM):
         decay: float = 0.9,
         type_weights: tuple[float, ...] = (1.0, 1.0),
         supporting_events: bool = True,
-        embed_dim: int = 16,
-        mlp_dims: tuple[int, ...] = (256, 128),
-        dropout: float = 0.1,
-        batch_norm: bool = False,
+        **deepfm: Any,
     ):
-        super().__init__(spec, embed_dim=embed_dim, mlp_dims=mlp_dims, dropout=dropout, batch_norm=batch_norm)
+        super().__init__(spec, **deepfm)
+        embed_dim = self.embed_dim
         table = read_intents(intents, n_items=spec.n_items, data_hash=spec.data_hash)
         self.view = IntentView(
             spec,

@@ -51,7 +51,7 @@ A plain nn.Module built from the DataSpec; `ctr.module.CTRTask` trains it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -94,15 +94,7 @@ class AKT(nn.Module):
         self,
         spec: DataSpec,
         *,
-        embed_dim: int = 16,
-        mlp_dims: tuple[int, ...] = (256, 128),
-        dropout: float = 0.1,
         cluster_depth: int = 1,
-        deep_prefixes: bool = True,
-        use_cluster: bool = True,
-        use_individual: bool = True,
-        use_gate: bool = True,
-        gate_mode: Literal["residual", "convex"] = "residual",
         lambda_orth: float = 0.01,
         use_instance_view: bool = True,
         use_cluster_view: bool = True,
@@ -119,7 +111,13 @@ class AKT(nn.Module):
         content_dims: tuple[int, ...] = (64,),
         lambda_content: float = 0.1,
         max_prefix_rows: int = 1 << 20,
+        embed_dim: int = 16,
+        mlp_dims: tuple[int, ...] = (256, 128),
+        dropout: float = 0.1,
+        **embedding: Any,
     ):
+        """`embedding`: the options of the two `ctr.layers.ClusterGuidedEmbedding`s (deep_prefixes, use_cluster,
+        use_individual, use_gate, gate_mode); the rest is described in the module docstring."""
         super().__init__()
         if not 0.0 <= p_cold < 1.0:
             raise InputError(
@@ -138,21 +136,15 @@ class AKT(nn.Module):
             )
         self.spec, d = spec, embed_dim
         self.k = cluster_depth
-        common = dict(
-            cluster_depth=cluster_depth,
-            deep_prefixes=deep_prefixes,
-            use_cluster=use_cluster,
-            use_individual=use_individual,
-            use_gate=use_gate,
-            gate_mode=gate_mode,
-            max_rows=max_prefix_rows,
-        )
-        self.user_emb = ClusterGuidedEmbedding(
-            spec.n_users, spec.user_sid_sizes, d, count_max=spec.user_count_max, **common
-        )
-        self.item_emb = ClusterGuidedEmbedding(
-            spec.n_items, spec.item_sid_sizes, d, count_max=spec.item_count_max, **common
-        )
+
+        def id_embedding(n: int, sid_sizes: tuple[int, ...], count_max: float) -> ClusterGuidedEmbedding:
+            return ClusterGuidedEmbedding(
+                n, sid_sizes, d, count_max=count_max, cluster_depth=cluster_depth, max_rows=max_prefix_rows,
+                **embedding,
+            )  # fmt: skip
+
+        self.user_emb = id_embedding(spec.n_users, spec.user_sid_sizes, spec.user_count_max)
+        self.item_emb = id_embedding(spec.n_items, spec.item_sid_sizes, spec.item_count_max)
         self.user_feats = FeatureBags(spec.user_feature_vocab, d)
         self.item_feats = FeatureBags(spec.item_feature_vocab, d)
 
@@ -169,7 +161,7 @@ class AKT(nn.Module):
         self.mlp = MLP(n_fields * d, mlp_dims, dropout=dropout, out_dim=1)
         self.bias = nn.Parameter(torch.zeros(()))
 
-        self.use_orth = lambda_orth > 0 and use_cluster and use_individual
+        self.use_orth = lambda_orth > 0 and self.item_emb.use_cluster and self.item_emb.use_individual
         self.lambda_orth = lambda_orth
         self.use_transfer = use_transfer
         self.lambda_h2t, self.lambda_t2h, self.tau = lambda_h2t, lambda_t2h, tau

@@ -8,6 +8,8 @@ A side without vectors (dim 0 in the DataSpec) gets no field; at least one side 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -18,15 +20,8 @@ from semid.errors import InputError
 
 
 class ContentFeatures(DeepFM):
-    def __init__(
-        self,
-        spec: DataSpec,
-        *,
-        embed_dim: int = 16,
-        mlp_dims: tuple[int, ...] = (256, 128),
-        dropout: float = 0.1,
-        batch_norm: bool = False,
-    ):
+    def __init__(self, spec: DataSpec, **deepfm: Any):
+        """Takes DeepFM's arguments (embed_dim, ...)."""
         if spec.user_content_dim <= 0 and spec.item_content_dim <= 0:
             raise InputError(
                 "ContentFeatures needs content vectors and the data module loaded none",
@@ -34,9 +29,10 @@ class ContentFeatures(DeepFM):
                 f"/ {S.USER_EMB_FILE} (or the folder holding them)",
             )
         self.n_extra_fields = int(spec.user_content_dim > 0) + int(spec.item_content_dim > 0)
-        super().__init__(spec, embed_dim=embed_dim, mlp_dims=mlp_dims, dropout=dropout, batch_norm=batch_norm)
-        self.user_proj = nn.Linear(spec.user_content_dim, embed_dim) if spec.user_content_dim > 0 else None
-        self.item_proj = nn.Linear(spec.item_content_dim, embed_dim) if spec.item_content_dim > 0 else None
+        super().__init__(spec, **deepfm)
+        d = self.embed_dim
+        self.user_proj = nn.Linear(spec.user_content_dim, d) if spec.user_content_dim > 0 else None
+        self.item_proj = nn.Linear(spec.item_content_dim, d) if spec.item_content_dim > 0 else None
 
     def extra_fields(self, batch: Batch) -> Tensor | None:
         fields = []

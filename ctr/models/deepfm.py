@@ -32,7 +32,7 @@ class DeepFM(nn.Module):
         batch_norm: bool = False,
     ):
         super().__init__()
-        self.spec = spec
+        self.spec, self.embed_dim = spec, embed_dim
         self.fields = FieldEmbedding(spec, embed_dim)
         self.first_order = FieldEmbedding(spec, 1)
         self.fm = FMInteraction()

@@ -7,6 +7,8 @@ Everything else (first order, FM, MLP over the flattened fields) is DeepFM's.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ctr.batch import DataSpec
 from ctr.layers import TargetAttention
 from ctr.models.deepfm import DeepFM
@@ -17,14 +19,11 @@ class DIN(DeepFM):
         self,
         spec: DataSpec,
         *,
-        embed_dim: int = 16,
-        mlp_dims: tuple[int, ...] = (256, 128),
-        dropout: float = 0.1,
-        batch_norm: bool = False,
         attention_dims: tuple[int, ...] = (36,),
         attention_softmax: bool = False,
+        **deepfm: Any,
     ):
         """attention_dims: hidden layers of the local activation unit; attention_softmax: normalise its
-        scores over the history (False = the paper's raw weights)."""
-        super().__init__(spec, embed_dim=embed_dim, mlp_dims=mlp_dims, dropout=dropout, batch_norm=batch_norm)
-        self.history_pool = TargetAttention(embed_dim, hidden=attention_dims, softmax=attention_softmax)
+        scores over the history (False = the paper's raw weights); the rest is DeepFM's (embed_dim, ...)."""
+        super().__init__(spec, **deepfm)
+        self.history_pool = TargetAttention(self.embed_dim, hidden=attention_dims, softmax=attention_softmax)

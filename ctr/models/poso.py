@@ -12,6 +12,8 @@ Mean gate per layer and user bucket is returned in ModelOutput.aux ("poso/gate0_
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -19,6 +21,7 @@ from ctr.batch import Batch, DataSpec
 from ctr.layers import GatedMLP, activity
 from ctr.models.akt import bucket_means
 from ctr.models.deepfm import DeepFM
+from semid.errors import InputError
 from semid.schema import BUCKETS
 
 
@@ -27,18 +30,25 @@ class POSO(DeepFM):
         self,
         spec: DataSpec,
         *,
-        embed_dim: int = 16,
         mlp_dims: tuple[int, ...] = (256, 128),
         dropout: float = 0.1,
         bucket_dim: int = 8,
         gate_hidden: int = 32,
         stop_gradient_cond: bool = False,
+        **deepfm: Any,
     ):
-        super().__init__(spec, embed_dim=embed_dim, mlp_dims=(), dropout=dropout)
+        """mlp_dims, dropout: the gated MLP's; bucket_dim, gate_hidden: the gate's inputs and width; the rest is
+        DeepFM's (embed_dim; its batch_norm has no counterpart in the gated MLP and is refused)."""
+        if deepfm.get("batch_norm"):
+            raise InputError(
+                "POSO's gated MLP has no batch norm (batch_norm: true)",
+                fix="drop batch_norm from the POSO network's init_args",
+            )
+        super().__init__(spec, mlp_dims=(), dropout=dropout, **deepfm)
         del self.mlp  # replaced by the gated MLP
         self.buckets = nn.Embedding(len(BUCKETS), bucket_dim)
         self.gated = GatedMLP(
-            self.n_fields * embed_dim,
+            self.n_fields * self.embed_dim,
             mlp_dims,
             gate_dim=1 + bucket_dim,
             gate_hidden=gate_hidden,

@@ -7,6 +7,8 @@ item representation = E[item] + sum_l E_l[prefix_l(item_sid)]   (one table per p
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
 from ctr.batch import Batch, DataSpec
@@ -19,16 +21,15 @@ class SIDFeatures(DeepFM):
         self,
         spec: DataSpec,
         *,
-        embed_dim: int = 16,
-        mlp_dims: tuple[int, ...] = (256, 128),
-        dropout: float = 0.1,
-        batch_norm: bool = False,
         max_prefix_rows: int = 1 << 20,
+        **deepfm: Any,
     ):
-        super().__init__(spec, embed_dim=embed_dim, mlp_dims=mlp_dims, dropout=dropout, batch_norm=batch_norm)
-        rows = max_prefix_rows
-        self.item_sid = SIDPrefixEmbedding(spec.item_sid_sizes, embed_dim, n_ids=spec.n_items, max_rows=rows)
-        self.user_sid = SIDPrefixEmbedding(spec.user_sid_sizes, embed_dim, n_ids=spec.n_users, max_rows=rows)
+        """max_prefix_rows: the most rows of one prefix table (`ctr.layers.SIDPrefixEmbedding`); the rest is
+        DeepFM's (embed_dim, ...)."""
+        super().__init__(spec, **deepfm)
+        rows, d = max_prefix_rows, self.embed_dim
+        self.item_sid = SIDPrefixEmbedding(spec.item_sid_sizes, d, n_ids=spec.n_items, max_rows=rows)
+        self.user_sid = SIDPrefixEmbedding(spec.user_sid_sizes, d, n_ids=spec.n_users, max_rows=rows)
 
     def extras(self, batch: Batch) -> dict[str, Tensor]:
         return {

@@ -40,65 +40,26 @@ repeated items in a batch are not pushed apart.
 
 Files: `pairs` (co-engagement pairs, next items, user texts, splits), `probe` (retrieval recall, hit rate),
 `model` (AlignedEncoder, cached lower states, info_nce), `training` (AlignConfig, AlignModule, align, state I/O).
+The package exports what a caller needs; the building blocks stay in their files.
 """
 
-from semid.align.model import (
-    AlignedEncoder,
-    HiddenStore,
-    build_store,
-    concat_stores,
-    embed_from_store,
-    gather,
-    info_nce,
-    usable_images,
-    vector_store,
-)
-from semid.align.pairs import (
-    ANCHOR,
-    NEXT_ITEM,
-    POSITIVE,
-    co_engagement_pairs,
-    next_items,
-    split_pairs,
-    split_users,
-    user_texts,
-)
+from semid.align.model import AlignedEncoder, usable_images
+from semid.align.pairs import ANCHOR, NEXT_ITEM, POSITIVE, co_engagement_pairs, user_texts
 from semid.align.probe import next_item_hit_rate, retrieval_recall
-from semid.align.training import (
-    STATE_FILE,
-    AlignConfig,
-    AlignModule,
-    AlignResult,
-    align,
-    load_aligned_encoder,
-    save_state,
-)
+from semid.align.training import AlignConfig, AlignResult, align, load_aligned_encoder
 
 __all__ = [
     "ANCHOR",
     "NEXT_ITEM",
     "POSITIVE",
-    "STATE_FILE",
     "AlignConfig",
-    "AlignModule",
     "AlignResult",
     "AlignedEncoder",
-    "HiddenStore",
     "align",
-    "build_store",
     "co_engagement_pairs",
-    "concat_stores",
-    "embed_from_store",
-    "gather",
-    "info_nce",
     "load_aligned_encoder",
     "next_item_hit_rate",
-    "next_items",
     "retrieval_recall",
-    "save_state",
-    "split_pairs",
-    "split_users",
     "usable_images",
     "user_texts",
-    "vector_store",
 ]
