@@ -3,7 +3,8 @@
 `semid prepare|build|assign|inspect|imagine|intents|rgcd|run` are jsonargparse commands over the stage
 functions; `ctr fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command,
 `ctr tune` the Optuna search (pipelines.tune) and `ctr run` the same as `semid run`. Any InputError becomes one line
-`<command>: error: ...` and exit status 2; `--debug` (anywhere on the line) adds the traceback.
+`<command>: error: ...` and exit status 2; `--debug` (anywhere on the line) adds the traceback; a SIGTERM during
+training exits with status 143, never 0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.console import plain_argv
+from pipelines.console import plain_argv, sigterm_fails
 from semid.errors import InputError, user_errors
 
 DEBUG_FLAG = "--debug"
@@ -56,7 +57,7 @@ def _semid(argv: list[str]) -> None:
 def semid_main(args: list[str] | None = None) -> None:
     """The `semid` console entry point."""
     argv, debug = _split_debug(args)
-    with user_errors("semid", debug=debug):
+    with user_errors("semid", debug=debug), sigterm_fails():
         _semid(argv)
 
 
@@ -122,7 +123,7 @@ def _ctr(argv: list[str]) -> None:
 def ctr_main(args: list[str] | None = None) -> None:
     """The `ctr` console entry point."""
     argv, debug = _split_debug(args)
-    with user_errors("ctr", debug=debug):
+    with user_errors("ctr", debug=debug), sigterm_fails():
         _ctr(argv)
 
 

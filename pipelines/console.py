@@ -82,3 +82,21 @@ def plain_argv() -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+SIGTERM_STATUS = 128 + 15
+"""Exit status of a process stopped by SIGTERM (signal 15), as a shell reports it."""
+
+
+@contextlib.contextmanager
+def sigterm_fails() -> Iterator[None]:
+    """Lightning turns SIGTERM into `SIGTERMException`, a SystemExit without a code, i.e. exit status 0: a killed
+    fit would look finished to a scheduler or a script. Within the block it becomes exit status 143."""
+    try:
+        yield
+    except SystemExit as err:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(err, SIGTERMException):
+            raise SystemExit(SIGTERM_STATUS) from None
+        raise

@@ -1,5 +1,6 @@
 """ctr.report on a synthetic run directory: files, documented JSON keys, values against ctr.metrics, deltas, the
-baseline rule, the floor, GAUC user counts, the bootstrap, input errors and hand-computed semantic-ID health."""
+baseline rule (the run's monitor on validation, never test), the floor, GAUC user counts, the bootstrap, input
+errors and hand-computed semantic-ID health."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 
 from ctr import metrics
 from ctr.report import build_report
 from ctr.report.health import merge_health, read_sid_table, sid_health
+from ctr.report.runs import DEFAULT_MONITOR, FIT_CONFIG_DIR, monitor_value, read_monitor
 from ctr.report.stats import BUCKET_KINDS, bootstrap_gauc_delta, roles, select_best, user_auc_table
 from pipelines.report import main
 from semid import ids, schema
@@ -37,13 +40,46 @@ VAL_GAUC = {
     "deepfm": 0.70,
     "dcnv2": 0.71,
     "floor": 0.69,
-}  # dcnv2 wins on val, deepfm on test; dcnv2 does not beat the floor
+}  # dcnv2 wins on val GAUC, deepfm on test GAUC; dcnv2 does not beat the floor
+VAL_AUC = {
+    "akt": 0.76,
+    "akt_no_gate": 0.74,
+    "deepfm": 0.73,
+    "dcnv2": 0.72,
+    "floor": 0.70,
+}  # deepfm wins on val AUC: the monitor decides between deepfm and dcnv2
+VAL = {"val/gauc": VAL_GAUC, "val/auc": VAL_AUC}
+MONITOR = "val/gauc"
 SEEDS = (0, 1)
 
 
+def write_fit_record(seed_dir: Path, model: str, seed: int, monitor: str | None) -> None:
+    """What `semid run` leaves beside a seed's predictions: the frozen configs (a common one naming the monitor,
+    then the model's, which does not) and metrics.json with every val number and `val.monitor`, the logged value
+    of the monitor. monitor None: no frozen configs, and metrics.json without `val.monitor`."""
+    val = {"gauc": VAL_GAUC[model] + 0.001 * seed, "auc": VAL_AUC[model] + 0.001 * seed}
+    config = seed_dir / FIT_CONFIG_DIR
+    shutil.rmtree(config, ignore_errors=True)
+    if monitor is not None:
+        val["monitor"] = val[monitor.removeprefix("val/")]
+        config.mkdir()
+        (config / "00_common.yaml").write_text(yaml.safe_dump({"model": {"monitor": monitor}}))
+        (config / f"01_{model}.yaml").write_text(yaml.safe_dump({"model": {"lr": 0.001}}))
+    metrics_json = {"val": val, "test": {}, "fit_seconds": 10.0, "epochs": 3}
+    (seed_dir / "metrics.json").write_text(json.dumps(metrics_json))
+
+
+def set_monitor(run: Path, monitor: str | None, models: tuple[str, ...] = tuple(STRENGTH)) -> None:
+    """Re-record `models` of a run as fitted with `monitor` (configs and metrics.json consistent, as a fit writes)."""
+    for model in models:
+        for seed in SEEDS:
+            write_fit_record(run / "models" / model / f"seed{seed}", model, seed, monitor)
+
+
 def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int = 300) -> Path:
-    """5 models x 2 seeds of 2,000 predictions (scores rounded: ties), one-class users, ID tables with metadata.
-    Users >= 90 are in the "cold" user bucket only: few GAUC users there (the † mark)."""
+    """5 models x 2 seeds of 2,000 predictions (scores rounded: ties), one-class users, ID tables with metadata,
+    fit records with the monitor MONITOR. Users >= 90 are in the "cold" user bucket only: few GAUC users there
+    (the † mark)."""
     rng = np.random.default_rng(0)
     n = n_users * per_user
     user = np.repeat(np.arange(n_users), per_user).astype(np.int32)
@@ -68,13 +104,7 @@ def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int
                 }
             ).cast(dict(schema.PREDICTIONS))
             write_parquet(frame, d / schema.PREDICTIONS_FILE)
-            metrics_json = {
-                "val": {"gauc": VAL_GAUC[m] + 0.001 * seed},
-                "test": {},
-                "fit_seconds": 10.0,
-                "epochs": 3,
-            }
-            (d / "metrics.json").write_text(json.dumps(metrics_json))
+            write_fit_record(d, m, seed, MONITOR)
     sizes = [16, 8, 4]
     for key, n_ent, file in (
         (schema.ITEM, n_items, schema.ITEM_SIDS_FILE),
@@ -202,6 +232,8 @@ def test_report_json_has_every_documented_key(built):
         resolve(report, path, "report")
     assert set(report) == {p[0] for p in paths}  # and nothing undocumented at the top level
     assert report["schema_version"] == 1
+    assert report["monitor"] == MONITOR and report["selection_excluded"] == []
+    assert all(report["models"][m]["monitor"] == MONITOR for m in STRENGTH)
     assert set(report["models"]) == set(STRENGTH) and report["models"]["akt"]["seeds"] == list(SEEDS)
     assert report["roles"] == {
         "akt": "target",
@@ -242,6 +274,7 @@ def test_mean_and_std_over_seeds(built):
                 assert close(cell[m]["mean"], values.mean())
                 assert close(cell[m]["std"], values.std(ddof=1))
         assert close(report["models"][model]["val_gauc"]["mean"], VAL_GAUC[model] + 0.0005)
+        assert close(report["models"][model]["val_monitor"]["mean"], VAL[MONITOR][model] + 0.0005)
 
 
 def test_deltas_are_differences_of_means(built):
@@ -268,30 +301,127 @@ def test_deltas_are_differences_of_means(built):
     assert report["ablations"]["models"] == ["akt_no_gate"]
 
 
-def test_best_baseline_by_val_gauc_then_by_test_gauc(built, tmp_path):
+def test_best_baseline_by_the_run_monitor_never_by_test(built, tmp_path):
     run, report = built
     models = report["models"]
-    # the synthetic data make the two rules disagree, so the test can tell them apart
+    # the synthetic data make val GAUC, val AUC and test GAUC disagree, so the test can tell the rules apart
     assert models["dcnv2"]["val_gauc"]["mean"] > models["deepfm"]["val_gauc"]["mean"]
+    assert VAL_AUC["deepfm"] > VAL_AUC["dcnv2"]
     assert models["deepfm"]["overall"]["gauc"]["mean"] > models["dcnv2"]["overall"]["gauc"]["mean"]
-    assert (report["selection_rule"], report["best_baseline"]) == ("val_gauc", "dcnv2")
-    assert "validation GAUC" in (run / "report" / "report.md").read_text()
+    assert (report["selection_rule"], report["best_baseline"], report["monitor"]) == (
+        "val_monitor",
+        "dcnv2",
+        "val/gauc",
+    )
+    md = (run / "report" / "report.md").read_text()
+    assert "highest mean validation val/gauc" in md and "| val/gauc | fit s |" in md
 
-    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
-    (copy / "models" / "deepfm" / "seed1" / "metrics.json").unlink()
+    # the same run, its models fitted with val/auc as the monitor: the val-AUC winner is the best baseline
+    copy = shutil.copytree(run, tmp_path / "auc", ignore=shutil.ignore_patterns("report"))
+    set_monitor(copy, "val/auc")
     again = build_report(copy, n_boot=20)
-    assert (again["selection_rule"], again["best_baseline"]) == ("test_gauc", "deepfm")
-    assert again["models"]["deepfm"]["val_gauc"]["values"][1] is None
-    assert "test GAUC" in (copy / "report" / "report.md").read_text()
+    assert again["best_baseline"] == "deepfm" and again["deltas"]["baseline"] == "deepfm"
+    assert (again["monitor"], again["selection_rule"]) == ("val/auc", "val_monitor")
+    assert close(again["models"]["deepfm"]["val_monitor"]["mean"], VAL_AUC["deepfm"] + 0.0005)
+    assert "| val/auc | fit s |" in (copy / "report" / "report.md").read_text()
+
     # an explicit baseline list: the others are reported with role "other" and not compared
     chosen = roles(list(models), "akt", ["dcnv2"], copy)
     assert (
         chosen.baselines == ["dcnv2"] and chosen.others == ["deepfm"] and chosen.ablations == ["akt_no_gate"]
     )
     assert chosen.floor == "floor"
-    assert select_best(chosen.baselines, again["models"]).best == "dcnv2"
+    assert select_best(chosen.baselines, again["models"], "val/auc").best == "dcnv2"
     with pytest.raises(InputError, match="baselines"):
         roles(list(models), "akt", ["akt"], copy)
+
+
+def test_a_missing_monitor_value_never_falls_back_to_test(built, tmp_path):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    set_monitor(copy, "val/auc")  # deepfm leads on val AUC and on test GAUC
+    (copy / "models" / "deepfm" / "seed1" / "metrics.json").unlink()
+    report = build_report(copy, n_boot=20)
+    # deepfm lacks val/auc in seed 1: chosen among the others (dcnv2), never deepfm by its better test GAUC
+    assert (report["selection_rule"], report["best_baseline"]) == ("val_monitor", "dcnv2")
+    assert report["selection_excluded"] == ["deepfm"] and report["deltas"]["baseline"] == "dcnv2"
+    assert (
+        "left out for lacking validation val/auc in metrics.json: deepfm (seed 1)"
+        in report["selection_rule_text"]
+    )
+    assert report["models"]["deepfm"]["val_monitor"]["values"][1] is None
+
+    # no baseline has it in every seed (dcnv2 seed 0 logged NaN): no best baseline and no deltas, not test
+    path = copy / "models" / "dcnv2" / "seed0" / "metrics.json"
+    record = json.loads(path.read_text())
+    record["val"]["auc"] = record["val"]["monitor"] = math.nan
+    path.write_text(json.dumps(record))
+    none = build_report(copy, n_boot=20)
+    assert (none["best_baseline"], none["selection_rule"]) == (None, "none")
+    assert none["deltas"] is None and none["significance"] is None
+    assert none["selection_excluded"] == ["dcnv2", "deepfm"]
+    text = none["selection_rule_text"]
+    assert "dcnv2 (seed 0)" in text and "deepfm (seed 1)" in text and "never on test" in text
+    md = (copy / "report" / "report.md").read_text()
+    assert "## Deltas" not in md and text in md
+
+    # seeds that do not record their monitor (no frozen configs): nothing to rank by, so no best baseline
+    set_monitor(copy, None)
+    unknown = build_report(copy, n_boot=20)
+    assert (unknown["monitor"], unknown["best_baseline"], unknown["deltas"]) == (None, None, None)
+    assert "no seed records the model-selection monitor" in unknown["selection_rule_text"]
+
+
+def test_models_fitted_with_different_monitors_are_refused(built, tmp_path):
+    run, _ = built
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    set_monitor(copy, "val/auc", ("deepfm",))
+    with pytest.raises(InputError, match="different monitors") as err:
+        build_report(copy, n_boot=10)
+    message = str(err.value)
+    assert "val/auc: deepfm (seed 0, 1)" in message and "val/gauc: akt (seed 0, 1)" in message
+    assert "dcnv2" in message and "model.monitor" in err.value.fix
+    assert not (copy / "report").exists()
+    # one seed of one model is enough
+    set_monitor(copy, MONITOR, ("deepfm",))
+    write_fit_record(copy / "models" / "akt" / "seed1", "akt", 1, "val/auc")
+    with pytest.raises(InputError, match=r"val/auc: akt \(seed 1\); val/gauc: akt \(seed 0\)"):
+        build_report(copy, n_boot=10)
+
+
+def test_the_monitor_is_read_from_the_frozen_configs(tmp_path):
+    from pipelines.run import FIT_CONFIG_DIR as WRITTEN
+
+    assert FIT_CONFIG_DIR == WRITTEN  # the folder `semid run` freezes a fit's configs into
+    assert read_monitor(tmp_path) is None  # no frozen configs: the seed does not say
+    config = tmp_path / FIT_CONFIG_DIR
+    config.mkdir()
+    (config / "00_common.yaml").write_text("trainer: {max_epochs: 2}\n")
+    assert read_monitor(tmp_path) == DEFAULT_MONITOR == "val/gauc"  # CTRTask's default
+    (config / "00_common.yaml").write_text("model: {monitor: val/gauc_warm}\n")
+    (config / "01_tuned.yaml").write_text("model: {monitor: val/auc}\n")
+    assert read_monitor(tmp_path) == "val/auc"  # applied in name order, as `ctr fit --config` applies them
+    (config / "01_tuned.yaml").write_text("model: {monitor: val/logloss}\n")
+    with pytest.raises(InputError, match="val/logloss") as err:
+        read_monitor(tmp_path)
+    assert err.value.file == str(config / "01_tuned.yaml")
+    (config / "01_tuned.yaml").write_text("model: [\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        read_monitor(tmp_path)
+
+
+def test_the_monitor_value_is_the_number_the_fit_selected_on(tmp_path):
+    where = tmp_path / "metrics.json"
+    # a GAUC monitor undefined on the validation split: the fit selected on val/auc, logged as val/monitor
+    fell_back = {"val": {"gauc_warm": math.nan, "auc": 0.71, "monitor": 0.71}}
+    assert monitor_value(fell_back, "val/gauc_warm", where) == 0.71
+    assert monitor_value({"val": {"gauc_warm": 0.66}}, "val/gauc_warm", where) == 0.66  # no val.monitor
+    assert monitor_value({"val": {"val/auc": 0.7}}, "val/auc", where) == 0.7
+    assert monitor_value({"val": {"gauc": 0.7}, "test": {"auc": 0.9}}, "val/auc", where) is None  # never test
+    assert monitor_value(None, "val/auc", where) is None
+    with pytest.raises(InputError, match="different fits|not val.gauc") as err:
+        monitor_value({"val": {"gauc": 0.70, "auc": 0.72, "monitor": 0.72}}, "val/gauc", where)
+    assert err.value.file == str(where)
 
 
 def test_bootstrap_interval_contains_the_estimate(built):

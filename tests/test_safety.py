@@ -597,3 +597,21 @@ def test_negative_tune_is_one_line_before_any_work(tmp_path, tiny_pipeline, caps
         semid_main(["run", "--config", str(tmp_path / "p.yaml"), "--tune", "-1"])
     assert exc.value.code == 2 and "--tune" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "tune"])
+def test_sigterm_during_ctr_fit_or_tune_is_a_failing_exit_status(monkeypatch, command):
+    """`ctr fit` and `ctr tune` stopped by SIGTERM exit 143, not Lightning's 0."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import pipelines.train
+    import pipelines.tune
+
+    def killed(*args, **kwargs):
+        raise SIGTERMException()
+
+    monkeypatch.setattr(pipelines.train, "cli", killed)
+    monkeypatch.setattr(pipelines.tune, "main", killed)
+    with pytest.raises(SystemExit) as exc:
+        ctr_main([command, "--config", "unused.yaml"])
+    assert exc.value.code == 143

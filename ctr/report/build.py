@@ -22,6 +22,7 @@ from ctr.report.stats import (
     mean_deltas,
     paired_deltas,
     roles,
+    run_monitor,
     score_predictions,
     select_best,
     summarise_model,
@@ -100,7 +101,8 @@ def build_report(
     """Write <run_dir>/report/{report.md, report.json, *.png} and return the report.json document.
 
     Args:
-        run_dir: the run directory (models/<model>/seed<k>/predictions.parquet, optional semids/).
+        run_dir: the run directory (models/<model>/seed<k>/predictions.parquet with optional metrics.json and
+            config/, the frozen fit configs that name the model-selection monitor; optional semids/).
         target: the model the report is about; models named "<target>_*" are its ablations.
         baselines: models to compare against (default: every model that is neither the target, an ablation nor
             the floor).
@@ -130,6 +132,7 @@ def build_report(
     runs = {
         m: [read_seed(m, s, d) for s, d in seeds.items()] for m, seeds in found.items()
     }  # validates all first
+    monitor = run_monitor(runs, run_dir / schema.MODELS_DIR)
     semid_paths = {
         "item": (run_dir / schema.SEMIDS_DIR / schema.ITEM_SIDS_FILE, schema.ITEM),
         "user": (run_dir / schema.SEMIDS_DIR / schema.USER_SIDS_FILE, schema.USER),
@@ -139,7 +142,7 @@ def build_report(
     with _one_torch_thread():
         scores = {m: [score_predictions(r.predictions) for r in rs] for m, rs in runs.items()}
     summaries = {m: summarise_model(runs[m], scores[m]) for m in runs}
-    selection = select_best(role.baselines, summaries)
+    selection = select_best(role.baselines, summaries, monitor)
     floor_first = [role.floor] if role.floor is not None and role.floor not in role.baselines else []
     order = [*floor_first, *role.baselines, *role.others, role.target, *role.ablations]
     report: dict[str, Any] = {
@@ -150,9 +153,11 @@ def build_report(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": role.target,
         "baselines": role.baselines,
+        "monitor": monitor,
         "best_baseline": selection.best,
         "selection_rule": selection.rule,
         "selection_rule_text": selection.description,
+        "selection_excluded": selection.excluded,
         "model_order": order,
         "roles": {
             **{m: "floor" for m in floor_first},

@@ -67,17 +67,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Mean ± std over seeds (std with ddof = 1; no std with one seed). "
         f"n = {models[target]['overall']['n']:,} test rows per seed.",
         "",
-        "| model | role | seeds | AUC | GAUC | logloss | val GAUC | fit s |",
+        f"| model | role | seeds | AUC | GAUC | logloss | {_monitor_header(report)} | fit s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in order:
         m = models[name]
         lines.append(
             f"| {name} | {report['roles'][name]} | {len(m['seeds'])} | {_ms(m['overall']['auc'])} "
-            f"| {_gauc(m['overall'], k)} | {_ms(m['overall']['logloss'])} | {_ms(m['val_gauc'])} "
+            f"| {_gauc(m['overall'], k)} | {_ms(m['overall']['logloss'])} | {_ms(m['val_monitor'])} "
             f"| {_ms(m['fit_seconds'], 1)} |"
         )
     lines += _users_note(k, _any_marked([models[n]["overall"] for n in order], k))
+    lines += [
+        "",
+        f"{_monitor_header(report)}: the validation number every model was early-stopped and tuned on (the run's "
+        "`model.monitor`, from metrics.json); the best baseline is chosen by it, never by a test number.",
+    ]
     for kind in BUCKET_KINDS:
         lines += [
             "",
@@ -107,6 +112,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _monitor_header(report: dict[str, Any]) -> str:
+    """The main table's column of the model-selection monitor, e.g. "val/gauc_warm" ("val monitor" when unknown)."""
+    return report.get("monitor") or "val monitor"
+
+
 def summary_paragraph(report: dict[str, Any]) -> str:
     target, best = report["target"], report["best_baseline"]
     floor = report["floor"]
@@ -118,8 +128,10 @@ def summary_paragraph(report: dict[str, Any]) -> str:
             if losers
             else "every model beats it."
         )
-    if best is None:
+    if best is None and not report["baselines"]:
         return f"Target model `{target}`; the run has no baseline, so no deltas are reported.{floor_text}"
+    if best is None:
+        return f"Target model `{target}`; {report['selection_rule_text']}.{floor_text}"
     d, sig = report["deltas"], report["significance"]
     paired = sig["paired"]["overall"]["gauc"]
     boot = sig["bootstrap"]["overall"]

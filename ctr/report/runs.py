@@ -1,23 +1,33 @@
-"""Reading a run directory for the report: which models and seeds exist, their validated predictions and metrics.json.
+"""Reading a run directory for the report: which models and seeds exist, their validated predictions, metrics.json
+and the model-selection monitor each seed was fitted with.
 
-Layout (names from semid.schema): <run>/MODELS_DIR/<model>/seed<k>/PREDICTIONS_FILE [+ METRICS_FILE].
+Layout (names from semid.schema): <run>/MODELS_DIR/<model>/seed<k>/PREDICTIONS_FILE [+ METRICS_FILE]
+[+ FIT_CONFIG_DIR/*.yaml, the configs `semid run` froze for the fit].
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import polars as pl
+import yaml
 
+from ctr.module import MONITOR_KEY, CTRTask, Monitor
 from semid import schema
 from semid.errors import InputError
 
 _TRAILING_INT = re.compile(r"^\D*(\d+)$")
+FIT_CONFIG_DIR = "config"
+"""<run>/models/<model>/seed<k>/config/: the `ctr fit` YAMLs a seed was fitted from, applied in name order
+(pipelines.run.FIT_CONFIG_DIR writes them; tests/test_report.py checks the two names agree)."""
+DEFAULT_MONITOR: str = inspect.signature(CTRTask).parameters["monitor"].default
+"""CTRTask's `monitor` when no config sets `model.monitor`."""
 
 
 def seed_of(name: str) -> int | None:
@@ -30,12 +40,16 @@ def seed_of(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class SeedRun:
-    """One trained model at one seed: its validated predictions and (optional) metrics.json."""
+    """One trained model at one seed: its validated predictions, (optional) metrics.json, the monitor its fit
+    selected the checkpoint on (None when the seed has no frozen config to say so) and that monitor's validation
+    value from metrics.json (None when unknown or absent)."""
 
     model: str
     seed: int
     predictions: pl.DataFrame
     metrics: dict[str, Any] | None
+    monitor: str | None
+    val_monitor: float | None
 
 
 def discover(run_dir: Path) -> dict[str, dict[int, Path]]:
@@ -135,21 +149,80 @@ def read_metrics_json(path: Path) -> dict[str, Any] | None:
     return value
 
 
+def read_monitor(seed_dir: Path) -> str | None:
+    """The `model.monitor` a seed was fitted with: the last of its frozen configs (FIT_CONFIG_DIR, applied in name
+    order as `ctr fit --config` applies them) that sets it, else CTRTask's default; None without that folder.
+
+    The frozen configs are the record of the fit (its stage hash covers their text), so the report reads the rule
+    the checkpoint and early stopping used from them rather than asking the user to repeat it.
+    """
+    config_dir = seed_dir / FIT_CONFIG_DIR
+    if not config_dir.is_dir():
+        return None
+    monitor = DEFAULT_MONITOR
+    for path in sorted(p for p in config_dir.iterdir() if p.suffix in (".yaml", ".yml")):
+        try:
+            parsed = yaml.safe_load(path.read_text())
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            raise InputError(
+                f"frozen fit config is not valid YAML ({str(err).splitlines()[0]})",
+                file=path,
+                fix="delete the seed folder and re-run `semid run` to re-fit it, or restore the file",
+            ) from None
+        model = parsed.get("model") if isinstance(parsed, dict) else None
+        if isinstance(model, dict) and model.get("monitor") is not None:
+            monitor = model["monitor"]
+            if monitor not in get_args(Monitor):
+                raise InputError(
+                    f"model.monitor is {monitor!r}, not one of {list(get_args(Monitor))}",
+                    file=path,
+                    fix="restore the config the seed was fitted with, or re-fit it with `semid run`",
+                )
+    return str(monitor)
+
+
 def read_seed(model: str, seed: int, seed_dir: Path) -> SeedRun:
+    """Everything the report needs of one seed directory, validated (InputError naming the file otherwise)."""
+    metrics_path = seed_dir / schema.METRICS_FILE
+    metrics_json = read_metrics_json(metrics_path)
+    monitor = read_monitor(seed_dir)
+    value = None if monitor is None else monitor_value(metrics_json, monitor, metrics_path)
     return SeedRun(
-        model,
-        seed,
-        read_predictions(seed_dir / schema.PREDICTIONS_FILE),
-        read_metrics_json(seed_dir / schema.METRICS_FILE),
+        model, seed, read_predictions(seed_dir / schema.PREDICTIONS_FILE), metrics_json, monitor, value
     )
+
+
+def _val_number(metrics_json: dict[str, Any] | None, name: str) -> float | None:
+    """metrics.json `val.<name>` (or `val["val/<name>"]`) as a finite float, None if absent, NaN or not a number."""
+    val = (metrics_json or {}).get("val") or {}
+    if not isinstance(val, dict):
+        return None
+    for key in (name, f"val/{name}"):
+        value = val.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
 
 
 def val_gauc(metrics_json: dict[str, Any] | None) -> float | None:
     """Overall validation GAUC from a metrics.json ("val": {"gauc"} or {"val/gauc"}), None if absent."""
-    val = (metrics_json or {}).get("val") or {}
-    if not isinstance(val, dict):
-        return None
-    for key in ("gauc", "val/gauc"):
-        if isinstance(val.get(key), (int, float)) and math.isfinite(val[key]):
-            return float(val[key])
-    return None
+    return _val_number(metrics_json, "gauc")
+
+
+def monitor_value(metrics_json: dict[str, Any] | None, monitor: str, where: Path) -> float | None:
+    """The validation number the fit selected its checkpoint on, from metrics.json: `val.monitor` (the logged
+    ctr.module.MONITOR_KEY: the value of `monitor`, or val/auc where that GAUC was undefined on the validation
+    split), else `val.<monitor>` for a file without it; None when neither is there (never a test number).
+
+    When both are there they must agree: a disagreement means the frozen config is not the one the fit ran with.
+    """
+    logged = _val_number(metrics_json, MONITOR_KEY.removeprefix("val/"))
+    named = _val_number(metrics_json, monitor.removeprefix("val/"))
+    if logged is not None and named is not None and not math.isclose(logged, named, rel_tol=1e-6):
+        raise InputError(
+            f"val.{MONITOR_KEY.removeprefix('val/')} = {logged:.6g} is not val.{monitor.removeprefix('val/')} = "
+            f"{named:.6g}, yet the seed's frozen config says model.monitor is {monitor}",
+            file=where,
+            fix="the config and the metrics come from different fits: re-fit the seed with `semid run`",
+        )
+    return logged if logged is not None else named

@@ -1,5 +1,6 @@
 """The report's numbers: per-seed scores (ctr.metrics), mean ± std over seeds, model roles and the best-baseline
-rule, deltas (mean, paired per seed, vs the floor) and the user bootstrap of the GAUC delta.
+rule (the run's model-selection monitor on validation, never test), deltas (mean, paired per seed, vs the floor)
+and the user bootstrap of the GAUC delta.
 
 Every AUC / GAUC comes from ctr.metrics (`user_auc` + `gauc_from_users` are the one GAUC implementation); the
 bootstrap re-weights the per-user AUCs computed once per model and seed.
@@ -8,7 +9,7 @@ bootstrap re-weights the per-user AUCs computed once per model and seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -125,6 +126,10 @@ def summarise_model(runs: Sequence[SeedRun], scores: Sequence[dict[str, Any]]) -
         summary[kind] = {b: fold([s[kind][b] for s in scores]) for b in schema.BUCKETS}
     has_metrics = [r.metrics is not None for r in runs]
     summary["val_gauc"] = stat([val_gauc(r.metrics) for r in runs]) if any(has_metrics) else None
+    monitors = {r.monitor for r in runs if r.monitor is not None}
+    summary["monitor"] = monitors.pop() if len(monitors) == 1 else None
+    has_monitor = [r.val_monitor is not None for r in runs]
+    summary["val_monitor"] = stat([r.val_monitor for r in runs]) if any(has_monitor) else None
     for key in ("fit_seconds", "epochs"):
         got = [(r.metrics or {}).get(key) for r in runs]
         summary[key] = stat(got) if any(isinstance(v, (int, float)) for v in got) else None
@@ -179,41 +184,84 @@ def roles(
     return Roles(target, chosen, ablations, others, floor_model)
 
 
+def run_monitor(runs: Mapping[str, Sequence[SeedRun]], where: Path) -> str | None:
+    """The one model-selection monitor of the run (every seed that records one), None when no seed records one;
+    InputError naming the models and monitors when they differ, since one number must rank every baseline."""
+    used: dict[str, dict[str, list[int]]] = {}  # monitor -> model -> seeds
+    for model, seed_runs in runs.items():
+        for r in seed_runs:
+            if r.monitor is not None:
+                used.setdefault(r.monitor, {}).setdefault(model, []).append(r.seed)
+    if len(used) > 1:
+        listing = "; ".join(
+            f"{monitor}: "
+            + ", ".join(f"{m} (seed {', '.join(map(str, s))})" for m, s in sorted(models.items()))
+            for monitor, models in sorted(used.items())
+        )
+        raise InputError(
+            f"the models of this run were selected on different monitors ({listing}); the best baseline must be "
+            "chosen by the one validation number every model was early-stopped and tuned on",
+            file=where,
+            fix="set one model.monitor in the common config (configs/ctr/common/) and re-run `semid run`, which "
+            "re-fits the seeds whose config changed",
+        )
+    return next(iter(used), None)
+
+
 class Selection(NamedTuple):
     best: str | None
-    rule: str  # "val_gauc" | "test_gauc" | "none"
+    rule: str  # "val_monitor" | "none"
     description: str
+    # baselines left out of the choice: the monitor's validation value is missing in some seed
+    excluded: tuple[str, ...] = ()
 
 
-def select_best(baselines: Sequence[str], summaries: dict[str, dict[str, Any]]) -> Selection:
-    """Highest mean overall val GAUC (metrics.json) if every seed of every baseline has it, else test GAUC."""
+def _missing_seeds(summary: dict[str, Any]) -> list[int]:
+    """Seeds of a model summary without a finite validation value of the monitor."""
+    got = summary["val_monitor"]
+    if got is None:
+        return list(summary["seeds"])
+    return [s for s, v in zip(summary["seeds"], got["values"]) if v is None or not math.isfinite(v)]
+
+
+def select_best(
+    baselines: Sequence[str], summaries: dict[str, dict[str, Any]], monitor: str | None
+) -> Selection:
+    """The baseline with the highest mean (over seeds) validation value of the run's model-selection `monitor`
+    (ties: first name in sorted order), among the baselines that have it in every seed; no best baseline when
+    none has it. Never chosen on test: a best baseline picked by test numbers would flatter the target's deltas.
+    """
+    never = "no best baseline is chosen (never on test), so deltas are not reported"
     if not baselines:
         return Selection(None, "none", "no baseline in the run: deltas are not reported")
-
-    def has_val(name: str) -> bool:
-        v = summaries[name]["val_gauc"]
-        return v is not None and all(math.isfinite(x) for x in v["values"])
-
-    def key(name: str, field: str) -> float:
-        m = (
-            summaries[name][field]["mean"]
-            if field == "val_gauc"
-            else summaries[name]["overall"]["gauc"]["mean"]
-        )
-        return m if math.isfinite(m) else -math.inf
-
-    if all(has_val(b) for b in baselines):
-        best = max(sorted(baselines), key=lambda b: key(b, "val_gauc"))
+    if monitor is None:
         return Selection(
-            best, "val_gauc", "highest mean overall validation GAUC (metrics.json) among the baselines"
+            None,
+            "none",
+            "no seed records the model-selection monitor it was fitted with (its frozen configs in "
+            f"models/<model>/seed<k>/config/, written by `semid run`): {never}",
+            tuple(baselines),
         )
-    best = max(sorted(baselines), key=lambda b: key(b, "test_gauc"))
-    return Selection(
-        best,
-        "test_gauc",
-        "highest mean overall test GAUC among the baselines "
-        "(validation GAUC missing from metrics.json for at least one baseline seed)",
+    gaps = {b: _missing_seeds(summaries[b]) for b in baselines}
+    excluded = tuple(b for b in baselines if gaps[b])
+    left_out = "; ".join(f"{b} (seed {', '.join(map(str, gaps[b]))})" for b in excluded)
+    what = f"validation {monitor}"
+    if len(excluded) == len(baselines):
+        return Selection(
+            None,
+            "none",
+            f"no baseline has {what} (the run's model-selection monitor) in metrics.json for every seed, "
+            f"missing for {left_out}: {never}",
+            excluded,
+        )
+    best = max(sorted(set(baselines) - set(excluded)), key=lambda b: summaries[b]["val_monitor"]["mean"])
+    text = (
+        f"highest mean {what} over seeds among the baselines, the number every model was early-stopped and "
+        "tuned on, from metrics.json"
     )
+    if excluded:
+        text += f"; left out for lacking {what} in metrics.json: {left_out}"
+    return Selection(best, "val_monitor", text, excluded)
 
 
 # -- deltas ------------------------------------------------------------------------------------------------------
