@@ -14,6 +14,10 @@ other items only and the held-out items get their IDs afterwards, as `semid assi
 
 Items with an `image_path` (in items.parquet, or in the new items given to `assign`) are embedded from text +
 image by a clip / vlm encoder; alignment then trains the projection heads only (see semid.align).
+
+`knowledge: {enabled: true}` (ReaSeq explicit knowledge, semid.knowledge.enriched): an LLM writes facets for every
+item first (a sub-stage of its own, answers cached in SQLite outside the output folder), the encoder sees the
+enriched item texts, the facets land in `<out>/facets.parquet` and `semid assign` enriches new items the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +36,7 @@ import torch
 from semid import data
 from semid import schema as S
 from semid.align import AlignConfig, align, load_aligned_encoder, usable_images, user_texts
-from semid.encoder import EncoderConfig
+from semid.encoder import EncoderConfig, fingerprint_settings
 from semid.errors import InputError
 from semid.ids import assign_new, check_health, format_health, health, make_table, read_table, write_table
 from semid.io import (
@@ -45,6 +49,22 @@ from semid.io import (
     write_json,
     write_parquet,
 )
+from semid.knowledge.backend import Backend
+from semid.knowledge.enriched import (
+    DISABLED,
+    FACETS_FILE,
+    KnowledgeConfig,
+    answer_cache,
+    enrich_like_build,
+    facets_frame,
+    knowledge_fingerprint,
+    n_enriched,
+    pinned,
+    read_facets,
+    record,
+    run_facets,
+)
+from semid.knowledge.facets import enrich
 from semid.rqvae import RQVAEConfig, load_rqvae, resolve_codebook_sizes, save_rqvae, train_rqvae
 
 COMMAND = "semid build"
@@ -70,6 +90,14 @@ class Aligned(NamedTuple):
     user_emb: torch.Tensor  # (N_u, D) float32
     probe: dict[str, float]
     state: Path  # aligned encoder state (load_aligned_encoder)
+
+
+class Enriched(NamedTuple):
+    """The finished knowledge sub-stage: the texts the encoder sees, the facets table and the build record."""
+
+    texts: list[str]
+    facets: Path  # facets.parquet (item_id + one list column per facet key)
+    record: dict[str, Any]
 
 
 class Quantised(NamedTuple):
@@ -116,10 +144,38 @@ def _claim(out: Path) -> Path:
     return out / WORK_DIR
 
 
+def _enriched(
+    folder: Path, key: str, prepared: data.Prepared, cfg: KnowledgeConfig, backend: Backend, answers: Path
+) -> Enriched:
+    """Item texts + LLM facets (the three roles of semid.knowledge.facets), kept as `<folder>/facets.parquet`;
+    the LLM's answers are read from / written to the SQLite file `answers`, batch by batch."""
+    table_file = folder / FACETS_FILE
+    ids = prepared.items[S.ITEM].to_numpy()
+    texts = prepared.items[S.TEXT].cast(pl.String).to_list()
+    if stage_done(table_file, key):
+        print("[semids] knowledge: reused from an earlier attempt", flush=True)
+        rec = read_meta(table_file)["knowledge"]
+        return Enriched(enrich(texts, read_facets(pl.read_parquet(table_file))), table_file, rec)
+    folder = _fresh(folder, folder.parent)
+    start = time.perf_counter()
+    result = run_facets(cfg, backend, texts, answers)
+    for task, summary in result.summaries.items():
+        print(f"[semids] {summary.line(task)}", flush=True)
+    rec = record(cfg, backend, texts, result)
+    write_parquet(facets_frame(ids, result.facets), table_file, {"stage_hash": key, "knowledge": rec})
+    print(
+        f"[semids] knowledge: {rec['enriched']:,} of {len(texts):,} items enriched "
+        f"({time.perf_counter() - start:.1f}s)",
+        flush=True,
+    )
+    return Enriched(result.enriched, table_file, rec)
+
+
 def _aligned(
     folder: Path,
     key: str,
     prepared: data.Prepared,
+    item_texts: list[str],
     encoder: EncoderConfig,
     cfg: AlignConfig,
     cache: str | None,
@@ -139,7 +195,7 @@ def _aligned(
     images = items[S.IMAGE_PATH].cast(pl.String).to_list() if S.IMAGE_PATH in items.columns else None
     start = time.perf_counter()
     result = align(
-        items[S.TEXT].to_list(),
+        item_texts,
         u_texts,
         train,
         encoder,
@@ -243,6 +299,7 @@ def build(
     cache: str | None = None,
     force: bool = False,
     assign_held_out: bool | None = None,
+    knowledge: KnowledgeConfig = KnowledgeConfig(),  # noqa: B008 -- frozen dataclass, like the other configs
 ) -> tuple[Path, str]:
     """Build item and user semantic-ID tables from a prepared dataset directory.
 
@@ -262,6 +319,10 @@ def build(
             from their content through the aligned encoder and the trained RQ-VAE, as `semid assign` gives a new
             item (alignment already sees no behaviour of theirs: they have no train rows). None (default) = on
             when the prepared data names held-out items; False = quantise them with the other items.
+        knowledge: knowledge-enriched item texts (off by default): an LLM writes facets for every item (held-out
+            ones included: it reads their text only), and the encoder sees text + facets. The LLM's answers are
+            cached in a SQLite file (`knowledge.cache`, default under `cache`), so a re-run loads no model. User
+            texts keep the items' plain titles.
 
     Returns:
         (output directory, stage fingerprint).
@@ -269,7 +330,16 @@ def build(
     out_path = check_output_dir(out, COMMAND, legacy=LEGACY_FILES)  # before any work
     prepared = data.load(data_dir)
     data_hash = prepared.meta.get("data_hash")
-    align_key = sha256_json({"data": data_hash, "encoder": asdict(encoder), "align": asdict(align_config)})
+    backend: Backend | None = None
+    answers = answer_cache(knowledge, cache)
+    know: dict[str, Any] = {}  # absent when off: plain builds keep their fingerprint
+    if knowledge.enabled:  # the LLM's fingerprint, without loading it
+        knowledge, backend = pinned(replace(knowledge, cache=str(answers)))
+        know = {"knowledge": knowledge_fingerprint(knowledge, backend)}
+    knowledge_key = sha256_json({"data": data_hash, **know})
+    align_key = sha256_json(
+        {"data": data_hash, "encoder": fingerprint_settings(encoder), "align": asdict(align_config), **know}
+    )
     held_out = held_out_mask(prepared, assign_held_out)
     n_held = 0 if held_out is None else int(held_out.sum())
     held = {"held_out": n_held} if n_held else {}  # absent when off: earlier builds stay up to date
@@ -278,11 +348,12 @@ def build(
     fingerprint = sha256_json(
         {
             "data": data_hash,
-            "encoder": asdict(encoder),
+            "encoder": fingerprint_settings(encoder),
             "align": asdict(align_config),
             "item_rqvae": asdict(item_rqvae),
             "user_rqvae": asdict(user_rqvae),
             **held,
+            **know,
         }
     )
     if (
@@ -299,12 +370,19 @@ def build(
         "items": _sub_stage(work, "items", item_key),
         "users": _sub_stage(work, "users", user_key),
     }
+    if know:
+        folders["knowledge"] = _sub_stage(work, "knowledge", knowledge_key)
     if force:
         shutil.rmtree(work, ignore_errors=True)
     elif work.is_dir():  # sub-stages of other configs: not needed again
         for stale in set(work.iterdir()) - set(folders.values()):
             shutil.rmtree(stale, ignore_errors=True)
-    aligned = _aligned(folders["align"], align_key, prepared, encoder, align_config, cache)
+    enriched = None
+    if know:
+        assert backend is not None
+        enriched = _enriched(folders["knowledge"], knowledge_key, prepared, knowledge, backend, answers)
+    item_texts = enriched.texts if enriched else prepared.items[S.TEXT].cast(pl.String).to_list()
+    aligned = _aligned(folders["align"], align_key, prepared, item_texts, encoder, align_config, cache)
     item_ids = prepared.items[S.ITEM].to_numpy()
     user_ids = prepared.users[S.USER].to_numpy()
     items = _quantise(
@@ -319,11 +397,14 @@ def build(
         "encoder": asdict(encoder),
         "align": asdict(align_config),
         "probe": aligned.probe,
+        "knowledge": enriched.record if enriched else DISABLED,
         "stage_hash": fingerprint,
         "version": 1,
     }
     with owned_output_dir(out_path, COMMAND, legacy=LEGACY_FILES) as tmp:
         shutil.copy2(aligned.state, tmp / S.ALIGN_STATE_FILE)
+        if enriched:
+            shutil.copy2(enriched.facets, tmp / FACETS_FILE)
         write_parquet(_embedding_frame(S.ITEM, item_ids, aligned.item_emb), tmp / S.ITEM_EMB_FILE, common)
         write_parquet(_embedding_frame(S.USER, user_ids, aligned.user_emb), tmp / S.USER_EMB_FILE, common)
         for part, cfg, rqvae_file, table_file in (
@@ -369,14 +450,18 @@ def _new_item_images(new: pl.DataFrame, items: str) -> list[str | None] | None:
     return paths
 
 
-def assign(semids: str, items: str, out: str | None = None) -> Path:
+def assign(semids: str, items: str, out: str | None = None, llm_cache: str | None = None) -> Path:
     """Give new items semantic IDs with the trained aligned encoder and item RQ-VAE; existing IDs never change.
+
+    When the build enriched its items with LLM facets (`knowledge`), the new items' texts are enriched the same way
+    (same model, precision and prompts, from the build record) before they are encoded.
 
     Args:
         semids: a `semid build` output directory.
         items: parquet/CSV with `item_id` (new dense ids, not in the table) and `text` columns, and optionally
             `image_path` (embedded with the text by a clip / vlm encoder; empty = no image).
         out: where to write the new item table (default: replace <semids>/item_sids.parquet atomically).
+        llm_cache: the SQLite LLM answer cache of an enriched build (default: the file the build used).
     """
     root = Path(semids)
     if not root.is_dir():
@@ -424,6 +509,13 @@ def assign(semids: str, items: str, out: str | None = None) -> Path:
             )
     encoder = load_aligned_encoder(EncoderConfig(**meta["encoder"]), root / S.ALIGN_STATE_FILE)
     texts = new[S.TEXT].cast(pl.String).to_list()
+    knowledge = meta.get("knowledge") or DISABLED
+    if knowledge["enabled"]:
+        result = enrich_like_build(knowledge, texts, llm_cache)
+        for task, summary in result.summaries.items():
+            print(f"[assign] {summary.line(task)}", flush=True)
+        print(f"[assign] knowledge: {n_enriched(texts, result.enriched)} of {len(texts)} new items enriched")
+        texts = result.enriched
     emb = encoder.encode_items(texts, usable_images(encoder.encoder, images))  # (N_new, D)
     model = load_rqvae(root / S.ITEM_RQVAE_FILE)
     codes = model.encode(emb)  # (N_new, L)

@@ -1,5 +1,6 @@
-"""Shared fixtures: seeded synthetic raw files, a prepared dataset directory built by the real `prepare`, and a
-one-thread torch setting for modules of tiny models."""
+"""Shared fixtures: seeded synthetic raw files, a prepared dataset directory built by the real `prepare`, tiny random
+models saved as local folders (BERT, CLIP, a chat Llama), and a one-thread torch setting for modules of tiny
+models."""
 
 from __future__ import annotations
 
@@ -145,3 +146,62 @@ def clip_dir(tmp_path_factory):
     for i in range(2):
         Image.fromarray((rng.random((40, 48, 3)) * 255).astype("uint8")).save(path / f"img{i}.png")
     return path
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _chat_tokenizer():
+    """A byte-level BPE tokenizer (320 tokens) with ChatML special tokens and chat template, trained offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    corpus = [
+        '{"themes": ["space", "war"], "audience": "teens"}',
+        "Toy Story (1995). Animation, Comedy.",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    raw.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>"
+    )
+    tok.chat_template = CHATML
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    """(folder, model, tokenizer): the one tiny random causal LM of the suite, a 2-layer width-32 Llama with
+    grouped KV heads and a ChatML byte-level BPE tokenizer, saved as safetensors (LLM layer and knowledge tests)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _chat_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, model, tok

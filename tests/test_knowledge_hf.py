@@ -14,11 +14,6 @@ from semid.knowledge.hf import HFBackend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -28,55 +23,6 @@ SCHEMA = {
     "required": ["themes", "audience"],
     "additionalProperties": False,
 }
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    corpus = [
-        '{"themes": ["space", "war"], "audience": "teens"}',
-        "Toy Story (1995). Animation, Comedy.",
-    ] * 20
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    raw.train_from_iterator(corpus, trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>"
-    )
-    tok.chat_template = CHATML
-    return tok
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """(folder, model): a 2-layer width-32 Llama with grouped KV heads and a ChatML byte-level BPE tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = _tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder, model, tok
 
 
 def _permute(w: np.ndarray, n_head: int, n_kv: int | None) -> np.ndarray:
@@ -106,12 +52,13 @@ def write_gguf(model, tok, path) -> None:
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     vocab = tok.get_vocab()
+    special = {t.content for t in tok.added_tokens_decoder.values() if t.special}
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(
-        [gguf.TokenType.CONTROL if t in SPECIAL else gguf.TokenType.NORMAL for t in tokens]
+        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
     )
     merges = tok.backend_tokenizer.model.__getstate__()
     import json
@@ -121,7 +68,7 @@ def write_gguf(model, tok, path) -> None:
     writer.add_bos_token_id(tok.bos_token_id)
     writer.add_eos_token_id(tok.eos_token_id)
     writer.add_pad_token_id(tok.pad_token_id)
-    writer.add_chat_template(CHATML)
+    writer.add_chat_template(tok.chat_template)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     for name, tensor in model.state_dict().items():
         data = tensor.float().numpy()

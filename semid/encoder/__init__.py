@@ -17,8 +17,13 @@ The cache file stores a checksum of its contents: a truncated or corrupted cache
 its vectors are encoded again. A BERT-style text model exposes its own lower/upper split (`layers`, `lower`,
 `upper`) for the alignment, which trains copies of the top layers.
 
+With `devices` > 1 (or `num_nodes` > 1, or a GPU accelerator) in EncoderConfig, `encode` runs as Lightning DDP batch
+inference: each rank embeds a share of the length-sorted batches, the vectors come back in input order and equal
+the one-process ones, and the cache is written once. devices=1 on CPU (the default) is the plain one-process path.
+
 One job per file: `model` (EncoderConfig, model folders, `ContentEncoder`, pooling), `batching` (input checks,
-text hashes, length-sorted batches, `embed_all`) and `cache` (`encode` through the embedding cache).
+text hashes, length-sorted batches, `embed_all`), `distributed` (`embed_distributed`: the DDP path) and `cache`
+(`encode` through the embedding cache).
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ from semid.encoder.batching import (
     text_hashes,
 )
 from semid.encoder.cache import cache_checksum, cache_file, encode
+from semid.encoder.distributed import embed_distributed, uses_lightning
 from semid.encoder.model import (
+    RUN_FIELDS,
     WEIGHT_FILES,
     ContentEncoder,
     EncoderConfig,
     Kind,
     default_model_path,
     detect_kind,
+    fingerprint_settings,
     model_identity,
     pool,
     resolve_model_path,
@@ -50,6 +58,7 @@ from semid.schema import EMBEDDING, TEXT_HASH
 
 __all__ = [
     "EMBEDDING",
+    "RUN_FIELDS",
     "TEXT_HASH",
     "WEIGHT_FILES",
     "ContentEncoder",
@@ -60,7 +69,9 @@ __all__ = [
     "check_inputs",
     "default_model_path",
     "detect_kind",
+    "fingerprint_settings",
     "embed_all",
+    "embed_distributed",
     "encode",
     "length_batches",
     "model_identity",
@@ -69,5 +80,6 @@ __all__ = [
     "read_meta",
     "resolve_model_path",
     "text_hashes",
+    "uses_lightning",
     "write_parquet",
 ]

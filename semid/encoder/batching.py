@@ -86,7 +86,7 @@ def embed_all(
             )
             if out is None:
                 out = torch.empty(len(texts), emb.shape[1], dtype=torch.float32)
-            out[rows] = emb
+            out[rows] = emb.cpu()
     return out if out is not None else torch.empty(0, 0)
 
 

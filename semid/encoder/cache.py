@@ -1,5 +1,5 @@
-"""`encode`: texts (and images) -> vectors through a parquet cache keyed by model identity and text hash; a
-truncated or corrupted cache file is discarded with one warning and encoded again."""
+"""`encode`: texts (and images) -> vectors through a parquet cache keyed by model identity and text hash, on one
+process or several (DDP); a truncated or corrupted cache file is discarded with one warning and encoded again."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from semid.encoder.batching import check_inputs, embed_all, text_hashes
+from semid.encoder.distributed import barrier, embed_distributed, is_global_zero, uses_lightning
 from semid.encoder.model import ContentEncoder, EncoderConfig, model_identity
 from semid.io import read_meta, write_parquet
 from semid.schema import EMBEDDING, TEXT_HASH
@@ -71,6 +72,9 @@ def encode(
     atomically with the union. `max_length` overrides `cfg.max_length` (so it is part of the model identity:
     user texts with their own cap get their own cache file). `encoder`: a ContentEncoder already loaded with
     `cfg`, reused instead of loading a second copy of the model.
+
+    `cfg.devices` > 1 (or `cfg.num_nodes` > 1, or a GPU accelerator) encodes through Lightning DDP batch inference
+    (semid.encoder.distributed): the same vectors in the same order, the cache written once, by global rank 0.
     """
     texts = list(texts)
     check_inputs(texts, images)
@@ -79,7 +83,11 @@ def encode(
     if max_length is not None:
         cfg = replace(cfg, max_length=max_length)
 
+    spread = uses_lightning(cfg)
+
     def run(rows: list[str], row_images: list[str | None] | None) -> Tensor:
+        if spread:  # each rank loads its own copy of the model; `encoder` stays in this process
+            return embed_distributed(cfg, rows, row_images, max_length=cfg.max_length, progress=progress)
         model = encoder if encoder is not None else ContentEncoder(cfg)
         return embed_all(model, rows, row_images, max_length=cfg.max_length, progress=progress)
 
@@ -115,6 +123,9 @@ def encode(
             "dim": fresh.shape[1],
             "checksum": cache_checksum(cached),
         }
-        write_parquet(cached, file, meta)
+        if not spread or is_global_zero():  # under ddp every rank gets here: one writes, all wait for it
+            write_parquet(cached, file, meta)
+        if spread:
+            barrier()
     table = pl.DataFrame({TEXT_HASH: hashes}).join(cached, on=TEXT_HASH, how="left", maintain_order="left")
     return torch.from_numpy(table[EMBEDDING].to_numpy().astype(np.float32, copy=True))  # (N, D)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,45 @@ class EncoderConfig:
     max_length: int = 128
     batch_size: int = 64
     normalize: bool = True
+    devices: int = 1
+    """Processes (CPU) or accelerators (GPU) that encode, per node. 1 with accelerator "auto"/"cpu" = one process,
+    no Lightning (the plain path); more = Lightning DDP batch inference, one shard of the texts per rank, the
+    same vectors in the same order (semid.encoder.distributed)."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    """Lightning's accelerator for devices > 1 ("auto": GPUs when there are, else CPU processes). "gpu"/"cuda"
+    with devices=1 also runs through Lightning, on one GPU."""
+    strategy: Literal["auto", "ddp_fork", "ddp_spawn", "ddp"] = "auto"
+    """How the ranks start. ddp_fork / ddp_spawn: worker processes (forked, or fresh interpreters) run only the
+    encoding, and the caller goes on alone with the vectors. ddp: every rank runs the whole calling command
+    (Lightning re-runs it, or torchrun/SLURM starts it on each node); only global rank 0 writes the embedding cache.
+    auto: ddp_fork on CPU (a fresh interpreter costs seconds of imports per rank), ddp_spawn on accelerators (CUDA
+    cannot be forked once initialised) and where fork does not exist."""
+    num_nodes: int = 1
+    """Machines; each runs the same command (strategy "ddp" under torchrun/SLURM, with a shared cache folder)."""
+
+    def __post_init__(self) -> None:
+        for name in ("devices", "num_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(
+                    f"encoder {name} must be a positive integer, got {value!r}",
+                    fix=f"set encoder.{name} to 1 or more",
+                )
+
+
+RUN_FIELDS = ("batch_size", "devices", "accelerator", "strategy", "num_nodes")
+"""EncoderConfig fields that change how vectors are computed, never the vectors themselves (up to float rounding):
+left out of the model identity, so the embedding cache is shared across them."""
+
+
+PLACEMENT_FIELDS = ("devices", "accelerator", "strategy", "num_nodes")
+"""Where the encoding runs: left out of every stage fingerprint (`fingerprint_settings`), so moving a build to more
+devices neither redoes it nor changes the fingerprint of builds made before these fields existed."""
+
+
+def fingerprint_settings(cfg: EncoderConfig) -> dict[str, Any]:
+    """The config as stage fingerprints hash it: everything but PLACEMENT_FIELDS."""
+    return {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT_FIELDS}
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -99,7 +138,7 @@ def model_identity(cfg: EncoderConfig) -> tuple[Path, Kind, str]:
         for f in sorted(path.iterdir())
         if f.is_file() and f.name.endswith(_WEIGHT_SUFFIXES)
     }
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "batch_size", "kind")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("model", "kind", *RUN_FIELDS)}
     return path, kind, sha256_json({"path": str(path), "kind": kind, "settings": settings, "files": files})
 
 
@@ -231,16 +270,20 @@ class ContentEncoder(nn.Module):
         text tower has 77 positions, and a longer cap would index past its position table."""
         return min(max_length or self.cfg.max_length, int(self.tokenizer.model_max_length))
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (CPU, or the GPU a Lightning rank moved it to); inputs are sent there."""
+        return next(self.model.parameters()).device
+
     def tokenize(self, texts: list[str], *, max_length: int | None = None) -> dict[str, Tensor]:
-        return dict(
-            self.tokenizer(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=self.token_cap(max_length),
-                return_tensors="pt",
-            )
+        batch = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.token_cap(max_length),
+            return_tensors="pt",
         )
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def _finish(self, emb: Tensor) -> Tensor:
         emb = emb.float()
@@ -272,9 +315,10 @@ class ContentEncoder(nn.Module):
         if not has:
             return text
         pixels = self.image_processor(images=_load_images([images[i] for i in has]), return_tensors="pt")
-        image = _features(self.model.get_image_features(pixel_values=pixels["pixel_values"]))  # (b, D)
+        pixel_values = pixels["pixel_values"].to(self.device)  # (b, 3, H, W)
+        image = _features(self.model.get_image_features(pixel_values=pixel_values))  # (b, D)
         image = nn.functional.normalize(image.float(), dim=-1)
-        rows = torch.tensor(has)
+        rows = torch.tensor(has, device=text.device)
         # an item with an image: the normalised mean of its two unit vectors (re-normalised in _finish)
         return text.index_copy(0, rows, nn.functional.normalize(text[rows] + image, dim=-1))
 
@@ -302,7 +346,7 @@ class ContentEncoder(nn.Module):
         if paths:  # not truncated: a cut would drop image placeholder tokens the processor has expanded
             batch = self.processor(
                 text=prompts, images=_load_images(paths), padding=True, return_tensors="pt"
-            )
+            ).to(self.device)
         else:
             batch = self.tokenize(prompts, max_length=max_length)
         out = self.model(**dict(batch), output_hidden_states=True)

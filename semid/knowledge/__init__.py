@@ -6,7 +6,8 @@
     facets = llm.generate(prompts, schema=FACETS, task="facets", template_version="1")
     vectors = llm.hidden(texts)
 
-semid.knowledge.facets builds ReaSeq-style facets and enriched item text on top of it.
+semid.knowledge.facets builds ReaSeq-style facets and enriched item text on top of it; semid.knowledge.enriched is
+the `knowledge:` switch of `semid build` that feeds them to the semantic IDs.
 """
 
 from __future__ import annotations
