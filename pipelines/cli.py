@@ -28,7 +28,8 @@ def _split_debug(args: list[str] | None) -> tuple[list[str], bool]:
 
 
 def semid_commands() -> dict[str, Callable[..., Any]]:
-    from pipelines.build_semids import assign, build, inspect
+    from pipelines.assign import assign, inspect
+    from pipelines.build_semids import build
     from pipelines.imagine import imagine
     from pipelines.intents import intents
     from pipelines.prepare import prepare

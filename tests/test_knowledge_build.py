@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+import pipelines.assign as A
 import pipelines.build_semids as B
 from semid import data
 from semid import schema as S
@@ -213,14 +214,14 @@ def test_assign_enriches_new_items_like_the_build(
     build = tmp_path / "semids"
     shutil.copytree(out, build)
     fake = FakeAligned()
-    monkeypatch.setattr(B, "load_aligned_encoder", lambda cfg, path: fake)
+    monkeypatch.setattr(A, "load_aligned_encoder", lambda cfg, path: fake)
     _no_model_load(monkeypatch)
     plain = data.load(prepared_dir).items[S.TEXT].to_list()
     facets = read_facets(pl.read_parquet(out / "facets.parquet"))
     known = [i for i, f in enumerate(facets) if f is not None][:2]  # items the LLM gave facets to
     new = tmp_path / "new.csv"
     pl.DataFrame({S.ITEM: [120, 121], S.TEXT: [plain[i] for i in known]}).write_csv(new)
-    B.assign(semids=str(build), items=str(new))
+    A.assign(semids=str(build), items=str(new))
     assert fake.texts == enrich([plain[i] for i in known], [facets[i] for i in known])
     assert fake.texts != [plain[i] for i in known]
     assert "[assign] llm facets/consolidate: 2 items, 2 cached, 0 computed" in capsys.readouterr().out
@@ -247,9 +248,9 @@ def test_assign_without_the_builds_llm_is_one_error(
     new = tmp_path / "new.csv"
     pl.DataFrame({S.ITEM: [120], S.TEXT: ["a blue boat"]}).write_csv(new)
     fake = FakeAligned()
-    monkeypatch.setattr(B, "load_aligned_encoder", lambda cfg, path: fake)
+    monkeypatch.setattr(A, "load_aligned_encoder", lambda cfg, path: fake)
     before = (build / S.ITEM_SIDS_FILE).read_bytes()
     with pytest.raises(InputError, match=problem) as err:
-        B.assign(semids=str(build), items=str(new))
+        A.assign(semids=str(build), items=str(new))
     assert str(where) in str(err.value) and fake.texts == []
     assert (build / S.ITEM_SIDS_FILE).read_bytes() == before

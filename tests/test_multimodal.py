@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.build_semids import assign, build
+from pipelines.assign import assign
+from pipelines.build_semids import build
 from semid import data, synthetic
 from semid import encoder as enc
 from semid import schema as S

@@ -426,14 +426,14 @@ def test_assign_string_ids_are_one_line(fake_build, tmp_path, capsys):
 
 
 def test_assign_items_folder_is_one_line(fake_build, tmp_path):
-    from pipelines.build_semids import assign
+    from pipelines.assign import assign
 
     with pytest.raises(InputError, match="is a folder"):
         assign(semids=str(fake_build), items=str(tmp_path))
 
 
 def test_assign_refuses_a_table_of_another_build(fake_build, tmp_path):
-    from pipelines.build_semids import assign
+    from pipelines.assign import assign
 
     record = json.loads((fake_build / "build.json").read_text())
     write_json({**record, "stage_hash": "build-2"}, fake_build / "build.json")
