@@ -1,5 +1,6 @@
 """AKT-Rec v2 (ctr.models.akt) and its layers: the residual gate's start, gradient flow of the asymmetric transfer,
-the cluster view's hard search, the cold path, orthogonality, the content tower, every ablation, checkpoints."""
+the cluster view's hard search, the cold path, orthogonality, the content tower, every ablation, checkpoints, and
+the optimised forward (deduplicated history, regrouped attention) against a straightforward reference."""
 
 from __future__ import annotations
 
@@ -347,3 +348,122 @@ def test_checkpoint_round_trip_weights_only(flags, tmp_path):
     task.eval(), loaded.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(batch).logit, task(batch).logit, rtol=0, atol=0)
+
+
+# -- the optimised forward against a straightforward one ----------------------------------------------------
+def consistent_batch(b: int = 48, seed: int = 0, spec: DataSpec = SPEC) -> Batch:
+    """`make_batch` where, as in prepared data, an item has one SID and one train count wherever it appears
+    (target or history), and repeats across histories: the history embedding runs on its distinct items."""
+    g = torch.Generator().manual_seed(seed + 100)
+    sid = codes(spec.item_sid_sizes, (spec.n_items,), g)  # (I, L)
+    count = torch.randint(1, int(spec.item_count_max) + 1, (spec.n_items,), generator=g).float()
+    count[::4] = 0.0  # a quarter of the items cold: targets and history items without a trained row
+    batch = make_batch(b, seed, spec)
+    hist = batch.hist_item  # (B, H) item + 1, 0 = pad
+    row = (hist - 1).clamp_min(0)
+    return batch._replace(
+        item_sid=sid[batch.item],
+        item_count=count[batch.item],
+        hist_item_sid=sid[row] * (hist > 0).unsqueeze(-1),
+        hist_item_count=count[row] * (hist > 0),
+    )
+
+
+def reference_scores(att: layers.TargetAttention, hist: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """DIN's score MLP on the concatenated [h, t, h - t, h * t] (B, H, 4d), as the paper writes it."""
+    t = target.unsqueeze(1).expand_as(hist)
+    return att.score(torch.cat([hist, t, hist - t, hist * t], -1)).squeeze(-1)  # (B, H)
+
+
+def reference_embedding(emb: layers.ClusterGuidedEmbedding, ids, sid, count, *, fallback=None):
+    """A cluster-guided embedding from per-depth lookups, position by position (no fused table index, no
+    deduplication): c = sum_{l <= k} E_l[prefix_l], v = E[id] + sum_{l > k} E_l[prefix_l]."""
+    prefix = emb.prefix
+    index = emb.prefix.prefix_index(sid[..., : prefix.levels])  # (..., L) row within each depth's table
+    table, offsets = prefix.table.weight, prefix.offsets.tolist()
+    rows = [table[offsets[level] :][index[..., level]] for level in range(prefix.levels)]  # L x (..., d)
+    c = sum(rows[: emb.k])  # (..., d)
+    v = emb.individual.weight[ids] + sum(rows[emb.k :])  # (..., d)
+    warm = (count > 0).unsqueeze(-1)
+    v = torch.where(warm, v, fallback) if fallback is not None else v * warm
+    g = emb.gate(layers.activity(count, emb.count_max))  # residual gate
+    return layers.AdaptiveEmbedding(c + g * v, v, c, g)
+
+
+def reference_forward(model: AKT, batch: Batch):
+    """`model(batch)` with the history embedded position by position from per-depth lookups and the attention
+    scored on the concatenated features: what the optimised forward must reproduce."""
+    emb, att = model.item_emb, model.instance
+
+    def with_history(ids, sid, count, hist_ids, hist_sid, hist_count, *, fallback=None):
+        target = reference_embedding(emb, ids, sid, count, fallback=fallback)
+        return target, reference_embedding(emb, hist_ids, hist_sid, hist_count).e
+
+    def forward(hist, target, mask):
+        w = torch.softmax(reference_scores(att, hist, target).masked_fill(~mask, -1e9), dim=1) * mask
+        return torch.einsum("bh,bhd->bd", w, hist)
+
+    emb.with_history, att.forward = with_history, forward  # instance attributes shadow the methods
+    try:
+        return model(batch)
+    finally:
+        del emb.with_history, att.forward
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("content", [False, True])
+def test_optimised_forward_matches_the_reference_values_and_gradients(training, content):
+    spec = dataclasses.replace(SPEC, item_content_dim=5 if content else 0)
+    model = akt(spec, content_tower=content, p_cold=0.3).train(training)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # move every parameter off its init (zeroed gates would hide a wrong activity term)
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    batch = consistent_batch(spec=spec)
+    hist = (batch.hist_item, batch.hist_item_sid, batch.hist_item_count)
+    assert layers.distinct(*hist, spec.n_items) is not None  # the deduplicated path
+    outs, grads = [], []
+    for run in (model, functools.partial(reference_forward, model)):
+        torch.manual_seed(7)  # the same cold-path draws and dropout masks for both
+        out = run(batch)
+        model.zero_grad()
+        (out.logit.pow(2).mean() + out.aux_loss + out.embed_sq).backward()
+        outs.append(out)
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    fast, ref = outs
+    tol = {"rtol": 1e-6, "atol": 1e-6}
+    torch.testing.assert_close(fast.logit, ref.logit, **tol)
+    torch.testing.assert_close(fast.aux_loss, ref.aux_loss, **tol)
+    torch.testing.assert_close(fast.embed_sq, ref.embed_sq, **tol)
+    assert fast.aux.keys() == ref.aux.keys()
+    for key in fast.aux:
+        torch.testing.assert_close(fast.aux[key], ref.aux[key], **tol, equal_nan=True, msg=key)
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_distinct_finds_each_id_once_and_refuses_ids_with_two_codes_or_counts():
+    ids = torch.tensor([[3, 0, 3, 7], [7, 7, 0, 1]])
+    sid = torch.stack([ids % 5, ids // 5], -1)  # (2, 4, 2) a function of the id
+    count = (ids * 10).float()
+    seen = layers.distinct(ids, sid, count, n=9)
+    assert seen.ids.tolist() == [0, 1, 3, 7]  # torch.unique's order
+    assert torch.equal(seen.ids[seen.inverse], ids.flatten())
+    assert torch.equal(seen.codes[seen.inverse], sid.reshape(-1, 2))
+    assert torch.equal(seen.count, seen.ids * 10.0)
+    other = sid.clone()
+    other[1, 1, 1] += 1  # id 7 with a second SID
+    assert layers.distinct(ids, other, count, n=9) is None
+    count[0, 2] = 29.0  # id 3 with a second count
+    assert layers.distinct(ids, sid, count, n=9) is None
+
+
+def test_with_history_falls_back_to_positions_when_an_id_has_two_sids():
+    model = akt().train()
+    batch = make_batch()  # random history SIDs: an id repeats with different codes
+    emb, history = model.item_emb, (batch.hist_item, batch.hist_item_sid, batch.hist_item_count)
+    assert layers.distinct(*history, SPEC.n_items) is None
+    target, hist = emb.with_history(batch.item + 1, batch.item_sid, batch.item_count, *history)
+    torch.testing.assert_close(hist, emb(*history).e)
+    torch.testing.assert_close(target.e, emb(batch.item + 1, batch.item_sid, batch.item_count).e)

@@ -1,6 +1,7 @@
 """Reusable CTR building blocks, one kind per file.
 
-- `functional`: table init, activity level a = log(1 + count) / log(1 + count_max), masked mean, the L2 term.
+- `functional`: table init, activity level a = log(1 + count) / log(1 + count_max), masked mean, the L2 term,
+  id helpers (`distinct`: the distinct ids of a history).
 - `embedding`: `FeatureBags`, `FieldEmbedding` (the fields every model shares), `SIDPrefixEmbedding`.
 - `interaction`: `MLP` (optional BatchNorm), POSO's `GatedMLP`, `FMInteraction`, DCN-V2's `CrossNetV2`.
 - `attention`: DIN's `TargetAttention`.
@@ -23,7 +24,9 @@ from ctr.layers.functional import (
     EMBED_INIT_STD,
     HEAD_BUCKET,
     ROWS_PER_ID,
+    Distinct,
     activity,
+    distinct,
     first_occurrence,
     init_table,
     largest_prime_at_most,
@@ -45,6 +48,7 @@ __all__ = [
     "ClusterGuidedEmbedding",
     "ClusterView",
     "CrossNetV2",
+    "Distinct",
     "FMInteraction",
     "FeatureBags",
     "FieldEmbedding",
@@ -57,6 +61,7 @@ __all__ = [
     "activity",
     "asymmetric_transfer",
     "cluster_key",
+    "distinct",
     "first_occurrence",
     "info_nce",
     "init_table",

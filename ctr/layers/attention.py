@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ctr.layers.interaction import MLP
@@ -16,6 +17,12 @@ class TargetAttention(nn.Module):
     `softmax=True` normalises the scores over the history (masked softmax); False keeps DIN's raw activation
     weights (Zhou et al., KDD'18: "normalization with softmax is abandoned" so the pooled norm reflects how much
     of the history matches the target), padded positions weighted 0.
+
+    The MLP's first layer is evaluated regrouped, never building [h, t, h - t, h * t] (B, H, 4d): with
+    W = [W_h, W_t, W_d, W_p], W [h, t, h - t, h * t] = [W_h + W_d, W_p] [h, h * t] + (W_t - W_d) t, and the t term
+    is computed once per sample instead of once per history position. Same parameters, same scores up to float
+    round-off; on one CPU thread (2048 x 20 x 16) a training step's attention takes ~14 instead of ~27 ms
+    (benchmarks/akt_profile.py measures the whole model).
     """
 
     def __init__(self, dim: int, *, hidden: Sequence[int] = (32,), softmax: bool = True):
@@ -23,11 +30,25 @@ class TargetAttention(nn.Module):
         self.score = MLP(4 * dim, hidden, out_dim=1)
         self.softmax = softmax
 
+    def scores(self, hist: Tensor, target: Tensor) -> Tensor:
+        """MLP([h, t, h - t, h * t]) per history position: (B, H, d), (B, d) -> (B, H)."""
+        first, *rest = self.score
+        w_h, w_t, w_d, w_p = first.weight.split(hist.shape[-1], 1)  # 4 x (hidden, d)
+        x = torch.cat([hist, hist * target.unsqueeze(1)], -1)  # (B, H, 2d)
+        pre = F.linear(x, torch.cat([w_h + w_d, w_p], 1))  # (B, H, hidden)
+        pre = pre.add_(F.linear(target, w_t - w_d, first.bias).unsqueeze(1))  # + (B, 1, hidden), in place
+        for layer in rest:  # ReLU, Dropout, ..., the output Linear
+            # ReLU in place, on the output of a Linear (which keeps its input, not its output): one (B, H, hidden)
+            # tensor fewer to allocate
+            pre = F.relu_(pre) if isinstance(layer, nn.ReLU) else layer(pre)
+        return pre.squeeze(-1)  # (B, H, 1) -> (B, H)
+
     def forward(self, hist: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-        t = target.unsqueeze(1).expand_as(hist)  # (B, d) -> (B, H, d)
-        s = self.score(torch.cat([hist, t, hist - t, hist * t], -1)).squeeze(-1)  # (B, H, 4d) -> (B, H)
+        s = self.scores(hist, target)  # (B, H)
         if self.softmax:
             w = torch.softmax(s.masked_fill(~mask, -1e9), dim=1) * mask  # (B, H); all-padded rows -> 0
         else:
             w = s * mask  # (B, H)
-        return torch.einsum("bh,bhd->bd", w, hist)  # (B, d)
+        # a broadcast product, not einsum: einsum's batched matmul with a width-1 inner dimension is slow to
+        # differentiate on CPU
+        return (w.unsqueeze(-1) * hist).sum(1)  # (B, H, d) -> (B, d)

@@ -211,10 +211,12 @@ class AKT(nn.Module):
         item_count, item_bucket = self.present(batch.item_count, batch.item_bucket)  # (B,), (B,)
         fallback = self.content(batch.item_content) if self.content is not None else None  # (B, d)
         user = self.user_emb(batch.user + 1, batch.user_sid, user_count)  # e, v, c: (B, d)
-        item = self.item_emb(batch.item + 1, batch.item_sid, item_count, fallback=fallback)  # e, v, c: (B, d)
-        hist = self.item_emb(
-            batch.hist_item, batch.hist_item_sid, batch.hist_item_count
-        )  # e, v, c: (B, H, d)
+        # the targets' e, v, c (B, d) and the history's e (B, H, d): one lookup over the targets and the
+        # history's distinct items
+        item, hist = self.item_emb.with_history(
+            batch.item + 1, batch.item_sid, item_count,
+            batch.hist_item, batch.hist_item_sid, batch.hist_item_count, fallback=fallback,
+        )  # fmt: skip
         user_feats = self.user_feats(batch.user_feats)  # (B, F_u, d)
         item_feats = self.item_feats(batch.item_feats)  # (B, F_i, d)
         a_user = activity(user_count, spec.user_count_max)  # (B,)
@@ -225,9 +227,9 @@ class AKT(nn.Module):
         mask = batch.hist_item > 0  # (B, H)
         views = []
         if self.instance is not None:
-            views.append(self.instance(hist.e, item.e, mask))  # (B, d)
+            views.append(self.instance(hist, item.e, mask))  # (B, d)
         if self.cluster_view is not None:
-            s_c, same = self.cluster_view(hist.e, batch.hist_item_sid, mask, item.e, batch.item_sid)  # (B, d)
+            s_c, same = self.cluster_view(hist, batch.hist_item_sid, mask, item.e, batch.item_sid)  # (B, d)
             views.append(s_c)
             aux["views/cluster_hit"] = same.any(1).float().mean()
         if self.fusion is not None:

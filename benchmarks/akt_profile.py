@@ -1,0 +1,274 @@
+"""Measure AKT's and DeepFM's train and predict throughput in a bare loop, and where AKT's training step spends its
+time (torch.profiler), and write a markdown table (issue 18: AKT trains at under half a DeepFM's speed).
+
+Batches are synthetic with MovieLens-1M cardinalities (`benchmarks.train_loop.ML1M`: 6,040 users, 3,706 items,
+three 256-code item SID levels, history 20), made consistent the way real prepared data is: an item has one
+semantic ID, one train count and one activity bucket wherever it appears (target or history), a user one count
+and bucket. Both models are `CTRTask`s with the shipped configs (`configs/ctr/akt.yaml` and `deepfm.yaml` set no
+init_args: the defaults) and the task's own loss (BCE + aux loss [+ L2]) and optimiser (fused AdamW); the loop is
+forward, zero_grad, backward, step, as `CTRTask.training_step` does without Lightning around it. Predict is the
+eval-mode forward under `torch.inference_mode`. One intra-op thread; the runs are interleaved (AKT train, AKT
+predict, DeepFM train, DeepFM predict, repeat) so that load from other processes hits all alike, and the table
+reports the median of `--repeats`.
+
+Each run writes one section of the output file under its `--label` (replacing an older section of that label,
+keeping the others), and a summary table of every label found, so `--label before` on the old code and
+`--label after` on the new one give a before/after table.
+
+    python -m benchmarks.akt_profile --label after
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.train_loop import ML1M, synthetic_batches
+from ctr.batch import Batch, DataSpec
+from ctr.models import DeepFM
+from ctr.models.akt import AKT
+from ctr.module import CTRTask
+
+RECORD = re.compile(r"<!-- akt_profile (\{.*\}) -->")
+
+
+def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -> list[Batch]:
+    """`benchmarks.train_loop.synthetic_batches` with per-item SIDs / counts / buckets and per-user counts /
+    buckets looked up from fixed tables, as in prepared data (there every field is a function of the id)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    item_sid = torch.stack(
+        [torch.randint(0, s, (spec.n_items,), generator=g) for s in spec.item_sid_sizes], 1
+    )
+    item_count = torch.randint(0, int(spec.item_count_max) + 1, (spec.n_items,), generator=g).float()
+    user_count = torch.randint(1, int(spec.user_count_max) + 1, (spec.n_users,), generator=g).float()
+
+    def bucket(count: torch.Tensor, top: float) -> torch.Tensor:  # head, torso, tail, cold
+        return torch.where(count == 0, 3, torch.bucketize(-count, torch.tensor([-0.5 * top, -0.1 * top])))
+
+    item_bucket, user_bucket = (
+        bucket(item_count, spec.item_count_max),
+        bucket(user_count, spec.user_count_max),
+    )
+    out = []
+    for b in synthetic_batches(spec, n, batch_size, seed):
+        hist = b.hist_item  # (B, H) item id + 1, 0 = pad
+        real = (hist > 0).unsqueeze(-1)  # (B, H, 1)
+        out.append(
+            b._replace(
+                item_sid=item_sid[b.item],  # (B, L)
+                item_count=item_count[b.item],
+                item_bucket=item_bucket[b.item],
+                user_count=user_count[b.user],
+                user_bucket=user_bucket[b.user],
+                hist_item_sid=item_sid[(hist - 1).clamp_min(0)] * real,  # (B, H, L)
+                hist_item_count=item_count[(hist - 1).clamp_min(0)] * (hist > 0),  # (B, H)
+            )
+        )
+    return out
+
+
+def make_task(net: type) -> CTRTask:
+    torch.manual_seed(0)
+    return CTRTask(net, ML1M)
+
+
+class Clock:
+    """Wall and process CPU time of a block; samples per second of each. On a CPU shared with other jobs the
+    CPU-time rate is the steadier one (waiting for a core does not count), the wall rate what a user sees."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+    def rates(self, samples: int) -> tuple[float, float]:
+        return samples / self.wall, samples / self.cpu
+
+
+def train_run(task: CTRTask, opt: torch.optim.Optimizer, batches: list[Batch]) -> tuple[float, float]:
+    """Samples/s (wall, CPU) of forward + loss + zero_grad + backward + fused AdamW step over the batches."""
+    task.train()
+    with Clock() as clock:
+        for batch in batches:
+            loss, _ = task.loss(batch, task(batch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return clock.rates(sum(len(b.label) for b in batches))
+
+
+def predict_run(task: CTRTask, batches: list[Batch]) -> tuple[float, float]:
+    """Samples/s (wall, CPU) of the eval-mode forward (click probability) without autograd."""
+    task.eval()
+    with Clock() as clock, torch.inference_mode():
+        for batch in batches:
+            torch.sigmoid(task(batch).logit)
+    return clock.rates(sum(len(b.label) for b in batches))
+
+
+def top_ops(task: CTRTask, batches: list[Batch], n_ops: int = 15) -> list[tuple[str, float, int]]:
+    """(op, self CPU ms, calls) per training step of the `n_ops` costliest ops of AKT, each the median over the
+    steps, profiled one at a time after a warm-up step: the profiler times ops by the wall clock, and a median
+    over steps keeps a step that another process interrupted from inflating one op."""
+    task.train()
+    opt = task.configure_optimizers()
+
+    def step(batch: Batch) -> None:
+        loss, _ = task.loss(batch, task(batch))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step(batches[0])
+    per_step: list[dict[str, tuple[float, int]]] = []
+    for batch in batches:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step(batch)
+        per_step.append({e.key: (e.self_cpu_time_total / 1e3, e.count) for e in prof.key_averages()})
+    keys = {k for ops in per_step for k in ops}
+    med = {k: statistics.median(ops.get(k, (0.0, 0))[0] for ops in per_step) for k in keys}
+    calls = {k: round(statistics.median(ops.get(k, (0.0, 0))[1] for ops in per_step)) for k in keys}
+    return [(k, med[k], calls[k]) for k in sorted(keys, key=med.__getitem__, reverse=True)[:n_ops]]
+
+
+def measure(steps: int, batch_size: int, repeats: int, profile_steps: int) -> dict:
+    batches = consistent_batches(ML1M, steps, batch_size)
+    tasks = {"AKT": make_task(AKT), "DeepFM": make_task(DeepFM)}
+    optimisers = {name: task.configure_optimizers() for name, task in tasks.items()}
+    for name, task in tasks.items():  # warm-up: allocator, the optimiser's state
+        train_run(task, optimisers[name], batches[:3]), predict_run(task, batches[:3])
+    runs: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for name, task in tasks.items():
+            for kind, rates in (
+                ("train", train_run(task, optimisers[name], batches)),
+                ("predict", predict_run(task, batches)),
+            ):
+                runs.setdefault(f"{name} {kind}", []).append(rates[0])  # wall
+                runs.setdefault(f"{name} {kind} cpu", []).append(rates[1])
+    ops = top_ops(make_task(AKT), batches[:profile_steps])
+    return {"runs": runs, "ops": ops}
+
+
+def section(label: str, result: dict, opts: argparse.Namespace, load: tuple[float, float]) -> str:
+    runs, med = result["runs"], {k: statistics.median(v) for k, v in result["runs"].items()}
+    env = "".join(f"{k}={os.environ[k]} " for k in ("GLIBC_TUNABLES", "LD_PRELOAD") if k in os.environ)
+    lines = [
+        f"## {label}",
+        "",
+        f"Command: `{env}python -m benchmarks.akt_profile --label {label} --steps {opts.steps} --batch-size "
+        f"{opts.batch_size} --repeats {opts.repeats}`; {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after.{' ' + opts.note if opts.note else ''}",
+        "",
+        "| model | train samples/s (runs) | train samples/CPU-s | predict samples/s (runs) | predict samples/CPU-s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ("AKT", "DeepFM"):
+        spread = {k: ", ".join(f"{x:,.0f}" for x in runs[f"{name} {k}"]) for k in ("train", "predict")}
+        lines.append(
+            f"| {name} | {med[f'{name} train']:,.0f} ({spread['train']}) | {med[f'{name} train cpu']:,.0f} "
+            f"| {med[f'{name} predict']:,.0f} ({spread['predict']}) | {med[f'{name} predict cpu']:,.0f} |"
+        )
+    ratio = {
+        k: med[f"AKT {k}"] / med[f"DeepFM {k}"] for k in ("train", "train cpu", "predict", "predict cpu")
+    }
+    lines += [
+        "",
+        f"AKT / DeepFM: train {ratio['train']:.2f}x wall ({ratio['train cpu']:.2f}x CPU time), "
+        f"predict {ratio['predict']:.2f}x wall ({ratio['predict cpu']:.2f}x CPU time).",
+        "",
+        f"Top {len(result['ops'])} ops of an AKT training step by self CPU time (torch.profiler, wall clock per op; "
+        f"median over {opts.profile_steps} profiled steps; profiling adds overhead per op):",
+        "",
+        "| op | self CPU ms / step | calls / step |",
+        "|---|---:|---:|",
+        *(f"| `{op}` | {ms:.2f} | {calls} |" for op, ms, calls in result["ops"]),
+        "",
+        f"<!-- akt_profile {json.dumps({'label': label, 'median': med})} -->",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(out: Path, label: str, text: str) -> str:
+    """Replace the section of `label` in `out` (keeping the others) and rebuild the summary over all labels."""
+    old = out.read_text() if out.exists() else ""
+    sections = {m.group(1): m.group(0) for m in re.finditer(r"^## (\S+)\n.*?(?=^## |\Z)", old, re.M | re.S)}
+    sections.pop("summary", None)
+    sections[label] = text
+    medians = {}
+    for body in sections.values():
+        m = RECORD.search(body)
+        if m:
+            record = json.loads(m.group(1))
+            medians[record["label"]] = record["median"]
+    header = [
+        "# AKT vs DeepFM throughput and AKT's costliest ops (issue 18)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
+        f"torch {torch.__version__}, 1 intra-op thread. Synthetic ML-1M-sized batches of "
+        "`benchmarks/train_loop.py` with consistent per-id SIDs / counts / buckets; both models with their "
+        "shipped defaults inside `CTRTask` (loss, fused AdamW); bare loop, no Lightning. Samples/s, median of "
+        "interleaved repetitions (all runs in brackets).",
+        "",
+        "## summary",
+        "",
+        "Samples/s (wall clock; in brackets per CPU-second of this process, steadier under load):",
+        "",
+        "| label | AKT train | DeepFM train | AKT / DeepFM train | AKT predict | DeepFM predict | "
+        "AKT / DeepFM predict |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, med in medians.items():
+        cells = []
+        for kind in ("train", "predict"):
+            akt, fm = med[f"AKT {kind}"], med[f"DeepFM {kind}"]
+            akt_cpu, fm_cpu = med[f"AKT {kind} cpu"], med[f"DeepFM {kind} cpu"]
+            cells += [
+                f"{akt:,.0f} ({akt_cpu:,.0f})",
+                f"{fm:,.0f} ({fm_cpu:,.0f})",
+                f"{akt / fm:.2f}x ({akt_cpu / fm_cpu:.2f}x)",
+            ]
+        header.append(f"| {name} | " + " | ".join(cells) + " |")
+    text = "\n".join(header) + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections.values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return text
+
+
+def main(args: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", default="after", help="section name, e.g. before / after")
+    parser.add_argument("--steps", type=int, default=40, help="batches per timed run")
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile-steps", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/akt_profile.md"))
+    parser.add_argument("--note", default="", help="said in the section, e.g. which code was measured")
+    opts = parser.parse_args(args)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore")
+    load_before = os.getloadavg()[0]
+    result = measure(opts.steps, opts.batch_size, opts.repeats, opts.profile_steps)
+    text = section(opts.label, result, opts, (load_before, os.getloadavg()[0]))
+    write(opts.out, opts.label, text)
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
