@@ -78,8 +78,9 @@ class TuneStage:
     seed: int = 0
     """Seeds the TPE sampler and every trial's training."""
     monitor: Monitor | None = None
-    """What trials are ranked on; None = the common configs' `model.monitor`, else val/gauc_warm (the rule not
-    dominated by cold users; set val/auc where validation GAUC is undefined, e.g. leave-last-out)."""
+    """What trials are ranked on; None = the common configs' `model.monitor`, else CTRTask's default
+    (`ctr.module.DEFAULT_MONITOR`): always the number the fits are selected on, so the report can rank every model
+    on it. Set model.monitor in the common config (val/gauc_warm on temporal splits, val/auc on leave-last-out)."""
     max_epochs: int = 20
     """The largest epoch budget a trial may draw (early-stopping patience and min_delta are searched too)."""
 
@@ -259,15 +260,11 @@ class Tuning(NamedTuple):
 
 
 def tune_monitor(stage: TuneStage, common_cfg: list[ConfigText]) -> str:
-    """The number trials are ranked on: the stage's, else the last common config's `model.monitor`, else
-    val/gauc_warm (not dominated by the cold users of a temporal validation split)."""
-    if stage.monitor is not None:
-        return stage.monitor
-    for cfg in reversed(common_cfg):
-        model = cfg.parsed.get("model") if isinstance(cfg.parsed, dict) else None
-        if isinstance(model, dict) and model.get("monitor"):
-            return str(model["monitor"])
-    return "val/gauc_warm"
+    """The number trials are ranked on: the stage's, else what the common configs select fits on
+    (`ctr.module.configured_monitor`) -- the number the untuned fits of the run are selected on."""
+    from ctr.module import configured_monitor
+
+    return stage.monitor if stage.monitor is not None else configured_monitor(c.parsed for c in common_cfg)
 
 
 def best_trial(trials_csv: Path) -> dict[str, Any]:

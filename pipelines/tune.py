@@ -18,20 +18,29 @@ from pathlib import Path
 
 import yaml
 
-from ctr.module import MONITOR_KEY, Monitor
+from ctr.module import MONITOR_KEY, Monitor, configured_monitor
 from semid.errors import InputError
 from semid.io import write_text
 
 TUNED_DIR = "tuned"
 
 
-def _read_yaml(path: str | Path) -> dict:
+def _read_config(path: str | Path, what: str) -> dict:
+    """A YAML mapping; InputError naming the file when it is missing, unreadable or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(
-            "config not found", file=path, fix="pass a model YAML such as configs/ctr/deepfm.yaml"
-        )
-    config = yaml.safe_load(path.read_text()) or {}
+        raise InputError(f"{what} not found", file=path, fix=f"pass an existing {what} YAML")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(f"{what} is not valid YAML ({err})", file=path, fix="fix the YAML") from None
+    if not isinstance(config, dict):
+        raise InputError(f"{what} is not a mapping of settings", file=path, fix="fix the YAML")
+    return config
+
+
+def _read_yaml(path: str | Path) -> dict:
+    config = _read_config(path, "model config")
     net = config.get("model", {}).get("net") if isinstance(config.get("model"), dict) else None
     if not isinstance(net, dict) or "class_path" not in net:
         raise InputError(
@@ -52,7 +61,7 @@ def tune(
     common: list[str] | None = None,
     n_trials: int = 20,
     seed: int = 0,
-    monitor: Monitor = "val/gauc_warm",
+    monitor: Monitor | None = None,
     max_epochs: int = 20,
     item_sids: str | None = None,
     user_sids: str | None = None,
@@ -71,8 +80,9 @@ def tune(
         common: configs applied first to every trial (trainer and data settings, e.g. configs/ctr/common/*.yaml).
         n_trials: trials per model: give every model the same number.
         seed: seeds the TPE sampler and every trial's training (`seed_everything`).
-        monitor: what trials are ranked on (see CTRTask.monitor): val/gauc_warm by default, so that cold users
-            who dominate a temporal validation split do not decide; val/auc where GAUC is undefined.
+        monitor: what trials are ranked on (see CTRTask.monitor); default: the `model.monitor` of the common configs
+            and the model YAML (the last that sets it), else CTRTask's default -- the number the model's fits are
+            selected on (set val/gauc_warm on temporal splits, val/auc where validation GAUC is undefined).
         max_epochs: the largest epoch budget a trial may draw.
         item_sids, user_sids, item_content, user_content: passed to the data module (`data.*`).
         verbose: show Lightning's console output (default: it goes to `<out>/tuned/<name>.log`).
@@ -86,6 +96,8 @@ def tune(
     if n_trials < 1:
         raise InputError(f"n_trials={n_trials}", fix="give --n_trials of at least 1")
     base = _read_yaml(model)
+    if monitor is None:
+        monitor = configured_monitor([*(_read_config(c, "common config") for c in common or []), base])
     name = name or Path(model).stem
     knobs = space.knobs_for(base["model"]["net"]["class_path"], max_epochs)
     folder = Path(out) / TUNED_DIR

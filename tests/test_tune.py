@@ -74,6 +74,7 @@ def _common(tmp_path: Path) -> Path:
     path.write_text(
         "trainer: {limit_train_batches: 3, enable_model_summary: false}\n"
         "data: {batch_size: 256, eval_batch_size: 4096}\n"
+        "model: {monitor: val/gauc_warm}\n"  # trials are ranked on the common config's monitor
     )
     return path
 

@@ -84,7 +84,7 @@ def history_slots(history: History, user: Tensor, end: Tensor, length: int) -> T
     """(B,) users and history ends -> (B, length) indices into History.items / types of the last events, most
     recent first, 0 = pad."""
     pos = end[:, None] - 1 - torch.arange(length)  # (B, H) positions in the sorted positives
-    valid = pos >= history.user_start[user][:, None]  # (B, H)
+    valid = pos >= history.user_start.index_select(0, user)[:, None]  # (B, H)
     return torch.where(valid, pos + 1, 0)  # (B, H)
 
 

@@ -28,45 +28,61 @@ Split = Literal["train", "val", "test"]
 
 
 class SplitData(Dataset):
-    """One split; indexing with a tensor of sample indices returns the whole `Batch` (no collate)."""
+    """One split; indexing with a tensor of sample indices returns the whole `Batch` (no collate).
+
+    Every field is an `index_select` from a pre-materialised table: one kernel per field, several times faster
+    than advanced indexing (`table[idx]`) at CTR batch sizes. The history's per-item tables get a leading zero
+    row, so `History.items` (item id + 1, 0 = padding) indexes them directly: padded slots read zeros without a
+    clamp and a mask multiply.
+    """
 
     def __init__(self, tables: Tables, split: str, history_len: int) -> None:
         self.tables = tables
         self.arrays = tables.splits[split]
         self.split = split
         self.history_len = history_len
+        items = tables.items
+        self.hist_sid_table = torch.cat(
+            [items.sid.codes.new_zeros(1, items.sid.codes.shape[1]), items.sid.codes]
+        )
+        self.hist_count_table = torch.cat([items.count.new_zeros(1), items.count])  # (n_items + 1,)
 
     def __len__(self) -> int:
         return self.arrays.user.numel()
 
     def __getitem__(self, idx: Tensor) -> Batch:
+        """idx: (B,) int64 sample indices of the split."""
         t, a = self.tables, self.arrays
-        user, item = a.user[idx], a.item[idx]  # (B,)
+        user, item = take(a.user, idx), take(a.item, idx)  # (B,)
         history = t.histories[self.split]
-        slots = history_slots(history, user, a.hist_end[idx], self.history_len)  # (B, H)
-        hist = history.items[slots]  # (B, H)
-        hist_idx, hist_real = (hist - 1).clamp(min=0), hist > 0  # (B, H)
-        hist_sid = t.items.sid.codes[hist_idx] * hist_real.unsqueeze(-1)  # (B, H, L_i)
+        slots = history_slots(history, user, take(a.hist_end, idx), self.history_len)  # (B, H)
+        hist = take(history.items, slots)  # (B, H) item id + 1, 0 = pad
         return Batch(
             user=user,
             item=item,
-            label=a.label[idx],
-            user_sid=t.users.sid.codes[user],  # (B, L_u)
-            item_sid=t.items.sid.codes[item],  # (B, L_i)
-            user_count=t.users.count[user],
-            item_count=t.items.count[item],
-            user_feats=t.users.feats.tokens[user],  # (B, F_u, M_u)
-            item_feats=t.items.feats.tokens[item],  # (B, F_i, M_i)
+            label=take(a.label, idx),
+            user_sid=take(t.users.sid.codes, user),  # (B, L_u)
+            item_sid=take(t.items.sid.codes, item),  # (B, L_i)
+            user_count=take(t.users.count, user),
+            item_count=take(t.items.count, item),
+            user_feats=take(t.users.feats.tokens, user),  # (B, F_u, M_u)
+            item_feats=take(t.items.feats.tokens, item),  # (B, F_i, M_i)
             hist_item=hist,
-            hist_item_sid=hist_sid,
-            hist_item_count=t.items.count[hist_idx] * hist_real,  # (B, H)
-            user_bucket=t.users.bucket[user],
-            item_bucket=t.items.bucket[item],
-            user_content=t.users.content[user],  # (B, D_u), (B, 0) when none
-            item_content=t.items.content[item],  # (B, D_i)
-            scenario=a.scenario[idx] if a.scenario.numel() else NO_CODES,  # (B,) or empty
-            hist_type=history.types[slots] if t.merged_source else NO_CODES,  # (B, H) or empty
+            hist_item_sid=take(self.hist_sid_table, hist),  # (B, H, L_i), 0 where padded
+            hist_item_count=take(self.hist_count_table, hist),  # (B, H), 0 where padded
+            user_bucket=take(t.users.bucket, user),
+            item_bucket=take(t.items.bucket, item),
+            user_content=take(t.users.content, user),  # (B, D_u), (B, 0) when none
+            item_content=take(t.items.content, item),  # (B, D_i)
+            scenario=take(a.scenario, idx) if a.scenario.numel() else NO_CODES,  # (B,) or empty
+            hist_type=take(history.types, slots) if t.merged_source else NO_CODES,  # (B, H) or empty
         )
+
+
+def take(table: Tensor, index: Tensor) -> Tensor:
+    """Rows of `table` (n, *rest) at `index` (any shape) -> (*index.shape, *rest): `table[index]` as one
+    `index_select`."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, *table.shape[1:])
 
 
 class IndexBatches(Sampler[Tensor]):
