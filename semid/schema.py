@@ -110,6 +110,9 @@ REPORT_DIR = "report"  # <run>/report: report.md, report.json, plots
 METRICS_FILE = "metrics.json"  # <run>/models/<model>/seed<k>/metrics.json, written last: marks the fit done
 LOGS_DIR = "logs"
 CHECKPOINTS_DIR = "checkpoints"
+FIT_CONFIG_DIR = "config"
+"""<run>/models/<model>/seed<k>/config/: the `ctr fit` YAMLs `semid run` froze for a fit, applied in name order (the
+report reads the fit's model.monitor from them)."""
 ALIGN_STATE_FILE = "aligned_encoder.pt"  # <semids>/aligned_encoder.pt
 ITEM_RQVAE_FILE = "item_rqvae.pt"
 USER_RQVAE_FILE = "user_rqvae.pt"

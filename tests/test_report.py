@@ -17,9 +17,10 @@ import torch
 import yaml
 
 from ctr import metrics
+from ctr.module import DEFAULT_MONITOR
 from ctr.report import build_report
 from ctr.report.health import merge_health, read_sid_table, sid_health
-from ctr.report.runs import DEFAULT_MONITOR, FIT_CONFIG_DIR, monitor_value, read_monitor
+from ctr.report.runs import monitor_value, read_monitor
 from ctr.report.stats import BUCKET_KINDS, bootstrap_gauc_delta, roles, select_best, user_auc_table
 from pipelines.report import main
 from semid import ids, schema
@@ -58,7 +59,7 @@ def write_fit_record(seed_dir: Path, model: str, seed: int, monitor: str | None)
     then the model's, which does not) and metrics.json with every val number and `val.monitor`, the logged value
     of the monitor. monitor None: no frozen configs, and metrics.json without `val.monitor`."""
     val = {"gauc": VAL_GAUC[model] + 0.001 * seed, "auc": VAL_AUC[model] + 0.001 * seed}
-    config = seed_dir / FIT_CONFIG_DIR
+    config = seed_dir / schema.FIT_CONFIG_DIR
     shutil.rmtree(config, ignore_errors=True)
     if monitor is not None:
         val["monitor"] = val[monitor.removeprefix("val/")]
@@ -390,11 +391,8 @@ def test_models_fitted_with_different_monitors_are_refused(built, tmp_path):
 
 
 def test_the_monitor_is_read_from_the_frozen_configs(tmp_path):
-    from pipelines.run import FIT_CONFIG_DIR as WRITTEN
-
-    assert FIT_CONFIG_DIR == WRITTEN  # the folder `semid run` freezes a fit's configs into
     assert read_monitor(tmp_path) is None  # no frozen configs: the seed does not say
-    config = tmp_path / FIT_CONFIG_DIR
+    config = tmp_path / schema.FIT_CONFIG_DIR
     config.mkdir()
     (config / "00_common.yaml").write_text("trainer: {max_epochs: 2}\n")
     assert read_monitor(tmp_path) == DEFAULT_MONITOR == "val/gauc"  # CTRTask's default

@@ -278,7 +278,8 @@ def test_lock_is_released_on_error_and_a_dead_holder_is_taken_over(tmp_path):
 
 def test_fit_trains_from_the_config_text_that_was_hashed(tmp_path, monkeypatch):
     import pipelines.train
-    from pipelines.run import ModelStage, _fit_one, read_config
+    from pipelines.fit import fit_one
+    from pipelines.run import read_config
 
     model_yaml = tmp_path / "deepfm.yaml"
     model_yaml.write_text("model:\n  init_args: {embed_dim: 8}\n")
@@ -295,7 +296,7 @@ def test_fit_trains_from_the_config_text_that_was_hashed(tmp_path, monkeypatch):
     out = tmp_path / "run" / "models" / "deepfm" / "seed0"
     out.mkdir(parents=True)
     with pytest.raises(KeyboardInterrupt):
-        _fit_one(ModelStage("deepfm", str(model_yaml)), 0, [hashed], tmp_path, tmp_path, out, "h")
+        fit_one("deepfm", 0, [hashed], tmp_path, tmp_path, out, "h")
     configs = [seen["args"][i + 1] for i, a in enumerate(seen["args"]) if a == "--config"]
     assert [Path(c).read_text() for c in configs] == ["model:\n  init_args: {embed_dim: 8}\n"]
     assert all(Path(c).is_relative_to(out) for c in configs)

@@ -2,12 +2,11 @@
 and the model-selection monitor each seed was fitted with.
 
 Layout (names from semid.schema): <run>/MODELS_DIR/<model>/seed<k>/PREDICTIONS_FILE [+ METRICS_FILE]
-[+ FIT_CONFIG_DIR/*.yaml, the configs `semid run` froze for the fit].
+[+ config/*.yaml (semid.schema.FIT_CONFIG_DIR), the configs `semid run` froze for the fit].
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -18,16 +17,11 @@ from typing import Any, get_args
 import polars as pl
 import yaml
 
-from ctr.module import MONITOR_KEY, CTRTask, Monitor
+from ctr.module import MONITOR_KEY, Monitor, configured_monitor
 from semid import schema
 from semid.errors import InputError
 
 _TRAILING_INT = re.compile(r"^\D*(\d+)$")
-FIT_CONFIG_DIR = "config"
-"""<run>/models/<model>/seed<k>/config/: the `ctr fit` YAMLs a seed was fitted from, applied in name order
-(pipelines.run.FIT_CONFIG_DIR writes them; tests/test_report.py checks the two names agree)."""
-DEFAULT_MONITOR: str = inspect.signature(CTRTask).parameters["monitor"].default
-"""CTRTask's `monitor` when no config sets `model.monitor`."""
 
 
 def seed_of(name: str) -> int | None:
@@ -150,35 +144,33 @@ def read_metrics_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_monitor(seed_dir: Path) -> str | None:
-    """The `model.monitor` a seed was fitted with: the last of its frozen configs (FIT_CONFIG_DIR, applied in name
+    """The `model.monitor` a seed was fitted with: the last of its frozen configs (semid.schema.FIT_CONFIG_DIR, applied in name
     order as `ctr fit --config` applies them) that sets it, else CTRTask's default; None without that folder.
 
     The frozen configs are the record of the fit (its stage hash covers their text), so the report reads the rule
     the checkpoint and early stopping used from them rather than asking the user to repeat it.
     """
-    config_dir = seed_dir / FIT_CONFIG_DIR
+    config_dir = seed_dir / schema.FIT_CONFIG_DIR
     if not config_dir.is_dir():
         return None
-    monitor = DEFAULT_MONITOR
+    parsed = []
     for path in sorted(p for p in config_dir.iterdir() if p.suffix in (".yaml", ".yml")):
         try:
-            parsed = yaml.safe_load(path.read_text())
+            parsed.append(yaml.safe_load(path.read_text()))
         except (UnicodeDecodeError, yaml.YAMLError) as err:
             raise InputError(
                 f"frozen fit config is not valid YAML ({str(err).splitlines()[0]})",
                 file=path,
                 fix="delete the seed folder and re-run `semid run` to re-fit it, or restore the file",
             ) from None
-        model = parsed.get("model") if isinstance(parsed, dict) else None
-        if isinstance(model, dict) and model.get("monitor") is not None:
-            monitor = model["monitor"]
-            if monitor not in get_args(Monitor):
-                raise InputError(
-                    f"model.monitor is {monitor!r}, not one of {list(get_args(Monitor))}",
-                    file=path,
-                    fix="restore the config the seed was fitted with, or re-fit it with `semid run`",
-                )
-    return str(monitor)
+        monitor = configured_monitor(parsed[-1:])
+        if monitor not in get_args(Monitor):
+            raise InputError(
+                f"model.monitor is {monitor!r}, not one of {list(get_args(Monitor))}",
+                file=path,
+                fix="restore the config the seed was fitted with, or re-fit it with `semid run`",
+            )
+    return configured_monitor(parsed)
 
 
 def read_seed(model: str, seed: int, seed_dir: Path) -> SeedRun:

@@ -1,0 +1,119 @@
+"""The fit stage of `semid run`: one (model, seed) fitted, validated, tested and predicted in its own folder, from
+exactly the config texts the stage fingerprint hashed (frozen into `<seed>/config/`); metrics.json is written last
+and marks the stage done."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from semid import schema as S
+from semid.errors import InputError
+from semid.io import check_output_dir, write_json, write_text
+
+FIT_COMMAND = "semid run fit"
+FIT_LEGACY = (S.METRICS_FILE, S.PREDICTIONS_FILE, S.CHECKPOINTS_DIR, S.LOGS_DIR, S.FIT_CONFIG_DIR)
+"""What a (model, seed) folder written before the output marker existed holds."""
+
+
+class ConfigText(NamedTuple):
+    """One config file as read once: its path, exact text and parsed content."""
+
+    path: Path
+    text: str
+    parsed: Any
+
+
+def read_config(path: str | Path, what: str) -> ConfigText:
+    """Read a YAML config once (InputError naming the file when it is missing, a folder or not YAML)."""
+    path = Path(path)
+    fix = "check the path (relative to the working directory)"
+    if not path.exists():
+        raise InputError(f"{what} config not found", file=path, fix=fix)
+    if not path.is_file():
+        raise InputError(f"{what} config is a folder, not a YAML file", file=path, fix=fix)
+    text = path.read_text()
+    try:
+        parsed = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise InputError(
+            f"{what} config is not valid YAML ({err})", file=path, fix="fix the YAML syntax"
+        ) from None
+    return ConfigText(path, text, parsed)
+
+
+def inside(path: Path, root: Path) -> Path:
+    """`path` resolved, after checking it lies strictly inside `root` (a guard before anything is removed)."""
+    resolved, root = path.resolve(), root.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise RuntimeError(f"refusing to touch {resolved}: not inside the run directory {root}")
+    return resolved
+
+
+def fresh_fit_dir(out: Path, run_dir: Path) -> None:
+    """Empty the (model, seed) folder for a new attempt: only a folder of ours, only inside the run dir."""
+    inside(out, run_dir / S.MODELS_DIR)
+    if out.exists():  # a crashed earlier attempt or an outdated result: start this (model, seed) over
+        check_output_dir(out, FIT_COMMAND, option="the model folder", legacy=FIT_LEGACY)
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    write_json({"command": FIT_COMMAND, "version": 1}, out / S.OUTPUT_MARKER)
+
+
+def fit_one(
+    name: str,
+    seed: int,
+    configs: list[ConfigText],
+    prepared: Path,
+    semids: Path,
+    out: Path,
+    stage_hash: str,
+) -> dict[str, Any]:
+    """Fit, validate, test and predict one (model, seed) from exactly the config texts that were hashed."""
+    from ctr.module import PredictionWriter
+    from pipelines.console import plain_argv
+    from pipelines.train import cli, default_loggers
+
+    args: list[str] = []
+    for i, cfg in enumerate(configs):  # the texts hashed into stage_hash, frozen into the model folder
+        frozen = out / S.FIT_CONFIG_DIR / (f"{i:02d}_{cfg.path.name}")
+        write_text(cfg.text, frozen)
+        args += ["--config", str(frozen)]
+    args += [
+        "--data.data_dir", str(prepared),
+        "--data.item_sids", str(semids / S.ITEM_SIDS_FILE),
+        "--data.user_sids", str(semids / S.USER_SIDS_FILE),
+        "--data.item_content", str(semids / S.ITEM_EMB_FILE),  # used by content models (ContentFeatures)
+        "--data.user_content", str(semids / S.USER_EMB_FILE),
+        "--seed_everything", str(seed),
+        "--trainer.default_root_dir", str(out),
+        "--trainer.logger", json.dumps(default_loggers(str(out / S.LOGS_DIR))),
+        "--checkpoint.dirpath", str(out / S.CHECKPOINTS_DIR),
+    ]  # fmt: skip
+    start = time.perf_counter()
+    with plain_argv():
+        c = cli(args, run=False)
+    c.trainer.fit(c.model, datamodule=c.datamodule)
+    fit_seconds = time.perf_counter() - start
+    best = c.trainer.checkpoint_callback.best_model_path or None
+    val = c.trainer.validate(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
+    test = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
+    c.trainer.callbacks.append(PredictionWriter(out / S.PREDICTIONS_FILE))
+    c.trainer.predict(c.model, datamodule=c.datamodule, ckpt_path=best, return_predictions=False)
+    metrics = {
+        "model": name,
+        "seed": seed,
+        "stage_hash": stage_hash,
+        "val": {k.removeprefix("val/"): float(v) for k, v in val.items()},
+        "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
+        "fit_seconds": fit_seconds,
+        "epochs": int(c.trainer.current_epoch),
+        "best_checkpoint": best,
+    }
+    write_json(metrics, out / S.METRICS_FILE)  # written last: its presence marks the stage done
+    return metrics
