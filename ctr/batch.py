@@ -6,7 +6,9 @@ F_i / F_u = number of item / user side features, M_i / M_u = max tokens of one m
 H = history length, D_i / D_u = dimension of the frozen content vectors (0 when none are loaded). Token 0 is
 padding in every feature vocabulary and in the history (real item ids are shifted by one there), so
 `nn.EmbeddingBag(padding_idx=0)` / masks work directly. Optional fields (content vectors, scenario, history event
-type) are empty tensors when the data module was not asked for them; a network that needs one checks `numel()`.
+type, imagined behaviours) are empty tensors when the data module was not asked for them; a network that needs one
+checks `numel()`. K = imagined behaviours per user (`semid imagine`'s imagined.parquet, a flagged view kept apart
+from the real history: the model decides how far to trust it).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ class Batch(NamedTuple):
     hist_type: Tensor = (
         NO_CODES  # (B, H) int64 HIST_TARGET / HIST_SOURCE per history event (0 where padded), or empty
     )
+    imag_item: Tensor = NO_CODES  # (B, K) int64 imagined item id + 1, in rank order, 0 = none; or empty
+    imag_conf: Tensor = NO_CONTENT  # (B, K) float32 imagination confidence (0 where none), or empty
 
 
 class ModelOutput(NamedTuple):
@@ -82,3 +86,4 @@ class DataSpec:
     data_hash: str | None = (
         None  # fingerprint of the prepared dataset (refuses side files built from another)
     )
+    imagined_k: int = 0  # imagined behaviours per user in Batch.imag_item (0 = none loaded)

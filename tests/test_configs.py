@@ -13,6 +13,7 @@ from pipelines.build_semids import build
 from pipelines.console import plain_argv
 from pipelines.run import run
 from pipelines.train import cli
+from tests.test_imagined_view import write_imagined
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODEL_CONFIGS = sorted((CONFIGS / "ctr").glob("*.yaml"))
@@ -63,7 +64,20 @@ def content_dir(prepared_dir, tmp_path_factory) -> Path:
     return root
 
 
-def _one_batch(common: Path, model: Path, prepared_dir: Path, tmp_path: Path, content: Path):
+@pytest.fixture(scope="module")
+def imagined_dir(prepared_dir, tmp_path_factory) -> Path:
+    """An imagined.parquet for the prepared dataset, laid out as `semid imagine` writes it."""
+    return write_imagined(prepared_dir, tmp_path_factory.mktemp("imagined")).parent
+
+
+def _needs_imagined(model: Path) -> bool:
+    """Model YAMLs whose network reads `semid imagine`'s output (data.imagined is a per-run path)."""
+    return yaml.safe_load(model.read_text())["model"]["net"]["class_path"].startswith("ctr.models.imagined.")
+
+
+def _one_batch(
+    common: Path, model: Path, prepared_dir: Path, tmp_path: Path, content: Path, imagined: Path | None = None
+):
     args = [
         "--config", str(common),
         "--config", str(model),
@@ -74,6 +88,7 @@ def _one_batch(common: Path, model: Path, prepared_dir: Path, tmp_path: Path, co
         "--trainer.enable_progress_bar", "false",
         "--trainer.logger", "false",
         "--trainer.default_root_dir", str(tmp_path),
+        *(["--data.imagined", str(imagined)] if imagined is not None else []),
     ]  # fmt: skip
     with plain_argv():
         c = cli(args, run=False)
@@ -83,8 +98,9 @@ def _one_batch(common: Path, model: Path, prepared_dir: Path, tmp_path: Path, co
 
 
 @pytest.mark.parametrize("path", MODEL_CONFIGS, ids=lambda p: p.name)
-def test_model_configs_train_one_batch(path, prepared_dir, tmp_path, content_dir):
-    c = _one_batch(COMMON_CONFIGS[0], path, prepared_dir, tmp_path, content_dir)
+def test_model_configs_train_one_batch(path, prepared_dir, tmp_path, content_dir, imagined_dir):
+    imagined = imagined_dir if _needs_imagined(path) else None
+    c = _one_batch(COMMON_CONFIGS[0], path, prepared_dir, tmp_path, content_dir, imagined)
     expected = yaml.safe_load(path.read_text())["model"]
     net = expected["net"]
     assert type(c.model.net).__name__ == net["class_path"].rsplit(".", 1)[1]

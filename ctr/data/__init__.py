@@ -17,11 +17,21 @@ Content vectors (optional, `item_content` / `user_content`): the frozen aligned 
 Scenarios (optional): a `scenarios.parquet` gives every user or item one scenario (`Batch.scenario`).
 Source-domain history (optional): the Amazon reader's source_history.parquet joins every history source set,
 typed in `Batch.hist_type` (the "naive source history" arm of the cross-domain comparison).
+Imagined behaviours (optional): `semid imagine`'s imagined.parquet, each user's imagined items and confidences as
+a separate, flagged view (`Batch.imag_item` / `Batch.imag_conf`).
 """
 
 from __future__ import annotations
 
-from ctr.data.arrays import Entities, Features, ScenarioCodes, SemanticIds, SplitArrays, Tables
+from ctr.data.arrays import (
+    Entities,
+    Features,
+    ImaginedItems,
+    ScenarioCodes,
+    SemanticIds,
+    SplitArrays,
+    Tables,
+)
 from ctr.data.history import (
     HISTORY_SOURCES,
     History,
@@ -35,6 +45,7 @@ from ctr.data.readers import (
     SOURCE_HISTORY_NAME,
     feature_tokens,
     read_content,
+    read_imagined,
     read_scenarios,
     read_sids,
     read_source_history,
@@ -48,6 +59,7 @@ __all__ = [
     "Entities",
     "Features",
     "History",
+    "ImaginedItems",
     "IndexBatches",
     "ScenarioCodes",
     "SemanticIds",
@@ -62,6 +74,7 @@ __all__ = [
     "history_slots",
     "load_tables",
     "read_content",
+    "read_imagined",
     "read_scenarios",
     "read_sids",
     "read_source_history",

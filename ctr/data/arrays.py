@@ -1,5 +1,5 @@
 """The tensors a CTR dataset is read into once: per entity (features, semantic IDs, counts, buckets, content),
-per split (sample arrays), scenarios, and the `Tables` that hold them all."""
+per split (sample arrays), scenarios, imagined behaviours, and the `Tables` that hold them all."""
 
 from __future__ import annotations
 
@@ -50,6 +50,13 @@ class ScenarioCodes(NamedTuple):
     names: tuple[str, ...]  # scenario code -> name
 
 
+class ImaginedItems(NamedTuple):
+    """An imagined.parquet as per-user rows: `items[user]` are the user's imagined items in rank order."""
+
+    items: Tensor  # (n_users, K) int64 item id + 1, 0 = none (users without imagined rows are all 0)
+    confidence: Tensor  # (n_users, K) float32, 0 where none
+
+
 @dataclass(frozen=True)
 class Tables:
     items: Entities
@@ -59,3 +66,4 @@ class Tables:
     scenarios: ScenarioCodes | None = None
     data_hash: str | None = None  # the prepared dataset's fingerprint (items.parquet metadata)
     merged_source: bool = False  # histories hold source-domain events (Batch.hist_type is served)
+    imagined: ImaginedItems | None = None  # imagined behaviours per user (Batch.imag_item / imag_conf)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ctr.batch import NO_CODES, Batch, DataSpec
+from ctr.batch import NO_CODES, NO_CONTENT, Batch, DataSpec
 from ctr.data.arrays import Tables
 from ctr.data.history import history_slots
 from ctr.data.tables import load_tables
@@ -57,6 +57,7 @@ class SplitData(Dataset):
         history = t.histories[self.split]
         slots = history_slots(history, user, take(a.hist_end, idx), self.history_len)  # (B, H)
         hist = take(history.items, slots)  # (B, H) item id + 1, 0 = pad
+        imag = t.imagined
         return Batch(
             user=user,
             item=item,
@@ -76,6 +77,9 @@ class SplitData(Dataset):
             item_content=take(t.items.content, item),  # (B, D_i)
             scenario=take(a.scenario, idx) if a.scenario.numel() else NO_CODES,  # (B,) or empty
             hist_type=take(history.types, slots) if t.merged_source else NO_CODES,  # (B, H) or empty
+            # imagined from train positives only, the same rows for every split: (B, K) or empty
+            imag_item=NO_CODES if imag is None else take(imag.items, user),
+            imag_conf=NO_CONTENT if imag is None else take(imag.confidence, user),
         )
 
 
@@ -145,6 +149,7 @@ class CTRDataModule(L.LightningDataModule):
         user_content: str | None = None,
         scenarios: str | None = None,
         source_history: str | None = None,
+        imagined: str | None = None,
     ) -> None:
         """
         Args:
@@ -168,6 +173,10 @@ class CTRDataModule(L.LightningDataModule):
             source_history: the amazon-food-kitchen source_history.parquet (or the prepared folder holding it):
                 the users' source-domain (Food) events join their histories, strictly before each sample's
                 timestamp, typed in `Batch.hist_type` (the naive source-history arm). None = target events only.
+            imagined: `semid imagine`'s imagined.parquet (or its folder): each user's imagined behaviours (made
+                from train positives only) ride along as a separate, flagged view, `Batch.imag_item` /
+                `Batch.imag_conf` (ImaginedDeepFM, ImaginedDIN); refused when built from another prepared dataset.
+                None = no imagined view.
         """
         super().__init__()
         for name, value, low in (
@@ -198,6 +207,7 @@ class CTRDataModule(L.LightningDataModule):
         self.user_content = user_content
         self.scenarios = scenarios
         self.source_history = source_history
+        self.imagined = imagined
         self.tables: Tables | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -212,6 +222,7 @@ class CTRDataModule(L.LightningDataModule):
                 user_content=self.user_content,
                 scenarios=self.scenarios,
                 source_history=self.source_history,
+                imagined=self.imagined,
             )
 
     @property
@@ -235,6 +246,7 @@ class CTRDataModule(L.LightningDataModule):
             n_scenarios=0 if self.tables.scenarios is None else len(self.tables.scenarios.names),
             scenario_names=() if self.tables.scenarios is None else self.tables.scenarios.names,
             data_hash=self.tables.data_hash,
+            imagined_k=0 if self.tables.imagined is None else int(self.tables.imagined.items.shape[1]),
         )
 
     @property

@@ -1,5 +1,6 @@
 """Reading and validating the files a CTR run reads: the prepared entity and split tables, ID tables, content
-vectors, scenario tables and the source-domain history. Every user-fixable problem is one InputError."""
+vectors, scenario tables, the source-domain history and imagined behaviours. Every user-fixable problem is one
+InputError."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import polars as pl
 import torch
 from torch import Tensor
 
-from ctr.data.arrays import Entities, Features, ScenarioCodes, SemanticIds
+from ctr.data.arrays import Entities, Features, ImaginedItems, ScenarioCodes, SemanticIds
+from semid import imagine as IM
 from semid import scenarios as SC
 from semid import schema as S
 from semid.errors import InputError
@@ -334,3 +336,68 @@ def read_scenarios(path: str | Path, *, n_users: int, n_items: int, data_hash: s
     codes = np.zeros(n, dtype=np.int64)
     codes[keys] = table.table[SC.SCENARIO].cast(pl.Int64).to_numpy()
     return ScenarioCodes(table.key, torch.from_numpy(codes), table.names)
+
+
+def read_imagined(path: str | Path, *, n_users: int, n_items: int, data_hash: str | None) -> ImaginedItems:
+    """A `semid imagine` imagined.parquet (or the folder holding it) -> each user's imagined items in rank order.
+
+    Checked before any training: the IMAGINED_SCHEMA columns without nulls, user and item ids of this dataset, one
+    row per (user, rank), finite confidences >= 0, every row flagged imagined, and built from this prepared dataset
+    (the `data_hash` `semid imagine` records). K is the most rows of one user; ranks are compacted per user (a gap
+    leaves no empty slot), users without rows read zeros.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / IM.IMAGINED_FILE
+    fix = (
+        f"point data.imagined to the {IM.IMAGINED_FILE} that `semid imagine` wrote for this prepared dataset"
+    )
+    require_file(path, fix)
+    cols = [S.USER, IM.RANK, S.ITEM, IM.CONFIDENCE]
+    schema = pl.read_parquet_schema(path)
+    for col in cols:
+        if col not in schema:
+            raise InputError(
+                f"missing column {col!r}; the file has {list(schema.names())}", file=path, column=col, fix=fix
+            )
+        numeric = schema[col].is_float() if col == IM.CONFIDENCE else schema[col].is_integer()
+        if not numeric:
+            want = "a float" if col == IM.CONFIDENCE else "an integer"
+            raise InputError(f"dtype {schema[col]}, expected {want}", file=path, column=col, fix=fix)
+    built_from = read_meta(path).get("data_hash")
+    if data_hash is not None and built_from is not None and built_from != data_hash:
+        raise InputError(
+            f"the imagined behaviours were built from another prepared dataset (data_hash {str(built_from)[:12]}, "
+            f"this dataset {data_hash[:12]})",
+            file=path,
+            column="data_hash",
+            fix=fix,
+        )
+    flag = [IM.IMAGINED] if IM.IMAGINED in schema else []
+    df = pl.read_parquet(path, columns=cols + flag)
+    if df.is_empty():
+        raise InputError("no imagined rows", file=path, fix=fix)
+    for col in cols + flag:
+        if df[col].null_count():
+            raise InputError("null values", file=path, column=col, fix=fix)
+    if flag and not df[IM.IMAGINED].all():
+        raise InputError("rows not flagged imagined", file=path, column=IM.IMAGINED, fix=fix)
+    for col, n in ((S.USER, n_users), (S.ITEM, n_items)):
+        out = df.filter((pl.col(col) < 0) | (pl.col(col) >= n))[col].unique().head(5).to_list()
+        if out:
+            raise InputError(
+                f"ids unknown to the dataset ({n} ids, 0..{n - 1}): {out}", file=path, column=col, fix=fix
+            )
+    conf = df[IM.CONFIDENCE].cast(pl.Float64)
+    if not (conf.is_finite() & (conf >= 0)).all():
+        raise InputError("confidences must be finite and >= 0", file=path, column=IM.CONFIDENCE, fix=fix)
+    if df.select(S.USER, IM.RANK).is_duplicated().any():
+        raise InputError("several rows share one (user_id, rank)", file=path, column=IM.RANK, fix=fix)
+    df = df.sort(S.USER, IM.RANK).with_columns(pl.int_range(pl.len()).over(S.USER).alias("_slot"))
+    k = int(df["_slot"].max()) + 1
+    rows, slots = df[S.USER].cast(pl.Int64).to_numpy(), df["_slot"].cast(pl.Int64).to_numpy()
+    items = np.zeros((n_users, k), dtype=np.int64)
+    confidence = np.zeros((n_users, k), dtype=np.float32)
+    items[rows, slots] = df[S.ITEM].cast(pl.Int64).to_numpy() + 1
+    confidence[rows, slots] = df[IM.CONFIDENCE].cast(pl.Float32).to_numpy()
+    return ImaginedItems(torch.from_numpy(items), torch.from_numpy(confidence))

@@ -15,6 +15,7 @@ from ctr.data.readers import (
     entity_arrays,
     read_content,
     read_entities,
+    read_imagined,
     read_scenarios,
     read_sids,
     read_source_history,
@@ -36,8 +37,10 @@ def load_tables(
     user_content: str | Path | None = None,
     scenarios: str | Path | None = None,
     source_history: str | Path | None = None,
+    imagined: str | Path | None = None,
 ) -> Tables:
-    """Validate and read a prepared dataset directory and its ID tables into tensors."""
+    """Validate and read a prepared dataset directory and its ID tables into tensors (and, given `imagined`, the
+    users' imagined behaviours of `semid imagine`: `ctr.data.readers.read_imagined`)."""
     root = Path(data_dir)
     fix = "run `semid prepare` first, or point data_dir to its output directory"
     if not root.is_dir():
@@ -77,6 +80,11 @@ def load_tables(
             source_history, n_users=users.height, n_items=items.height, data_hash=data_hash
         )
     )
+    imagined_items = (
+        None
+        if imagined is None
+        else read_imagined(imagined, n_users=users.height, n_items=items.height, data_hash=data_hash)
+    )
     by_sources = {
         sources: build_history(
             pl.concat([splits[s] for s in sources], how="vertical_relaxed"), users.height, source
@@ -108,4 +116,5 @@ def load_tables(
         scenarios=scenario_codes,
         data_hash=data_hash,
         merged_source=source is not None,
+        imagined=imagined_items,
     )
