@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,13 +130,23 @@ def init_parameters(cls: type) -> set[str]:
     return {a.dest.split(".", 1)[1] for a in parser._actions if a.dest.startswith("net.")}
 
 
-def knobs_for(net_class_path: str, max_epochs: int, *, min_epochs: int = 3) -> tuple[Knob, ...]:
+def knobs_for(
+    net_class_path: str, max_epochs: int, *, min_epochs: int = 3, fixed: Iterable[str] = ()
+) -> tuple[Knob, ...]:
     """Every knob a model of this class is tuned on: the common ones, dropout if it takes one, its family's, and
-    the epoch budget (max_epochs drawn in [min(min_epochs, max_epochs), max_epochs])."""
+    the epoch budget (max_epochs drawn in [min(min_epochs, max_epochs), max_epochs]).
+
+    `fixed`: network arguments the model YAML sets itself (its `init_args`) -- what makes it that model or that
+    ablation (deepfm_bn's batch_norm: true, akt_no_orth's lambda_orth: 0) -- are held, never searched."""
     cls = _resolve(net_class_path)
     family = next((FAMILY_KNOBS[class_path(c)] for c in cls.__mro__ if class_path(c) in FAMILY_KNOBS), ())
     accepted = init_parameters(cls)
-    knobs = [*TASK_KNOBS, *([DROPOUT] if "dropout" in accepted else []), *family]
+    held = set(fixed)
+    knobs = [
+        k
+        for k in (*TASK_KNOBS, *([DROPOUT] if "dropout" in accepted else []), *family)
+        if not (k.key.startswith(NET_ARGS) and k.name in held)
+    ]
     unknown = [k.name for k in knobs if k.key.startswith(NET_ARGS) and k.name not in accepted]
     if unknown:  # FAMILY_KNOBS drifted from the constructor: a test checks every family
         raise InputError(

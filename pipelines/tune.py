@@ -99,7 +99,8 @@ def tune(
     if monitor is None:
         monitor = configured_monitor([*(_read_config(c, "common config") for c in common or []), base])
     name = name or Path(model).stem
-    knobs = space.knobs_for(base["model"]["net"]["class_path"], max_epochs)
+    net = base["model"]["net"]
+    knobs = space.knobs_for(net["class_path"], max_epochs, fixed=(net.get("init_args") or {}).keys())
     folder = Path(out) / TUNED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     work = folder / f".{name}.work"
