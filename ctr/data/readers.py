@@ -42,6 +42,19 @@ def require_columns(schema: pl.Schema, cols: list[str], path: Path) -> None:
             )
 
 
+def require_same_data(path: Path, data_hash: str | None, what: str, fix: str) -> None:
+    """InputError unless the file's recorded data_hash (if any) is the prepared dataset's (`what`: "the X was")."""
+    built_from = read_meta(path).get("data_hash")
+    if data_hash is not None and built_from is not None and built_from != data_hash:
+        raise InputError(
+            f"{what} built from another prepared dataset (data_hash {str(built_from)[:12]}, this dataset "
+            f"{data_hash[:12]})",
+            file=path,
+            column="data_hash",
+            fix=fix,
+        )
+
+
 def read_entities(path: Path, key: str) -> pl.DataFrame:
     """An items/users table sorted by its dense id, checked to hold exactly the ids 0..n-1."""
     require_columns(pl.read_parquet_schema(path), [key, S.TRAIN_COUNT, S.BUCKET], path)
@@ -207,15 +220,7 @@ def read_content(
     fix = f"point data.{key}_content to the {default_file} that `semid build` wrote for this prepared dataset"
     require_file(path, fix)
     require_columns(pl.read_parquet_schema(path), [key, S.EMBEDDING], path)
-    built_from = read_meta(path).get("data_hash")
-    if data_hash is not None and built_from is not None and built_from != data_hash:
-        raise InputError(
-            f"the content vectors were built from another prepared dataset (data_hash {str(built_from)[:12]}, "
-            f"this dataset {data_hash[:12]})",
-            file=path,
-            column="data_hash",
-            fix=fix,
-        )
+    require_same_data(path, data_hash, "the content vectors were", fix)
     df = pl.read_parquet(path, columns=[key, S.EMBEDDING])
     ids = df[key].cast(pl.Int64).to_numpy()
     emb = df[S.EMBEDDING]
@@ -302,11 +307,7 @@ def read_source_history(
     fix = "point data.source_history to the source_history.parquet that `semid prepare` wrote (amazon-food-kitchen)"
     require_file(path, fix)
     require_columns(pl.read_parquet_schema(path), [S.USER, S.ITEM, S.TIMESTAMP], path)
-    built_from = read_meta(path).get("data_hash")
-    if data_hash is not None and built_from is not None and built_from != data_hash:
-        raise InputError(
-            "the source history belongs to another prepared dataset (data_hash differs)", file=path, fix=fix
-        )
+    require_same_data(path, data_hash, "the source history was", fix)
     df = pl.read_parquet(path, columns=[S.USER, S.ITEM, S.TIMESTAMP]).drop_nulls(S.USER)
     if df[S.ITEM].null_count() or df[S.TIMESTAMP].null_count():
         raise InputError("null item ids or timestamps", file=path, fix=fix)
@@ -364,15 +365,7 @@ def read_imagined(path: str | Path, *, n_users: int, n_items: int, data_hash: st
         if not numeric:
             want = "a float" if col == IM.CONFIDENCE else "an integer"
             raise InputError(f"dtype {schema[col]}, expected {want}", file=path, column=col, fix=fix)
-    built_from = read_meta(path).get("data_hash")
-    if data_hash is not None and built_from is not None and built_from != data_hash:
-        raise InputError(
-            f"the imagined behaviours were built from another prepared dataset (data_hash {str(built_from)[:12]}, "
-            f"this dataset {data_hash[:12]})",
-            file=path,
-            column="data_hash",
-            fix=fix,
-        )
+    require_same_data(path, data_hash, "the imagined behaviours were", fix)
     flag = [IM.IMAGINED] if IM.IMAGINED in schema else []
     df = pl.read_parquet(path, columns=cols + flag)
     if df.is_empty():
