@@ -478,22 +478,11 @@ def test_pipeline_prepare_section_reaches_every_prepare_option(tmp_path, synthet
 
 def test_build_resumes_after_a_failed_user_rqvae(tmp_path, synthetic_raw, monkeypatch, capsys):
     import pipelines.build_semids as B
-    from semid.align import AlignResult
     from semid.rqvae import RQVAEConfig
 
     prepared = _prepare(synthetic_raw, tmp_path / "prepared")
-    calls = []
-
-    def fake_align(items_text, users_text, train, enc_cfg, cfg, *, work_dir, images=None, cache=None, **_):
-        calls.append(len(items_text))
-        gen = torch.Generator().manual_seed(0)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": 1}, work_dir / "state.pt")
-        item = torch.nn.functional.normalize(torch.randn(len(items_text), 8, generator=gen), dim=1)
-        user = torch.nn.functional.normalize(torch.randn(len(users_text), 8, generator=gen), dim=1)
-        return AlignResult(item, user, {"probe": 1.0}, work_dir / "state.pt")
-
-    monkeypatch.setattr(B, "align", fake_align)
+    calls: list[int] = []
+    monkeypatch.setattr(B, "align", _fake_align(calls))
     rq = {"levels": 2, "codebook_size": 4, "max_epochs": 2, "batch_size": 64}
     out = tmp_path / "semids"
     with pytest.raises(InputError, match="users codebook collapse"):
