@@ -282,6 +282,26 @@ def test_content_tower_stands_in_for_cold_items_and_learns_from_head():
     assert model.content[0].weight.grad.abs().sum() > 0
 
 
+def test_content_fields_add_the_projected_content_vectors_as_input_fields():
+    with pytest.raises(InputError, match="content vectors"):
+        akt(content_fields=True)
+    spec = dataclasses.replace(SPEC, item_content_dim=5, user_content_dim=3)
+    plain, fields = akt(spec), akt(spec, content_fields=True)
+    d = SMALL["embed_dim"]
+    assert fields.mlp[0].in_features == plain.mlp[0].in_features + 2 * d  # two more fields
+    batch = make_batch(spec=spec)
+    batch = batch._replace(user_content=torch.randn(24, 3, generator=torch.Generator().manual_seed(3)))
+    fields.eval()
+    out = fields(batch)
+    moved = fields(batch._replace(item_content=batch.item_content + 1.0))  # the logit depends on the content
+    assert not torch.allclose(out.logit, moved.logit)
+    fields.train().zero_grad()
+    fields(batch).logit.sum().backward()
+    assert fields.user_proj.weight.grad.abs().sum() > 0 and fields.item_proj.weight.grad.abs().sum() > 0
+    item_only = akt(dataclasses.replace(SPEC, item_content_dim=5), content_fields=True)
+    assert item_only.user_proj is None and item_only.item_proj is not None
+
+
 def test_bad_arguments_are_input_errors():
     with pytest.raises(InputError, match="cluster_depth"):
         akt(cluster_depth=3)  # users have 2 levels
@@ -307,8 +327,12 @@ def test_every_paper_ablation_has_a_config():
 @pytest.mark.parametrize("name", sorted(ablation_configs()))
 def test_every_ablation_builds_and_trains_one_batch(name):
     flags = ablation_configs()[name]
-    model = akt(**flags).train()
-    batch = shared_clusters_batch()
+    spec = dataclasses.replace(SPEC, item_content_dim=5, user_content_dim=3)  # for the content variants
+    model = akt(spec, **flags).train()
+    g = torch.Generator().manual_seed(2)
+    batch = shared_clusters_batch()._replace(
+        item_content=torch.randn(12, 5, generator=g), user_content=torch.randn(12, 3, generator=g)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     out = model(batch)
@@ -414,7 +438,7 @@ def reference_forward(model: AKT, batch: Batch):
 @pytest.mark.parametrize("content", [False, True])
 def test_optimised_forward_matches_the_reference_values_and_gradients(training, content):
     spec = dataclasses.replace(SPEC, item_content_dim=5 if content else 0)
-    model = akt(spec, content_tower=content, p_cold=0.3).train(training)
+    model = akt(spec, content_tower=content, content_fields=content, p_cold=0.3).train(training)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # move every parameter off its init (zeroed gates would hide a wrong activity term)
         for p in model.parameters():

@@ -19,6 +19,8 @@ codes c_1..c_L and train count n_e:
                 s_C = mean_{h in S} e_h  (or attention over S; a learned vector z where S is empty)     (B, d)
   view fusion   beta = sigmoid(w . [a_u, a_i, a_u a_i] + b)  (1/2 at init);  s = beta s_I + (1 - beta) s_C
   prediction    fields = [e_user, e_item, user features, item features, s]                          (B, F, d)
+                (content_fields [ours]: + W_u x_user + b_u, W_i x_item + b_i, the frozen aligned content
+                vectors projected to d, as ContentFeatures feeds them)
                 logit = b0 + FM(fields) + MLP(flatten(fields))
 
   transfer      per side, over the unique ids of the batch grouped by their level-1..k cluster:
@@ -39,7 +41,8 @@ codes c_1..c_L and train count n_e:
   loss = BCE + lambda_orth L_orth + L_trans,item + L_trans,user + lambda_content L_content  (+ L2 from CTRTask)
 
 Deviations from the paper, each switchable: the residual gate (gate_mode), deep prefixes in the individual part
-(deep_prefixes), zeroed individual rows and cold-path dropout (p_cold), the content tower (content_tower). The
+(deep_prefixes), zeroed individual rows and cold-path dropout (p_cold), the content tower (content_tower), the
+content vectors as input fields (content_fields: the paper feeds content only through the semantic IDs). The
 paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view, use_gate, use_transfer,
 lambda_t2h = lambda_h2t (no asymmetry), lambda_orth = 0; ours: use_view_gate (beta fixed at 1/2), p_cold = 0.
 
@@ -108,6 +111,7 @@ class AKT(nn.Module):
         head_min_count: float | None = None,
         p_cold: float = 0.1,
         content_tower: bool = False,
+        content_fields: bool = False,
         content_dims: tuple[int, ...] = (64,),
         lambda_content: float = 0.1,
         max_prefix_rows: int = 1 << 20,
@@ -127,6 +131,11 @@ class AKT(nn.Module):
             raise InputError(
                 "content_tower=True needs the items' content vectors and the data loaded none",
                 fix="load content vectors in the data config, or set model.net.content_tower: false",
+            )
+        if content_fields and spec.user_content_dim <= 0 and spec.item_content_dim <= 0:
+            raise InputError(
+                "content_fields=True needs content vectors and the data loaded none",
+                fix="load content vectors in the data config, or set model.net.content_fields: false",
             )
         levels = min(len(spec.user_sid_sizes), len(spec.item_sid_sizes))
         if not 1 <= cluster_depth <= levels:
@@ -156,7 +165,16 @@ class AKT(nn.Module):
         )
         self.fusion = ViewFusion() if use_view_gate and use_instance_view and use_cluster_view else None
         has_history = use_instance_view or use_cluster_view
-        n_fields = 2 + len(spec.user_feature_vocab) + len(spec.item_feature_vocab) + int(has_history)
+        self.user_proj = (
+            nn.Linear(spec.user_content_dim, d) if content_fields and spec.user_content_dim > 0 else None
+        )
+        self.item_proj = (
+            nn.Linear(spec.item_content_dim, d) if content_fields and spec.item_content_dim > 0 else None
+        )
+        n_content = int(self.user_proj is not None) + int(self.item_proj is not None)
+        n_fields = (
+            2 + len(spec.user_feature_vocab) + len(spec.item_feature_vocab) + int(has_history) + n_content
+        )
         self.fm = FMInteraction()
         self.mlp = MLP(n_fields * d, mlp_dims, dropout=dropout, out_dim=1)
         self.bias = nn.Parameter(torch.zeros(()))
@@ -240,9 +258,21 @@ class AKT(nn.Module):
         elif len(views) == 2:
             views = [0.5 * (views[0] + views[1])]  # use_view_gate=False: the views weighted equally
 
+        content = []
+        if self.user_proj is not None:
+            content.append(self.user_proj(batch.user_content)[:, None])  # (B, D_u) -> (B, 1, d)
+        if self.item_proj is not None:
+            content.append(self.item_proj(batch.item_content)[:, None])  # (B, D_i) -> (B, 1, d)
         fields = torch.cat(
-            [torch.stack([user.e, item.e], 1), user_feats, item_feats, *(v[:, None] for v in views)], 1
-        )
+            [
+                torch.stack([user.e, item.e], 1),
+                user_feats,
+                item_feats,
+                *(v[:, None] for v in views),
+                *content,
+            ],
+            1,
+        )  # (B, F, d)
         logit = self.bias + self.fm(fields) + self.mlp(fields.flatten(1)).squeeze(-1)  # (B, F, d) -> (B,)
 
         if item.gate is not None:
