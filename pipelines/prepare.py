@@ -59,7 +59,7 @@ def prepare(
         out: output directory (default: <cache>/prepared/<dataset or interactions file stem>). It must be new,
             empty, or an earlier output of `semid prepare`: any other folder is refused, never replaced.
         label_threshold: label = rating >= label_threshold (unless the columns name an explicit 0/1 label).
-        split: train/val/test split (temporal or leave-last-out; optional cold-item protocol).
+        split: train/val/test split (temporal, leave-last-out or seeded random rows; optional cold-item protocol).
         buckets: activity buckets (head/torso/tail by train count rank, absolute tail thresholds; cold = absent
             from train).
         negatives: sampled negatives, for data with positives only (amazon-food-kitchen).

@@ -8,6 +8,9 @@ text is hashed and the very same text is what the fit trains from. The run direc
 With `tune: N` (`semid run --tune N`, off by default) every model is first tuned with the same N Optuna trials on
 validation (`ctr tune`, pipelines/tune.py); its seeds are then fitted from the tuned config written to
 `<run>/tuned/<model>.yaml`, and the report lists every tuned configuration.
+
+With a `scenarios:` section (pipelines/scenarios.py) a stage after the semantic IDs writes the scenario table and the
+LLM4MSR knowledge vectors; every fit and tuning trial then reads the table, and a MetaLayers model its vectors.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from typing import Any, NamedTuple
 
 from ctr.module import Monitor
 from pipelines.fit import ConfigText, fit_one, fresh_fit_dir, inside, read_config
+from pipelines.scenarios import (
+    FitInputs,
+    ScenarioOutputs,
+    ScenarioStage,
+    check_sources,
+    fit_inputs,
+    run_scenarios,
+)
 from semid import data
 from semid import schema as S
 from semid.errors import InputError
@@ -188,6 +199,7 @@ def _tuned_config(
     data_hash: str,
     semid_hash: str,
     out: Path,
+    inputs: FitInputs,
 ) -> ConfigText:
     """Tune `model` (or reuse the tuning of an earlier attempt with the same inputs) -> its tuned config."""
     from pipelines.tune import TUNED_DIR, tune
@@ -204,6 +216,7 @@ def _tuned_config(
             "seed": tuning.stage.seed,
             "monitor": monitor,
             "max_epochs": tuning.stage.max_epochs,
+            **inputs.fingerprint,
         }
     )
     record = folder / TUNE_RECORD.format(name=model.name)
@@ -231,6 +244,9 @@ def _tuned_config(
         user_sids=str(semids / S.USER_SIDS_FILE),
         item_content=str(semids / S.ITEM_EMB_FILE),
         user_content=str(semids / S.USER_EMB_FILE),
+        scenarios=None if inputs.scenarios is None else str(inputs.scenarios),
+        user_vectors=None if inputs.user_vectors is None else str(inputs.user_vectors),
+        scenario_vectors=None if inputs.scenario_vectors is None else str(inputs.scenario_vectors),
     )
     shutil.rmtree(inside(frozen, out), ignore_errors=True)
     best = best_trial(folder / f"{model.name}_trials.csv")
@@ -271,6 +287,7 @@ def run(
     tune: int = 0,
     tuning: TuneStage = TuneStage(),
     report: ReportStage = ReportStage(),
+    scenarios: ScenarioStage | None = None,
 ) -> Path:
     """Run the whole chain and write <run_dir>/report/{report.md,report.json,*.png}.
 
@@ -291,6 +308,8 @@ def run(
             the same number; its seeds then train from <run_dir>/tuned/<model>.yaml.
         tuning: how the trials run (TPE seed, the monitored number, the largest epoch budget).
         report: what the report is told (floor model, the user count under which a GAUC cell is marked).
+        scenarios: multi-scenario CTR (pipelines/scenarios.py): the scenario rule and the knowledge vectors to
+            build; every fit then reads `<run_dir>/scenarios.parquet`. None (default): no scenarios.
     """
     from pipelines.console import quiet_console
 
@@ -305,6 +324,10 @@ def run(
     read_config(semids, "semid build")
     common_cfg = [read_config(c, "common") for c in common]
     model_cfg = {m.name: read_config(m.config, "model") for m in models}
+    if scenarios is not None:
+        check_sources(
+            scenarios, {n: [*(c.parsed for c in common_cfg), m.parsed] for n, m in model_cfg.items()}
+        )
     out = (Path(run_dir) if run_dir is not None else Path("runs") / name).resolve()
     if out.exists() and not out.is_dir():
         raise InputError("--run_dir names a file, not a folder", file=out, fix="pass a folder for --run_dir")
@@ -332,6 +355,7 @@ def run(
                 only_models,
                 Tuning(tune, tuning),
                 report,
+                scenarios,
             )
     except SystemExit as err:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -356,6 +380,7 @@ def _run_stages(
     only_models: list[str] | None,
     tuning: Tuning,
     report: ReportStage,
+    scenarios: ScenarioStage | None = None,
 ) -> None:
     from ctr.report import build_report
 
@@ -366,6 +391,12 @@ def _run_stages(
     start = time.perf_counter()
     semid_dir, semid_hash = run_semids(prepared, semids, out, cache)
     _stage_line("semids", f"{semid_dir}", time.perf_counter() - start)
+    outputs: ScenarioOutputs | None = None
+    if scenarios is not None:
+        outputs = run_scenarios(scenarios, prepared, out, cache)  # prints its own lines
+
+    def inputs(cfg: ConfigText) -> FitInputs:
+        return fit_inputs(outputs, [*(c.parsed for c in common_cfg), cfg.parsed])
 
     selected = [m for m in models if not only_models or m.name in only_models]
     if tuning.trials:
@@ -381,9 +412,11 @@ def _run_stages(
                 data_hash,
                 semid_hash,
                 out,
+                inputs(model_cfg[model.name]),
             )
     for model in selected:
         configs = [*common_cfg, model_cfg[model.name]]
+        extra = inputs(model_cfg[model.name])
         for seed in seeds:
             stage_hash = sha256_json(
                 {
@@ -392,6 +425,7 @@ def _run_stages(
                     "common": [c.parsed for c in common_cfg],
                     "model": model_cfg[model.name].parsed,
                     "seed": seed,
+                    **extra.fingerprint,
                 }
             )
             model_dir = inside(out / S.MODELS_DIR / model.name / S.seed_dir_name(seed), out / S.MODELS_DIR)
@@ -400,7 +434,7 @@ def _run_stages(
                 continue
             start = time.perf_counter()
             fresh_fit_dir(model_dir, out)
-            m = fit_one(model.name, seed, configs, prepared, semid_dir, model_dir, stage_hash)
+            m = fit_one(model.name, seed, configs, prepared, semid_dir, model_dir, stage_hash, extra.args())
             _stage_line(
                 "fit",
                 f"{model.name} seed {seed}: {m['epochs']} epochs, val GAUC {m['val'].get('gauc', float('nan')):.4f}, "

@@ -67,6 +67,9 @@ def tune(
     user_sids: str | None = None,
     item_content: str | None = None,
     user_content: str | None = None,
+    scenarios: str | None = None,
+    user_vectors: str | None = None,
+    scenario_vectors: str | None = None,
     verbose: bool = False,
 ) -> Path:
     """Tune one model on validation and write `<out>/tuned/<name>.yaml` and `<out>/tuned/<name>_trials.csv`.
@@ -84,7 +87,10 @@ def tune(
             and the model YAML (the last that sets it), else CTRTask's default -- the number the model's fits are
             selected on (set val/gauc_warm on temporal splits, val/auc where validation GAUC is undefined).
         max_epochs: the largest epoch budget a trial may draw.
-        item_sids, user_sids, item_content, user_content: passed to the data module (`data.*`).
+        item_sids, user_sids, item_content, user_content, scenarios: passed to the data module (`data.*`).
+        user_vectors, scenario_vectors: knowledge vector files of a MetaLayers network with source llm /
+            prompt_text (`model.net.init_args.*`; semid.knowledge.msr), given to every trial, never written into
+            the tuned YAML.
         verbose: show Lightning's console output (default: it goes to `<out>/tuned/<name>.log`).
     """
     import optuna
@@ -106,17 +112,21 @@ def tune(
     work = folder / f".{name}.work"
     shutil.rmtree(work, ignore_errors=True)  # our own scratch folder from an interrupted tune
     work.mkdir()
-    data_args = ["--data.data_dir", str(data_dir)]
+    input_args = ["--data.data_dir", str(data_dir)]
     for key, value in (
         ("item_sids", item_sids),
         ("user_sids", user_sids),
         ("item_content", item_content),
         ("user_content", user_content),
+        ("scenarios", scenarios),
     ):
         if value is not None:
-            data_args += [f"--data.{key}", str(value)]
+            input_args += [f"--data.{key}", str(value)]
+    for key, value in (("user_vectors", user_vectors), ("scenario_vectors", scenario_vectors)):
+        if value is not None:
+            input_args += [f"--model.net.init_args.{key}", str(value)]
     fixed = [
-        *data_args,
+        *input_args,
         "--seed_everything", str(seed),
         "--trainer.logger", "false",
         "--trainer.enable_progress_bar", "false",

@@ -13,8 +13,15 @@ import torch
 
 from ctr.report.health import read_sid_table
 from ctr.report.markdown import render_markdown
-from ctr.report.plots import PLOTS, plot_by_bucket, plot_codebook_usage, plot_prefix_sizes
-from ctr.report.runs import discover, read_seed
+from ctr.report.plots import (
+    PLOTS,
+    SCENARIO_PLOT,
+    plot_by_bucket,
+    plot_by_scenario,
+    plot_codebook_usage,
+    plot_prefix_sizes,
+)
+from ctr.report.runs import discover, read_scenarios, read_seed, scenario_codes
 from ctr.report.stats import (
     MIN_GAUC_USERS,
     bootstrap_gauc_delta,
@@ -23,9 +30,12 @@ from ctr.report.stats import (
     paired_deltas,
     roles,
     run_monitor,
+    scenario_deltas,
     score_predictions,
+    score_scenarios,
     select_best,
     summarise_model,
+    summarise_scenarios,
     user_auc_table,
 )
 from semid import schema
@@ -142,6 +152,19 @@ def build_report(
     with _one_torch_thread():
         scores = {m: [score_predictions(r.predictions) for r in rs] for m, rs in runs.items()}
     summaries = {m: summarise_model(runs[m], scores[m]) for m in runs}
+    scen = read_scenarios(run_dir)
+    if scen is not None:  # a multi-scenario run: AUC and log loss per scenario too
+        with _one_torch_thread():
+            for m, rs in runs.items():
+                per_seed = [
+                    score_scenarios(
+                        r.predictions,
+                        scenario_codes(r.predictions, scen, found[m][r.seed] / schema.PREDICTIONS_FILE),
+                        scen.names,
+                    )
+                    for r in rs
+                ]
+                summaries[m]["scenarios"] = summarise_scenarios(per_seed)
     selection = select_best(role.baselines, summaries, monitor)
     floor_first = [role.floor] if role.floor is not None and role.floor not in role.baselines else []
     order = [*floor_first, *role.baselines, *role.others, role.target, *role.ablations]
@@ -207,6 +230,22 @@ def build_report(
         name: (t.health if (t := sid_tables.get(name)) else None) for name in semid_paths
     }
     report["plots"] = list(PLOTS if sid_tables else PLOTS[:2])
+    if scen is not None:
+        rows = summaries[role.target]["scenarios"]
+        report["scenarios"] = {
+            "names": list(scen.names),
+            "key": scen.key,
+            "n": {name: rows[name]["n"] for name in scen.names},
+            "smallest": min(scen.names, key=lambda name: rows[name]["n"]),
+            "deltas": None
+            if selection.best is None
+            else {
+                "baseline": selection.best,
+                "units": "points (x100)",
+                **scenario_deltas(summaries[role.target], summaries[selection.best]),
+            },
+        }
+        report["plots"].append(SCENARIO_PLOT)
     report = _json_safe(report)
 
     with owned_output_dir(out_dir, **owned) as out:
@@ -216,6 +255,8 @@ def build_report(
             named = {f"{name}s": t for name, t in sid_tables.items()}
             plot_codebook_usage(named, out / "codebook_usage.png")
             plot_prefix_sizes(named, out / "prefix_sizes.png")
+        if scen is not None:
+            plot_by_scenario(summaries, order, list(scen.names), out / SCENARIO_PLOT)
         write_json(report, out / "report.json")
         write_text(render_markdown(report), out / "report.md")
     return report

@@ -99,6 +99,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"| {_ms(cell['logloss'])} |"
                 )
         lines += _users_note(k, _any_marked([models[n][kind][b] for n in order for b in schema.BUCKETS], k))
+    lines += scenario_table(report)
     lines += floor_table(report)
     if best is not None:
         lines += delta_table(report)
@@ -187,6 +188,55 @@ def delta_table(report: dict[str, Any]) -> list[str]:
         f"users = GAUC users of the target (both label classes, fewest over seeds); † fewer than {k}: the GAUC "
         "delta of that row rests on few users.",
     ]
+    return lines
+
+
+def scenario_table(report: dict[str, Any]) -> list[str]:
+    """A multi-scenario run: AUC and log loss per scenario and overall, GAUC overall, each scenario's test rows;
+    then the target against the best baseline per scenario (nothing for a run without scenarios)."""
+    scen = report.get("scenarios")
+    if not scen:
+        return []
+    models, names, k = report["models"], scen["names"], report["min_gauc_users"]
+    sizes = ", ".join(f"`{n}` {scen['n'][n]:,}" for n in names)
+    head = "".join(f" {n} AUC | {n} logloss |" for n in names)
+    lines = [
+        "",
+        "## By scenario (test)",
+        "",
+        f"Each test row's scenario from its `{scen['key']}`; test rows: {sizes} (smallest: `{scen['smallest']}`). "
+        "Mean ± std over seeds; GAUC overall only (a scenario's users are few in the small scenarios).",
+        "",
+        f"| model | role | AUC | GAUC | logloss |{head}",
+        "|---|---|---|---|---|" + "---|---|" * len(names),
+    ]
+    for name in report["model_order"]:
+        m = models[name]
+        cells = "".join(
+            f" {_ms(m['scenarios'][n]['auc'])} | {_ms(m['scenarios'][n]['logloss'])} |" for n in names
+        )
+        lines.append(
+            f"| {name} | {report['roles'][name]} | {_ms(m['overall']['auc'])} | {_gauc(m['overall'], k)} "
+            f"| {_ms(m['overall']['logloss'])} |{cells}"
+        )
+    d = scen.get("deltas")
+    if d is None:
+        return lines
+    lines += [
+        "",
+        f"`{report['target']}` - `{d['baseline']}` (the best baseline) in points (x100): delta of the seed means, "
+        "and paired per-seed deltas (mean ± std, seeds with delta > 0). Log loss: lower is better.",
+        "",
+        "| scope | n | ΔAUC | paired ΔAUC | AUC > 0 | Δlogloss | paired Δlogloss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scope, cell in (("overall", d["overall"]), *d["scenarios"].items()):
+        a, ll = cell["auc"], cell["logloss"]
+        lines.append(
+            f"| {scope}{' (smallest)' if scope == scen['smallest'] else ''} | {cell['n']:,} "
+            f"| {_signed(a['mean_delta'])} | {_ms(a['paired'], sign='+')} | {a['paired']['positive']}/"
+            f"{a['paired']['n_seeds']} | {_signed(ll['mean_delta'])} | {_ms(ll['paired'], sign='+')} |"
+        )
     return lines
 
 

@@ -1,4 +1,5 @@
-"""The report's PNGs: AUC / GAUC by activity bucket per model, codebook usage per level, prefix-bucket sizes."""
+"""The report's PNGs: AUC / GAUC by activity bucket per model, AUC by scenario (multi-scenario runs), codebook usage
+per level, prefix-bucket sizes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from semid import schema
 
 PLOTS: tuple[str, ...] = ("auc_by_bucket.png", "gauc_by_bucket.png", "codebook_usage.png", "prefix_sizes.png")
 """File names; the last two only when the run has ID tables."""
+SCENARIO_PLOT = "auc_by_scenario.png"
+"""Only when the run has a scenario table."""
 
 
 def _pyplot():
@@ -62,6 +65,46 @@ def plot_by_bucket(models: dict[str, dict[str, Any]], order: Sequence[str], metr
     fig.legend(handles, labels, title="model", loc="lower center", ncol=min(len(order), 6), fontsize=9)
     fig.suptitle(f"Test {metric.upper()} by activity bucket (y axis does not start at 0; dashed = random)")
     fig.tight_layout(rect=(0, 0.11 + 0.05 * ((len(order) - 1) // 6), 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_by_scenario(
+    models: dict[str, dict[str, Any]], order: Sequence[str], names: Sequence[str], path: Path
+) -> None:
+    """Grouped bars (x = overall, then each scenario with its test rows; one bar per model, error bar = std over
+    seeds) of test AUC: where a model's gain sits, e.g. in the smallest scenario."""
+    plt = _pyplot()
+    width = 0.8 / len(order)
+    groups = ["overall", *names]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(order) * len(groups) / 2 + 3), 5.0), dpi=120)
+    x = np.arange(len(groups))
+    tops, bottoms = [], []
+    for i, name in enumerate(order):
+        m = models[name]
+        cells = [m["overall"]["auc"], *(m["scenarios"][s]["auc"] for s in names)]
+        mean = np.array([c["mean"] for c in cells], dtype=float)
+        std = np.nan_to_num(np.array([c["std"] for c in cells], dtype=float))
+        pos = x + (i - (len(order) - 1) / 2) * width
+        bars = ax.bar(pos, np.nan_to_num(mean), width, yerr=std, capsize=3, label=name, color=f"C{i}")
+        labels = [f"{v:.3f}" if math.isfinite(v) else "n/a" for v in mean]
+        ax.bar_label(bars, labels=labels, fontsize=7, rotation=90, padding=3)
+        ok = np.isfinite(mean)
+        tops += list(mean[ok] + std[ok])
+        bottoms += list(mean[ok] - std[ok])
+    first = models[order[0]]
+    n = [first["overall"]["n"], *(first["scenarios"][s]["n"] for s in names)]
+    ax.set_xticks(x, [f"{g}\n(n={k:,})" for g, k in zip(groups, n)])
+    ax.set_xlabel("scenario (n = test rows)")
+    ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    ax.grid(axis="y", alpha=0.3)
+    lo = max(0.0, min(bottoms, default=0.0) - 0.05)
+    hi = max(tops, default=1.0)
+    ax.set_ylim(lo, hi + 0.25 * (hi - lo) + 0.01)
+    ax.set_ylabel("AUC (mean ± std over seeds)")
+    ax.legend(title="model", fontsize=8, ncol=min(len(order), 4), loc="upper left")
+    ax.set_title("Test AUC overall and by scenario (y axis does not start at 0; dashed = random)")
+    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 

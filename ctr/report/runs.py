@@ -2,7 +2,8 @@
 and the model-selection monitor each seed was fitted with.
 
 Layout (names from semid.schema): <run>/MODELS_DIR/<model>/seed<k>/PREDICTIONS_FILE [+ METRICS_FILE]
-[+ config/*.yaml (semid.schema.FIT_CONFIG_DIR), the configs `semid run` froze for the fit].
+[+ config/*.yaml (semid.schema.FIT_CONFIG_DIR), the configs `semid run` froze for the fit]; optional
+<run>/scenarios.parquet (semid.scenarios, written by the `scenarios:` stage of `semid run`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import polars as pl
 import yaml
 
 from ctr.module import MONITOR_KEY, Monitor, configured_monitor
+from semid import scenarios as SC
 from semid import schema
 from semid.errors import InputError
 
@@ -218,3 +221,24 @@ def monitor_value(metrics_json: dict[str, Any] | None, monitor: str, where: Path
             fix="the config and the metrics come from different fits: re-fit the seed with `semid run`",
         )
     return logged if logged is not None else named
+
+
+def read_scenarios(run_dir: Path) -> SC.Scenarios | None:
+    """The run's scenario table (`<run>/scenarios.parquet`, validated by semid.scenarios.read), None without one."""
+    path = run_dir / SC.SCENARIOS_FILE
+    return SC.read(path) if path.is_file() else None
+
+
+def scenario_codes(frame: pl.DataFrame, scenarios: SC.Scenarios, where: Path) -> np.ndarray:
+    """(n,) int64 scenario code of every prediction row, by its user / item; InputError for ids the table lacks."""
+    codes = frame.select(scenarios.key).join(
+        scenarios.table, on=scenarios.key, how="left", maintain_order="left"
+    )[SC.SCENARIO]
+    if codes.null_count():
+        raise InputError(
+            f"{codes.null_count()} prediction rows have a {scenarios.key} without a scenario",
+            file=where,
+            column=scenarios.key,
+            fix="rebuild scenarios.parquet from the run's prepared data (re-run `semid run`)",
+        )
+    return codes.cast(pl.Int64).to_numpy()

@@ -68,6 +68,61 @@ def score_predictions(frame: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
+SCENARIO_METRICS: tuple[str, ...] = ("auc", "logloss")
+"""Per scenario: AUC and log loss (GAUC overall only: ctr.metrics.scenario_scores)."""
+
+
+def score_scenarios(
+    frame: pl.DataFrame, codes: np.ndarray, names: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """AUC, log loss and rows of every scenario (ctr.metrics.scenario_scores); `codes` (n,) per prediction row."""
+    preds, target, _ = _tensors(frame)
+    got = metrics.scenario_scores(preds, target, torch.from_numpy(codes), names)
+    return {
+        name: {m: got[f"scenario/{name}/{m}"] for m in SCENARIO_METRICS}
+        | {"n": int(got[f"scenario/{name}/n"])}
+        for name in names
+    }
+
+
+def summarise_scenarios(scores: Sequence[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per-seed scenario scores of one model folded into {mean, std, values} per metric, with the rows."""
+    names = list(scores[0])
+    return {
+        name: {
+            **{m: stat([s[name][m] for s in scores]) for m in SCENARIO_METRICS},
+            "n": scores[0][name]["n"],
+            "n_values": [s[name]["n"] for s in scores],
+        }
+        for name in names
+    }
+
+
+def scenario_deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Model a - model b in points (x100), overall and per scenario: the delta of the seed means and the paired
+    per-seed deltas (mean, std, seeds with delta > 0) of AUC and of log loss (lower is better: < 0 is a gain)."""
+    seeds = sorted(set(a["seeds"]) & set(b["seeds"]))
+    ia = [a["seeds"].index(s) for s in seeds]
+    ib = [b["seeds"].index(s) for s in seeds]
+
+    def delta(cell: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+        value: dict[str, Any] = {"n": cell["n"]}
+        for m in SCENARIO_METRICS:
+            d = [100.0 * (cell[m]["values"][i] - other[m]["values"][j]) for i, j in zip(ia, ib)]
+            finite = [x for x in d if math.isfinite(x)]
+            value[m] = {
+                "mean_delta": 100.0 * (cell[m]["mean"] - other[m]["mean"]),
+                "paired": {**stat(d), "positive": sum(x > 0 for x in finite), "n_seeds": len(finite)},
+            }
+        return value
+
+    return {
+        "seeds": seeds,
+        "overall": delta(a["overall"], b["overall"]),
+        "scenarios": {name: delta(cell, b["scenarios"][name]) for name, cell in a["scenarios"].items()},
+    }
+
+
 def user_auc_table(frame: pl.DataFrame) -> pl.DataFrame:
     """Per-user AUC (null for a one-class user) and impressions for every scope (ctr.metrics.user_auc):
     columns scope ("overall" | kind), bucket ("all" | bucket name), user_id, auc, n."""

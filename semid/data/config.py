@@ -9,9 +9,13 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class SplitConfig:
-    mode: Literal["temporal", "leave_last_out"] = "temporal"
+    mode: Literal["temporal", "leave_last_out", "random"] = "temporal"
     """temporal: one global cut by timestamp, so val and test are the future of train (no leakage).
-    leave_last_out: per user, the last interaction is test, the one before it val (users with < 3 stay in train)."""
+    leave_last_out: per user, the last interaction is test, the one before it val (users with < 3 stay in train).
+    random: a seeded uniform row split (`seed`), as the Scenario-Wise-Rec benchmark uses: train holds rows later
+    than some val / test rows, so it is the benchmark's protocol, not a forecast. A sample's history stays strictly
+    before its own timestamp (train positives for train rows, train and val positives for val / test rows; see
+    ctr/data/history.py), never a test label."""
     val_frac: float = 0.1
     test_frac: float = 0.1
     cold_items: float = 0.0
@@ -20,7 +24,7 @@ class SplitConfig:
     cold_item_mode: Literal["random", "newest"] = "random"
     """random: a seeded uniform sample of items; newest: the items whose first interaction is latest (ties by id)."""
     seed: int = 0
-    """Seed of the random cold-item sample."""
+    """Seed of the random split (mode random) and of the random cold-item sample."""
 
 
 @dataclass(frozen=True)

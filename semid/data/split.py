@@ -1,4 +1,5 @@
-"""Train/val/test splits (temporal or leave-last-out), the item cold-start hold-out, and the split checks."""
+"""Train/val/test splits (temporal, leave-last-out or seeded random), the item cold-start hold-out, and the split
+checks."""
 
 from __future__ import annotations
 
@@ -28,18 +29,25 @@ def leave_last_out(user: str) -> pl.Expr:
 
 
 def split_interactions(inter: pl.DataFrame, cfg: SplitConfig) -> dict[str, pl.DataFrame]:
-    """train/val/test by time. `inter` has dense ids, label and timestamp."""
+    """train/val/test by time (temporal, leave_last_out) or by a seeded draw (random). `inter` has dense ids, label
+    and timestamp; every split comes back sorted by (timestamp, user, item)."""
     if not (0 <= cfg.val_frac < 1 and 0 < cfg.test_frac < 1 and cfg.val_frac + cfg.test_frac < 1):
         raise InputError(
             f"bad split fractions val={cfg.val_frac} test={cfg.test_frac}",
             fix="use 0 <= val_frac, 0 < test_frac and val_frac + test_frac < 1",
         )
     inter = inter.sort([S.TIMESTAMP, S.USER, S.ITEM])
-    if cfg.mode == "temporal":
+    if cfg.mode in ("temporal", "random"):
         n = inter.height
         n_train = int(round(n * (1 - cfg.val_frac - cfg.test_frac)))
         n_val = int(round(n * cfg.val_frac))
-        pos = pl.int_range(pl.len())
+        if cfg.mode == "temporal":
+            pos = pl.int_range(pl.len())
+        else:  # each row's place in one seeded permutation of the (sorted, so reproducible) rows
+            draw = np.random.default_rng(cfg.seed).permutation(n)  # (n,) row index at each place
+            place = np.empty(n, dtype=np.int64)
+            place[draw] = np.arange(n)
+            pos = pl.lit(pl.Series("_place", place))
         part = pl.when(pos < n_train).then(pl.lit("train")).when(pos < n_train + n_val).then(pl.lit("val"))
         inter = inter.with_columns(part.otherwise(pl.lit("test")).alias("_split"))
     else:
