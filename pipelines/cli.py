@@ -2,9 +2,9 @@
 
 `semid prepare|build|assign|inspect|imagine|intents|rgcd|run` are jsonargparse commands over the stage
 functions; `ctr fit|validate|test|predict` is the LightningCLI of pipelines.train, `ctr report` the report command,
-`ctr tune` the Optuna search (pipelines.tune) and `ctr run` the same as `semid run`. Any InputError becomes one line
-`<command>: error: ...` and exit status 2; `--debug` (anywhere on the line) adds the traceback; a SIGTERM during
-training exits with status 143, never 0.
+`ctr tune` the Optuna search (pipelines.tune), `ctr warmup` the new-item warm-up protocol (pipelines.warmup) and
+`ctr run` the same as `semid run`. Any InputError becomes one line `<command>: error: ...` and exit status 2;
+`--debug` (anywhere on the line) adds the traceback; a SIGTERM during training exits with status 143, never 0.
 """
 
 from __future__ import annotations
@@ -111,6 +111,11 @@ def _ctr(argv: list[str]) -> None:
         from pipelines.tune import main as tune_main
 
         tune_main(argv[1:])
+        return
+    if argv and argv[0] == "warmup":
+        from pipelines.warmup import main as warmup_main
+
+        warmup_main(argv[1:])
         return
     from pipelines.train import cli
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -65,6 +66,18 @@ def fresh_fit_dir(out: Path, run_dir: Path) -> None:
     write_json({"command": FIT_COMMAND, "version": 1}, out / S.OUTPUT_MARKER)
 
 
+def data_args(prepared: Path, semids: Path) -> list[str]:
+    """The data arguments every fit of a run gets: the prepared data and the `semid build` outputs (IDs, and the
+    aligned content vectors that content models read)."""
+    return [
+        "--data.data_dir", str(prepared),
+        "--data.item_sids", str(semids / S.ITEM_SIDS_FILE),
+        "--data.user_sids", str(semids / S.USER_SIDS_FILE),
+        "--data.item_content", str(semids / S.ITEM_EMB_FILE),
+        "--data.user_content", str(semids / S.USER_EMB_FILE),
+    ]  # fmt: skip
+
+
 def fit_one(
     name: str,
     seed: int,
@@ -73,8 +86,11 @@ def fit_one(
     semids: Path,
     out: Path,
     stage_hash: str,
+    extra_args: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Fit, validate, test and predict one (model, seed) from exactly the config texts that were hashed."""
+    """Fit, validate, test and predict one (model, seed) from exactly the config texts that were hashed.
+    `extra_args`: more `ctr fit` arguments, last (the scenario table and knowledge vectors of pipelines/scenarios.py;
+    their contents are in `stage_hash`)."""
     from ctr.module import PredictionWriter
     from pipelines.console import plain_argv
     from pipelines.train import cli, default_loggers
@@ -85,15 +101,12 @@ def fit_one(
         write_text(cfg.text, frozen)
         args += ["--config", str(frozen)]
     args += [
-        "--data.data_dir", str(prepared),
-        "--data.item_sids", str(semids / S.ITEM_SIDS_FILE),
-        "--data.user_sids", str(semids / S.USER_SIDS_FILE),
-        "--data.item_content", str(semids / S.ITEM_EMB_FILE),  # used by content models (ContentFeatures)
-        "--data.user_content", str(semids / S.USER_EMB_FILE),
+        *data_args(prepared, semids),
         "--seed_everything", str(seed),
         "--trainer.default_root_dir", str(out),
         "--trainer.logger", json.dumps(default_loggers(str(out / S.LOGS_DIR))),
         "--checkpoint.dirpath", str(out / S.CHECKPOINTS_DIR),
+        *extra_args,
     ]  # fmt: skip
     start = time.perf_counter()
     with plain_argv():
