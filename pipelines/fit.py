@@ -1,6 +1,7 @@
 """The fit stage of `semid run`: one (model, seed) fitted, validated, tested and predicted in its own folder, from
 exactly the config texts the stage fingerprint hashed (frozen into `<seed>/config/`); metrics.json is written last
-and marks the stage done."""
+and marks the stage done. With `refit_train_val`, pipelines/refit.py runs this fit under other file names and then
+the refit on train + val."""
 
 from __future__ import annotations
 
@@ -78,6 +79,17 @@ def data_args(prepared: Path, semids: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def freeze_configs(configs: list[ConfigText], out: Path) -> list[str]:
+    """Write the config texts hashed into a fit's stage hash into `<out>/config/` -> their `--config` arguments, in
+    the order they apply."""
+    args: list[str] = []
+    for i, cfg in enumerate(configs):
+        frozen = out / S.FIT_CONFIG_DIR / (f"{i:02d}_{cfg.path.name}")
+        write_text(cfg.text, frozen)
+        args += ["--config", str(frozen)]
+    return args
+
+
 def fit_one(
     name: str,
     seed: int,
@@ -87,20 +99,21 @@ def fit_one(
     out: Path,
     stage_hash: str,
     extra_args: Sequence[str] = (),
+    *,
+    record: str = S.METRICS_FILE,
+    predictions: str = S.PREDICTIONS_FILE,
 ) -> dict[str, Any]:
     """Fit, validate, test and predict one (model, seed) from exactly the config texts that were hashed.
-    `extra_args`: more `ctr fit` arguments, last (the scenario table and knowledge vectors of pipelines/scenarios.py;
-    their contents are in `stage_hash`)."""
+    `extra_args`: more `ctr fit` arguments, last (the scenario table and knowledge vectors of pipelines/scenarios.py,
+    the imagined behaviours of pipelines/imagine_stage.py; their contents are in `stage_hash`). `record` and
+    `predictions`: the names of the metrics JSON (written last) and the predictions file in `out` (a refit run names
+    this first fit's files apart: pipelines/refit.py)."""
     from ctr.module import PredictionWriter
     from pipelines.console import plain_argv
     from pipelines.train import cli, default_loggers
 
-    args: list[str] = []
-    for i, cfg in enumerate(configs):  # the texts hashed into stage_hash, frozen into the model folder
-        frozen = out / S.FIT_CONFIG_DIR / (f"{i:02d}_{cfg.path.name}")
-        write_text(cfg.text, frozen)
-        args += ["--config", str(frozen)]
-    args += [
+    args = [
+        *freeze_configs(configs, out),  # the texts hashed into stage_hash, frozen into the model folder
         *data_args(prepared, semids),
         "--seed_everything", str(seed),
         "--trainer.default_root_dir", str(out),
@@ -116,7 +129,7 @@ def fit_one(
     best = c.trainer.checkpoint_callback.best_model_path or None
     val = c.trainer.validate(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
     test = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
-    c.trainer.callbacks.append(PredictionWriter(out / S.PREDICTIONS_FILE))
+    c.trainer.callbacks.append(PredictionWriter(out / predictions))
     c.trainer.predict(c.model, datamodule=c.datamodule, ckpt_path=best, return_predictions=False)
     metrics = {
         "model": name,
@@ -128,5 +141,5 @@ def fit_one(
         "epochs": int(c.trainer.current_epoch),
         "best_checkpoint": best,
     }
-    write_json(metrics, out / S.METRICS_FILE)  # written last: its presence marks the stage done
+    write_json(metrics, out / record)  # written last: its presence marks the stage done
     return metrics

@@ -11,37 +11,46 @@ validation (`ctr tune`, pipelines/tune.py); its seeds are then fitted from the t
 
 With a `scenarios:` section (pipelines/scenarios.py) a stage after the semantic IDs writes the scenario table and the
 LLM4MSR knowledge vectors; every fit and tuning trial then reads the table, and a MetaLayers model its vectors.
+With an `imagine:` section (pipelines/imagine_stage.py) `semid imagine` runs once after them, and the models whose
+network reads imagined behaviours (ImaginedDeepFM, ImaginedDIN) get its file in every fit and tuning trial.
+
+With `refit_train_val: true` (pipelines/refit.py) every (model, seed) is fitted as usual for model selection, then
+refitted from scratch on train + val for the epochs its best checkpoint had seen; the report reads the refit's test
+predictions and the selection fit's validation numbers.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
 
-from ctr.module import Monitor
 from pipelines.fit import ConfigText, fit_one, fresh_fit_dir, inside, read_config
+from pipelines.imagine_stage import (
+    ImagineOutputs,
+    ImagineStage,
+    check_imagined,
+    imagined_input,
+    run_imagine,
+)
+from pipelines.refit import fit_and_refit
 from pipelines.scenarios import (
-    FitInputs,
     ScenarioOutputs,
     ScenarioStage,
     check_sources,
     fit_inputs,
     run_scenarios,
 )
+from pipelines.tune_stage import ModelInputs, TuneStage, Tuning, tuned_config
 from semid import data
 from semid import schema as S
 from semid.errors import InputError
-from semid.io import dir_lock, read_meta, sha256_json, stage_done, write_json, write_text
+from semid.io import dir_lock, read_meta, sha256_json, stage_done
 
 RUN_LOG = "run.log"
 MODEL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-TUNE_RECORD = "{name}.json"
-"""`<run>/tuned/<model>.json`: the tuning stage's fingerprint and result, written last (its presence marks it done)."""
 
 
 @dataclass(frozen=True)
@@ -74,20 +83,6 @@ class ModelStage:
     """Folder name under <run>/models: letters, digits, '_', '.', '-' only."""
     config: str
     """A `ctr fit` YAML (configs/ctr/<model>.yaml)."""
-
-
-@dataclass(frozen=True)
-class TuneStage:
-    """How `tune` trials run (their number is `run`'s `tune`, the same for every model)."""
-
-    seed: int = 0
-    """Seeds the TPE sampler and every trial's training."""
-    monitor: Monitor | None = None
-    """What trials are ranked on; None = the common configs' `model.monitor`, else CTRTask's default
-    (`ctr.module.DEFAULT_MONITOR`): always the number the fits are selected on, so the report can rank every model
-    on it. Set model.monitor in the common config (val/gauc_warm on temporal splits, val/auc on leave-last-out)."""
-    max_epochs: int = 20
-    """The largest epoch budget a trial may draw (early-stopping patience and min_delta are searched too)."""
 
 
 @dataclass(frozen=True)
@@ -161,117 +156,6 @@ def run_semids(prepared: Path, config: str, run_dir: Path, cache: str | None) ->
     return build_from_config(config, data_dir=prepared, out=run_dir / S.SEMIDS_DIR, cache=cache)
 
 
-class Tuning(NamedTuple):
-    trials: int
-    stage: TuneStage
-
-
-def tune_monitor(stage: TuneStage, common_cfg: list[ConfigText]) -> str:
-    """The number trials are ranked on: the stage's, else what the common configs select fits on
-    (`ctr.module.configured_monitor`) -- the number the untuned fits of the run are selected on."""
-    from ctr.module import configured_monitor
-
-    return stage.monitor if stage.monitor is not None else configured_monitor(c.parsed for c in common_cfg)
-
-
-def best_trial(trials_csv: Path) -> dict[str, Any]:
-    """The winning row of a `ctr tune` trials table: its value, epochs and searched parameters."""
-    import polars as pl
-
-    frame = pl.read_csv(trials_csv).filter((pl.col("state") == "COMPLETE") & pl.col("value").is_not_nan())
-    row = frame.sort("value", descending=True).row(0, named=True)
-    fixed = {"trial", "state", "value", "epochs", "seconds"}
-    return {
-        "trial": int(row["trial"]),
-        "value": float(row["value"]),
-        "epochs": int(row["epochs"]),
-        "params": {k: v for k, v in row.items() if k not in fixed and v is not None},
-    }
-
-
-def _tuned_config(
-    model: ModelStage,
-    base: ConfigText,
-    common_cfg: list[ConfigText],
-    tuning: Tuning,
-    prepared: Path,
-    semids: Path,
-    data_hash: str,
-    semid_hash: str,
-    out: Path,
-    inputs: FitInputs,
-) -> ConfigText:
-    """Tune `model` (or reuse the tuning of an earlier attempt with the same inputs) -> its tuned config."""
-    from pipelines.tune import TUNED_DIR, tune
-
-    folder = out / TUNED_DIR
-    monitor = tune_monitor(tuning.stage, common_cfg)
-    stage_hash = sha256_json(
-        {
-            "data": data_hash,
-            "semids": semid_hash,
-            "common": [c.parsed for c in common_cfg],
-            "model": base.parsed,
-            "trials": tuning.trials,
-            "seed": tuning.stage.seed,
-            "monitor": monitor,
-            "max_epochs": tuning.stage.max_epochs,
-            **inputs.fingerprint,
-        }
-    )
-    record = folder / TUNE_RECORD.format(name=model.name)
-    if stage_done(record, stage_hash) and (folder / f"{model.name}.yaml").is_file():
-        print(f"[tune] {model.name}: up to date", flush=True)
-        return read_config(folder / f"{model.name}.yaml", "tuned model")
-    start = time.perf_counter()
-    # the frozen texts: the trials train from exactly what was hashed
-    frozen = folder / f".{model.name}.inputs"
-    paths = []
-    for i, cfg in enumerate([*common_cfg, base]):
-        paths.append(frozen / f"{i:02d}_{cfg.path.name}")
-        write_text(cfg.text, paths[-1])
-    tuned = tune(
-        str(paths[-1]),
-        str(prepared),
-        str(out),
-        name=model.name,
-        common=[str(p) for p in paths[:-1]],
-        n_trials=tuning.trials,
-        seed=tuning.stage.seed,
-        monitor=monitor,
-        max_epochs=tuning.stage.max_epochs,
-        item_sids=str(semids / S.ITEM_SIDS_FILE),
-        user_sids=str(semids / S.USER_SIDS_FILE),
-        item_content=str(semids / S.ITEM_EMB_FILE),
-        user_content=str(semids / S.USER_EMB_FILE),
-        scenarios=None if inputs.scenarios is None else str(inputs.scenarios),
-        user_vectors=None if inputs.user_vectors is None else str(inputs.user_vectors),
-        scenario_vectors=None if inputs.scenario_vectors is None else str(inputs.scenario_vectors),
-    )
-    shutil.rmtree(inside(frozen, out), ignore_errors=True)
-    best = best_trial(folder / f"{model.name}_trials.csv")
-    write_json(
-        {
-            "stage_hash": stage_hash,
-            "model": model.name,
-            "base_config": str(base.path),
-            "tuned_config": str(tuned),
-            "trials": tuning.trials,
-            "tpe_seed": tuning.stage.seed,
-            "monitor": monitor,
-            "max_epochs": tuning.stage.max_epochs,
-            "best": best,
-        },
-        record,
-    )  # last: its presence marks the tuning of this model done
-    _stage_line(
-        "tune",
-        f"{model.name}: best {monitor} {best['value']:.4f} ({tuning.trials} trials)",
-        time.perf_counter() - start,
-    )
-    return read_config(tuned, "tuned model")
-
-
 def run(
     name: str,
     prepare: PrepareStage = PrepareStage(),
@@ -285,9 +169,11 @@ def run(
     only_models: list[str] | None = None,
     verbose: bool = False,
     tune: int = 0,
-    tuning: TuneStage = TuneStage(),
+    tuning: TuneStage = TuneStage(),  # noqa: B008 -- a frozen config dataclass
     report: ReportStage = ReportStage(),
     scenarios: ScenarioStage | None = None,
+    imagine: ImagineStage | None = None,
+    refit_train_val: bool = False,
 ) -> Path:
     """Run the whole chain and write <run_dir>/report/{report.md,report.json,*.png}.
 
@@ -310,6 +196,12 @@ def run(
         report: what the report is told (floor model, the user count under which a GAUC cell is marked).
         scenarios: multi-scenario CTR (pipelines/scenarios.py): the scenario rule and the knowledge vectors to
             build; every fit then reads `<run_dir>/scenarios.parquet`. None (default): no scenarios.
+        imagine: imagined behaviours (pipelines/imagine_stage.py): the `semid imagine` arguments; the stage writes
+            `<run_dir>/imagined/` once, and every model whose network reads it (ImaginedDeepFM, ImaginedDIN) gets
+            its imagined.parquet. None (default): no stage; such a model is then refused before any work.
+        refit_train_val: after each (model, seed)'s normal fit, refit the same configs from scratch on train + val
+            for the epochs its best checkpoint had seen, and test that refit (pipelines/refit.py): the report's
+            test numbers are the refit's, its validation numbers the first fit's. Off by default.
     """
     from pipelines.console import quiet_console
 
@@ -324,10 +216,10 @@ def run(
     read_config(semids, "semid build")
     common_cfg = [read_config(c, "common") for c in common]
     model_cfg = {m.name: read_config(m.config, "model") for m in models}
+    parsed = {n: [*(c.parsed for c in common_cfg), m.parsed] for n, m in model_cfg.items()}
     if scenarios is not None:
-        check_sources(
-            scenarios, {n: [*(c.parsed for c in common_cfg), m.parsed] for n, m in model_cfg.items()}
-        )
+        check_sources(scenarios, parsed)
+    check_imagined(imagine, parsed)
     out = (Path(run_dir) if run_dir is not None else Path("runs") / name).resolve()
     if out.exists() and not out.is_dir():
         raise InputError("--run_dir names a file, not a folder", file=out, fix="pass a folder for --run_dir")
@@ -356,6 +248,8 @@ def run(
                 Tuning(tune, tuning),
                 report,
                 scenarios,
+                imagine,
+                refit_train_val,
             )
     except SystemExit as err:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -381,6 +275,8 @@ def _run_stages(
     tuning: Tuning,
     report: ReportStage,
     scenarios: ScenarioStage | None = None,
+    imagine: ImagineStage | None = None,
+    refit_train_val: bool = False,
 ) -> None:
     from ctr.report import build_report
 
@@ -394,16 +290,20 @@ def _run_stages(
     outputs: ScenarioOutputs | None = None
     if scenarios is not None:
         outputs = run_scenarios(scenarios, prepared, out, cache)  # prints its own lines
+    imagined: ImagineOutputs | None = None
+    if imagine is not None:
+        imagined = run_imagine(imagine, prepared, semid_dir, out)  # prints its own lines
 
-    def inputs(cfg: ConfigText) -> FitInputs:
-        return fit_inputs(outputs, [*(c.parsed for c in common_cfg), cfg.parsed])
+    def inputs(cfg: ConfigText) -> ModelInputs:
+        parsed = [*(c.parsed for c in common_cfg), cfg.parsed]
+        return ModelInputs(fit_inputs(outputs, parsed), imagined_input(imagined, parsed))
 
     selected = [m for m in models if not only_models or m.name in only_models]
     if tuning.trials:
         model_cfg = dict(model_cfg)
         for model in selected:  # every model's trials before any seed: the same budget for all
-            model_cfg[model.name] = _tuned_config(
-                model,
+            model_cfg[model.name] = tuned_config(
+                model.name,
                 model_cfg[model.name],
                 common_cfg,
                 tuning,
@@ -426,6 +326,7 @@ def _run_stages(
                     "model": model_cfg[model.name].parsed,
                     "seed": seed,
                     **extra.fingerprint,
+                    **({"refit_train_val": True} if refit_train_val else {}),
                 }
             )
             model_dir = inside(out / S.MODELS_DIR / model.name / S.seed_dir_name(seed), out / S.MODELS_DIR)
@@ -433,11 +334,21 @@ def _run_stages(
                 print(f"[fit] {model.name} seed {seed}: up to date", flush=True)
                 continue
             start = time.perf_counter()
-            fresh_fit_dir(model_dir, out)
-            m = fit_one(model.name, seed, configs, prepared, semid_dir, model_dir, stage_hash, extra.args())
+            if refit_train_val:
+                m = fit_and_refit(
+                    model.name, seed, configs, prepared, semid_dir, model_dir, out, stage_hash, extra.args()
+                )
+                refit = f", refit on train+val {m['refit']['epochs']} epochs"
+            else:
+                fresh_fit_dir(model_dir, out)
+                m = fit_one(
+                    model.name, seed, configs, prepared, semid_dir, model_dir, stage_hash, extra.args()
+                )
+                refit = ""
             _stage_line(
                 "fit",
-                f"{model.name} seed {seed}: {m['epochs']} epochs, val GAUC {m['val'].get('gauc', float('nan')):.4f}, "
+                f"{model.name} seed {seed}: {m['epochs']} epochs{refit}, "
+                f"val GAUC {m['val'].get('gauc', float('nan')):.4f}, "
                 f"test AUC {m['test'].get('auc', float('nan')):.4f} GAUC {m['test'].get('gauc', float('nan')):.4f}",
                 time.perf_counter() - start,
             )

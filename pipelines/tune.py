@@ -70,6 +70,7 @@ def tune(
     scenarios: str | None = None,
     user_vectors: str | None = None,
     scenario_vectors: str | None = None,
+    imagined: str | None = None,
     verbose: bool = False,
 ) -> Path:
     """Tune one model on validation and write `<out>/tuned/<name>.yaml` and `<out>/tuned/<name>_trials.csv`.
@@ -87,7 +88,8 @@ def tune(
             and the model YAML (the last that sets it), else CTRTask's default -- the number the model's fits are
             selected on (set val/gauc_warm on temporal splits, val/auc where validation GAUC is undefined).
         max_epochs: the largest epoch budget a trial may draw.
-        item_sids, user_sids, item_content, user_content, scenarios: passed to the data module (`data.*`).
+        item_sids, user_sids, item_content, user_content, scenarios, imagined: passed to the data module
+            (`data.*`; imagined: `semid imagine`'s imagined.parquet, for ImaginedDeepFM / ImaginedDIN).
         user_vectors, scenario_vectors: knowledge vector files of a MetaLayers network with source llm /
             prompt_text (`model.net.init_args.*`; semid.knowledge.msr), given to every trial, never written into
             the tuned YAML.
@@ -119,6 +121,7 @@ def tune(
         ("item_content", item_content),
         ("user_content", user_content),
         ("scenarios", scenarios),
+        ("imagined", imagined),
     ):
         if value is not None:
             input_args += [f"--data.{key}", str(value)]

@@ -127,7 +127,8 @@ def _pipeline(name: str):
 
 
 def test_protocol_configs_follow_issue_13():
-    from pipelines.run import ConfigText, TuneStage, tune_monitor
+    from pipelines.fit import ConfigText
+    from pipelines.tune_stage import TuneStage, tune_monitor
 
     small = _pipeline("ml-100k")
     names = [m.name for m in small.models]

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ctr.batch import NO_CODES, NO_CONTENT, Batch, DataSpec
 from ctr.data.arrays import Tables
 from ctr.data.history import history_slots
-from ctr.data.tables import load_tables
+from ctr.data.tables import check_train_splits, load_tables
 from semid.errors import InputError
 
 Split = Literal["train", "val", "test"]
+TrainSplit = Literal["train", "val"]
 
 
 class SplitData(Dataset):
@@ -150,6 +151,7 @@ class CTRDataModule(L.LightningDataModule):
         scenarios: str | None = None,
         source_history: str | None = None,
         imagined: str | None = None,
+        train_splits: tuple[TrainSplit, ...] = ("train",),
     ) -> None:
         """
         Args:
@@ -177,6 +179,14 @@ class CTRDataModule(L.LightningDataModule):
                 from train positives only) ride along as a separate, flagged view, `Batch.imag_item` /
                 `Batch.imag_conf` (ImaginedDeepFM, ImaginedDIN); refused when built from another prepared dataset.
                 None = no imagined view.
+            train_splits: the splits whose rows the train loader serves: (train,) (default), or (train, val) for
+                the refit on train + val before testing (`semid run --refit_train_val`). Val rows used for training
+                read the history they are validated with (train and val positives strictly before them; train rows
+                then see val positives too, which only a non-temporal split puts before them). Train counts and
+                activity buckets stay the prepared ones, computed from the train split: a user or item first seen in
+                val keeps count 0 and bucket `cold` although the refit trains on its val rows (AKT's gate treats it
+                as cold), exactly as it is treated when its test rows are scored. The val loader still serves the
+                val split; a refit does not validate on it.
         """
         super().__init__()
         for name, value, low in (
@@ -188,6 +198,7 @@ class CTRDataModule(L.LightningDataModule):
         ):
             if value < low:
                 raise InputError(f"{name}={value} must be >= {low}", fix=f"set data.{name} to at least {low}")
+        check_train_splits(train_splits)
         if predict_split not in ("val", "test"):
             raise InputError(
                 f"predict_split={predict_split!r}", fix="set data.predict_split to 'val' or 'test'"
@@ -208,6 +219,7 @@ class CTRDataModule(L.LightningDataModule):
         self.scenarios = scenarios
         self.source_history = source_history
         self.imagined = imagined
+        self.train_splits = tuple(train_splits)
         self.tables: Tables | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -223,6 +235,7 @@ class CTRDataModule(L.LightningDataModule):
                 scenarios=self.scenarios,
                 source_history=self.source_history,
                 imagined=self.imagined,
+                train_splits=self.train_splits,
             )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,20 @@ def load_tables(
     scenarios: str | Path | None = None,
     source_history: str | Path | None = None,
     imagined: str | Path | None = None,
+    train_splits: Sequence[str] = ("train",),
 ) -> Tables:
     """Validate and read a prepared dataset directory and its ID tables into tensors (and, given `imagined`, the
-    users' imagined behaviours of `semid imagine`: `ctr.data.readers.read_imagined`)."""
+    users' imagined behaviours of `semid imagine`: `ctr.data.readers.read_imagined`).
+
+    `train_splits`: the splits whose rows form `Tables.splits["train"]` (the rows a fit trains on), concatenated in
+    that order; ("train", "val") is the refit on train + val of `semid run --refit_train_val`. Their history is the
+    positives of every split that is a history source of one of them (`HISTORY_SOURCES`; train + val for train +
+    val), still strictly before each row, so a val row trains with the very history it is validated with, and a
+    train row may see a val positive that came before it (possible under a random or leave-last-out split, never
+    under the temporal one). The other splits' arrays, and every entity's train counts and activity buckets (computed
+    by `semid prepare` from the train split), are unchanged.
+    """
+    check_train_splits(train_splits)
     root = Path(data_dir)
     fix = "run `semid prepare` first, or point data_dir to its output directory"
     if not root.is_dir():
@@ -85,15 +97,18 @@ def load_tables(
         if imagined is None
         else read_imagined(imagined, n_users=users.height, n_items=items.height, data_hash=data_hash)
     )
+    train_sources = tuple(s for s in S.SPLITS if any(s in HISTORY_SOURCES[t] for t in train_splits))
     by_sources = {
         sources: build_history(
             pl.concat([splits[s] for s in sources], how="vertical_relaxed"), users.height, source
         )
-        for sources in set(HISTORY_SOURCES.values())
+        for sources in {*HISTORY_SOURCES.values(), train_sources}
     }
     histories = {split: by_sources[HISTORY_SOURCES[split]] for split in splits}
+    histories["train"] = by_sources[train_sources]
+    rows = {**splits, "train": pl.concat([splits[s] for s in train_splits], how="vertical_relaxed")}
     arrays = {}
-    for split, df in splits.items():
+    for split, df in rows.items():
         user = torch.from_numpy(df[S.USER].cast(pl.Int64).to_numpy().copy())
         item = torch.from_numpy(df[S.ITEM].cast(pl.Int64).to_numpy().copy())
         end = history_end(histories[split], user.numpy(), df[S.TIMESTAMP].cast(pl.Int64).to_numpy())
@@ -118,3 +133,22 @@ def load_tables(
         merged_source=source is not None,
         imagined=imagined_items,
     )
+
+
+TRAINABLE_SPLITS = ("train", "val")
+"""Splits whose rows a fit may train on (`train_splits`); the test split never is."""
+
+
+def check_train_splits(train_splits: Sequence[str]) -> None:
+    """InputError unless `train_splits` is train, optionally followed by val (no test, no repeats)."""
+    if (
+        not train_splits
+        or train_splits[0] != "train"
+        or len(set(train_splits)) != len(train_splits)
+        or not set(train_splits) <= set(TRAINABLE_SPLITS)
+    ):
+        raise InputError(
+            f"train_splits={list(train_splits)}",
+            fix="set data.train_splits to [train] (the default) or [train, val] (refit on train + val); "
+            "the test split is never trained on",
+        )
