@@ -5,10 +5,11 @@ the refit on train + val."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -143,3 +144,31 @@ def fit_one(
     }
     write_json(metrics, out / record)  # written last: its presence marks the stage done
     return metrics
+
+
+def net_class(configs: Sequence[Any]) -> str | None:
+    """The network class path a fit from these parsed `ctr fit` configs (applied in order) builds: the last
+    `model.net.class_path` they set (in its defining module's spelling), None when none sets one."""
+    from ctr.module import class_path
+
+    found: str | None = None
+    for cfg in configs:
+        model = cfg.get("model") if isinstance(cfg, Mapping) else None
+        net = model.get("net") if isinstance(model, Mapping) else None
+        if isinstance(net, Mapping) and net.get("class_path"):
+            found = class_path(str(net["class_path"]))
+    return found
+
+
+def net_is(configs: Sequence[Any], *bases: type) -> bool:
+    """Whether the network these parsed configs build is one of `bases` or a subclass (False for an unknown class:
+    the fit itself reports it)."""
+    path = net_class(configs)
+    if path is None:
+        return False
+    module, _, name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, bases)

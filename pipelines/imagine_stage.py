@@ -19,12 +19,12 @@ a model config sets). A model that reads the view in a pipeline without an `imag
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pipelines.fit import net_class, net_is
 from semid import schema as S
 from semid.errors import InputError
 from semid.imagine import IMAGINED_FILE, ModelConfig, TrainConfig
@@ -75,34 +75,12 @@ class ImaginedInput(NamedTuple):
 NO_IMAGINED = ImaginedInput()
 
 
-def net_class(configs: Sequence[Any]) -> str | None:
-    """The network class path a fit from these parsed `ctr fit` configs (applied in order) builds: the last
-    `model.net.class_path` they set (in its defining module's spelling), None when none sets one."""
-    from ctr.module import class_path
-
-    found: str | None = None
-    for cfg in configs:
-        model = cfg.get("model") if isinstance(cfg, Mapping) else None
-        net = model.get("net") if isinstance(model, Mapping) else None
-        if isinstance(net, Mapping) and net.get("class_path"):
-            found = class_path(str(net["class_path"]))
-    return found
-
-
 def reads_imagined(configs: Sequence[Any]) -> bool:
     """Whether the network of these parsed configs reads the imagined view: ImaginedDeepFM, ImaginedDIN or a
     subclass (each refuses to build without `data.imagined`)."""
     from ctr.models.imagined import ImaginedDeepFM, ImaginedDIN
 
-    path = net_class(configs)
-    if path is None:
-        return False
-    module, _, name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return False  # an unknown class: the fit itself reports it
-    return isinstance(cls, type) and issubclass(cls, (ImaginedDeepFM, ImaginedDIN))
+    return net_is(configs, ImaginedDeepFM, ImaginedDIN)
 
 
 def sets_imagined(configs: Sequence[Any]) -> bool:

@@ -14,6 +14,10 @@ LLM4MSR knowledge vectors; every fit and tuning trial then reads the table, and 
 With an `imagine:` section (pipelines/imagine_stage.py) `semid imagine` runs once after them, and the models whose
 network reads imagined behaviours (ImaginedDeepFM, ImaginedDIN) get its file in every fit and tuning trial.
 
+With a `crossdomain:` section (pipelines/crossdomain_stage.py) RGCD-Rep cross-domain IDs (`semid rgcd`) and AIR
+intent paths (`semid intents`) are built once after them; a model entry's `inputs:` (source_history, rgcd_ids,
+rgcd_ids_no_routing) say which cross-domain inputs its fits and trials read, and an AIRNet model gets the intents.
+
 With `refit_train_val: true` (pipelines/refit.py) every (model, seed) is fitted as usual for model selection, then
 refitted from scratch on train + val for the epochs its best checkpoint had seen; the report reads the refit's test
 predictions and the selection fit's validation numbers.
@@ -27,6 +31,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.crossdomain_stage import (
+    CrossDomainStage,
+    CrossInput,
+    CrossOutputs,
+    check_crossdomain,
+    cross_inputs,
+    rgcd_folders,
+    run_crossdomain,
+)
 from pipelines.fit import ConfigText, fit_one, fresh_fit_dir, inside, read_config
 from pipelines.imagine_stage import (
     ImagineOutputs,
@@ -83,6 +96,10 @@ class ModelStage:
     """Folder name under <run>/models: letters, digits, '_', '.', '-' only."""
     config: str
     """A `ctr fit` YAML (configs/ctr/<model>.yaml)."""
+    inputs: list[CrossInput] = field(default_factory=list)
+    """Cross-domain inputs its fits read (pipelines/crossdomain_stage.py): source_history (the prepared Food
+    events join the history), rgcd_ids / rgcd_ids_no_routing (the `crossdomain: rgcd:` item IDs replace the
+    `semid build` ones). Empty (default): none, and the fit is what it was without them."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +190,7 @@ def run(
     report: ReportStage = ReportStage(),
     scenarios: ScenarioStage | None = None,
     imagine: ImagineStage | None = None,
+    crossdomain: CrossDomainStage | None = None,
     refit_train_val: bool = False,
 ) -> Path:
     """Run the whole chain and write <run_dir>/report/{report.md,report.json,*.png}.
@@ -199,6 +217,10 @@ def run(
         imagine: imagined behaviours (pipelines/imagine_stage.py): the `semid imagine` arguments; the stage writes
             `<run_dir>/imagined/` once, and every model whose network reads it (ImaginedDeepFM, ImaginedDIN) gets
             its imagined.parquet. None (default): no stage; such a model is then refused before any work.
+        crossdomain: cross-domain inputs (pipelines/crossdomain_stage.py): `rgcd:` (the `semid rgcd` arguments)
+            writes `<run_dir>/rgcd/`, `intents:` (the `semid intents` arguments) `<run_dir>/intents/`, each once;
+            a model reads the RGCD IDs when its `inputs:` say so, and an AIRNet model gets the intents. None
+            (default): no stage; a model asking for one of its inputs is then refused before any work.
         refit_train_val: after each (model, seed)'s normal fit, refit the same configs from scratch on train + val
             for the epochs its best checkpoint had seen, and test that refit (pipelines/refit.py): the report's
             test numbers are the refit's, its validation numbers the first fit's. Off by default.
@@ -220,6 +242,8 @@ def run(
     if scenarios is not None:
         check_sources(scenarios, parsed)
     check_imagined(imagine, parsed)
+    wants = {m.name: list(dict.fromkeys(m.inputs)) for m in models}
+    check_crossdomain(crossdomain, prepare.resolved_dataset(), wants, parsed)
     out = (Path(run_dir) if run_dir is not None else Path("runs") / name).resolve()
     if out.exists() and not out.is_dir():
         raise InputError("--run_dir names a file, not a folder", file=out, fix="pass a folder for --run_dir")
@@ -249,6 +273,8 @@ def run(
                 report,
                 scenarios,
                 imagine,
+                crossdomain,
+                wants,
                 refit_train_val,
             )
     except SystemExit as err:
@@ -276,6 +302,8 @@ def _run_stages(
     report: ReportStage,
     scenarios: ScenarioStage | None = None,
     imagine: ImagineStage | None = None,
+    crossdomain: CrossDomainStage | None = None,
+    wants: dict[str, list[CrossInput]] | None = None,
     refit_train_val: bool = False,
 ) -> None:
     from ctr.report import build_report
@@ -293,12 +321,27 @@ def _run_stages(
     imagined: ImagineOutputs | None = None
     if imagine is not None:
         imagined = run_imagine(imagine, prepared, semid_dir, out)  # prints its own lines
-
-    def inputs(cfg: ConfigText) -> ModelInputs:
-        parsed = [*(c.parsed for c in common_cfg), cfg.parsed]
-        return ModelInputs(fit_inputs(outputs, parsed), imagined_input(imagined, parsed))
-
     selected = [m for m in models if not only_models or m.name in only_models]
+    wants = {m.name: (wants or {}).get(m.name, []) for m in selected}
+    cross: CrossOutputs | None = None
+    if crossdomain is not None or any(wants.values()):
+        cross = run_crossdomain(  # prints its own lines
+            crossdomain,
+            prepared,
+            semid_dir,
+            out,
+            rgcd_readers=rgcd_folders(wants),
+            source_history=any("source_history" in w for w in wants.values()),
+        )
+
+    def inputs(model: ModelStage, cfg: ConfigText) -> ModelInputs:
+        parsed = [*(c.parsed for c in common_cfg), cfg.parsed]
+        return ModelInputs(
+            fit_inputs(outputs, parsed),
+            imagined_input(imagined, parsed),
+            cross_inputs(cross, wants[model.name], parsed),
+        )
+
     if tuning.trials:
         model_cfg = dict(model_cfg)
         for model in selected:  # every model's trials before any seed: the same budget for all
@@ -312,11 +355,11 @@ def _run_stages(
                 data_hash,
                 semid_hash,
                 out,
-                inputs(model_cfg[model.name]),
+                inputs(model, model_cfg[model.name]),
             )
     for model in selected:
         configs = [*common_cfg, model_cfg[model.name]]
-        extra = inputs(model_cfg[model.name])
+        extra = inputs(model, model_cfg[model.name])
         for seed in seeds:
             stage_hash = sha256_json(
                 {

@@ -1,6 +1,6 @@
 """The tuning stage of `semid run`: every model tuned with the same number of Optuna trials on validation (`ctr tune`,
 pipelines/tune.py) before its seeds, skipped when an earlier attempt tuned it from the same inputs; and what one
-model's fits and trials read from the optional stages (scenarios, imagine)."""
+model's fits and trials read from the optional stages (scenarios, imagine, crossdomain)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
+
 from ctr.module import Monitor
+from pipelines.crossdomain_stage import NO_CROSS, CrossInputs
 from pipelines.fit import ConfigText, inside, read_config
 from pipelines.imagine_stage import ImaginedInput
 from pipelines.scenarios import FitInputs
@@ -36,18 +39,19 @@ class TuneStage:
 
 
 class ModelInputs(NamedTuple):
-    """What one model's fit (or tuning trial) reads from the optional stages (scenarios, imagine)."""
+    """What one model's fit (or tuning trial) reads from the optional stages (scenarios, imagine, crossdomain)."""
 
     scenario: FitInputs
     imagined: ImaginedInput
+    cross: CrossInputs = NO_CROSS
 
     def args(self) -> list[str]:
-        return [*self.scenario.args(), *self.imagined.args()]
+        return [*self.scenario.args(), *self.imagined.args(), *self.cross.args()]
 
     @property
     def fingerprint(self) -> dict[str, str]:
         """Joins the fit's stage hash; {} without the optional stages, so that hash is what it was before them."""
-        return {**self.scenario.fingerprint, **self.imagined.fingerprint}
+        return {**self.scenario.fingerprint, **self.imagined.fingerprint, **self.cross.fingerprint}
 
 
 class Tuning(NamedTuple):
@@ -123,6 +127,10 @@ def tuned_config(
     for i, cfg in enumerate([*common_cfg, base]):
         paths.append(frozen / f"{i:02d}_{cfg.path.name}")
         write_text(cfg.text, paths[-1])
+    cross = inputs.cross.config()
+    if cross:  # `ctr tune` takes no source history / intents argument: a config just before the model's own
+        paths.insert(-1, frozen / "crossdomain_inputs.yaml")
+        write_text(yaml.safe_dump(cross, sort_keys=False), paths[-2])
     tuned = tune(
         str(paths[-1]),
         str(prepared),
@@ -133,7 +141,7 @@ def tuned_config(
         seed=tuning.stage.seed,
         monitor=monitor,
         max_epochs=tuning.stage.max_epochs,
-        item_sids=str(semids / S.ITEM_SIDS_FILE),
+        item_sids=str(inputs.cross.item_sids or semids / S.ITEM_SIDS_FILE),
         user_sids=str(semids / S.USER_SIDS_FILE),
         item_content=str(semids / S.ITEM_EMB_FILE),
         user_content=str(semids / S.USER_EMB_FILE),
