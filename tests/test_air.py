@@ -236,6 +236,26 @@ def test_airnet_adds_the_intent_field_and_its_switches_matter(prepared_dir, tmp_
         AIRNet(other, intents=str(tmp_path / "intents.parquet"))
 
 
+def test_sid_airnet_has_both_the_semantic_id_features_and_the_intent_view(prepared_dir, tmp_path):
+    from ctr.data import CTRDataModule
+    from ctr.models.air import SIDAIRNet
+    from semid import schema as S
+    from semid.io import read_meta
+
+    _write_intents(
+        prepared_dir, tmp_path / "intents.parquet", read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"]
+    )
+    dm = CTRDataModule(str(prepared_dir), batch_size=16, eval_batch_size=16, history_len=5)
+    batch = next(iter(dm.loader("val", shuffle=False)))
+    torch.manual_seed(0)
+    net = SIDAIRNet(dm.spec, intents=str(tmp_path / "intents.parquet"), embed_dim=4, mlp_dims=(8,)).eval()
+    assert net.embed(batch).shape == (16, net.fields.n_fields + 1, 4)  # the intent view is one more field
+    with torch.no_grad():
+        base = net(batch).logit
+        net.item_sid.table.weight.add_(1.0)  # the SID prefix embeddings reach the logit
+        assert not torch.allclose(net(batch).logit, base)
+
+
 AIR_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "ctr" / "air").glob("*.yaml"))
 
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from ctr.batch import Batch, DataSpec
 from ctr.models.deepfm import DeepFM
+from ctr.models.sid_features import SIDFeatures
 from semid.errors import InputError
 from semid.intents import IntentTable, chains, read_intents
 
@@ -303,3 +304,9 @@ class AIRNet(DeepFM):
         hist_emb = self.fields.item(batch.hist_item) if self.supporting_events else None  # (B, H, d)
         intent = self.view(batch.hist_item, target, hist_type=hist_type, hist_emb=hist_emb)  # (B, d)
         return intent.unsqueeze(1)  # (B, 1, d)
+
+
+class SIDAIRNet(AIRNet, SIDFeatures):
+    """AIRNet over SIDFeatures: the semantic-ID prefix embeddings of the user, the item and the history (e.g. the
+    RGCD-Rep cross-domain IDs) and the AIR intent view in one model, the cross-domain issue's "both" arm. Takes
+    AIRNet's arguments and SIDFeatures' `max_prefix_rows`; the intent view's target is the item's id embedding."""
