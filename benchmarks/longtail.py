@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 
 import polars as pl
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = ("ml-1m", "ml-1m-coldstart", "amazon-kitchen")
@@ -73,6 +74,14 @@ class Cell(NamedTuple):
     users: int
 
 
+def protocol_models(protocol: str, opts: Options) -> list[str]:
+    """`--models` restricted to the models this protocol's config lists (the protocols list different ablations),
+    in the given order; a name no protocol lists is an error."""
+    assert opts.models
+    listed = [m["name"] for m in yaml.safe_load((opts.configs / f"{protocol}.yaml").read_text())["models"]]
+    return [m for m in opts.models if m in listed]
+
+
 def command(protocol: str, opts: Options) -> list[str]:
     """The `semid run` command line of one protocol."""
     cmd = [
@@ -83,7 +92,7 @@ def command(protocol: str, opts: Options) -> list[str]:
         "--seeds", json.dumps(list(opts.seeds)),
     ]  # fmt: skip
     if opts.models:
-        cmd += ["--only_models", json.dumps(list(opts.models))]
+        cmd += ["--only_models", json.dumps(protocol_models(protocol, opts))]
     if opts.max_epochs is not None:
         cmd += ["--tuning.max_epochs", str(opts.max_epochs)]
     return cmd
@@ -354,7 +363,15 @@ def parse(argv: list[str] | None = None) -> Options:
     missing = [x for x in a.protocols if not (a.configs / f"{x}.yaml").is_file()]
     if missing:
         p.error(f"no pipeline config for {missing} in {a.configs}")
-    return Options(a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out)
+    opts = Options(a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out)
+    if opts.models:
+        unknown = set(opts.models) - {m for p in opts.protocols for m in protocol_models(p, opts)}
+        if unknown:
+            p.error(f"--models names {sorted(unknown)} that no protocol of {list(opts.protocols)} lists")
+        empty = [proto for proto in opts.protocols if not protocol_models(proto, opts)]
+        if empty:  # `semid run --only_models []` would run every model
+            p.error(f"protocols {empty} list none of --models")
+    return opts
 
 
 def main(argv: list[str] | None = None) -> None:
