@@ -327,7 +327,10 @@ def test_every_paper_ablation_has_a_config():
 def test_every_ablation_is_the_shipped_akt_plus_its_own_switches():
     configs = ablation_configs()
     base = configs["akt"]
-    assert base == {"content_tower": True, "content_fields": True}  # chosen on validation (configs/ctr/akt.yaml)
+    assert base == {
+        "content_tower": True,
+        "content_fields": True,
+    }  # chosen on validation (configs/ctr/akt.yaml)
     for name, flags in configs.items():
         changed = {k for k in base if flags.get(k) != base[k]}
         assert changed == ({"content_tower", "content_fields"} if name == "akt_no_content" else set()), name
