@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pipeline_cfg as pc
 import polars as pl
 import pytest
 import torch
@@ -60,57 +61,30 @@ def pipeline(tmp_path_factory, tiny_bert_dir) -> dict:
     """The pipeline config as a mapping (written per test with the changes it needs)."""
     root = tmp_path_factory.mktemp("cross_cfg")
     release = _write_release(root / "release")
-    rq = {"levels": 2, "codebook_size": 4, "max_epochs": 5, "batch_size": 32, "min_level0_utilization": 0.0}
-    (root / "semid.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "encoder": {"model": str(tiny_bert_dir), "batch_size": 32, "max_length": 32},
-                "align_config": {"max_epochs": 1, "max_pairs": 200, "batch_size": 64, "user_max_length": 32},
-                "item_rqvae": rq,
-                "user_rqvae": rq,
-            }
-        )
-    )
-    (root / "common.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model": {"monitor": "val/auc"},
-                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-                "data": {"batch_size": 64, "history_len": 6},
-            }
-        )
-    )
-    for name, (net, _) in NETS.items():
-        (root / f"{name}.yaml").write_text(
-            yaml.safe_dump({"model": {"net": {"class_path": net, "init_args": SMALL}}})
-        )
-    rgcd = {**RGCD, "encoder": {"model": str(tiny_bert_dir)}}
-    return {
-        "name": "cross",
-        "prepare": {
-            "dataset": "amazon-food-kitchen",
-            "source": str(release),
-            "split": {"mode": "leave_last_out"},
-            "negatives": {"per_positive": 2, "ranking": 5},
-        },
-        "crossdomain": {"rgcd": rgcd, "intents": INTENTS},
-        "semids": str(root / "semid.yaml"),
-        "common": [str(root / "common.yaml")],
-        "models": [
-            {"name": n, "config": str(root / f"{n}.yaml"), **({"inputs": i} if i else {})}
-            for n, (_, i) in NETS.items()
-        ],
-        "seeds": [0],
-        "target": "sid_rgcd",
-        "report": {"floor": None},
-        "_root": str(root),
+    common = {
+        "model": {"monitor": "val/auc"},
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
+        "data": {"batch_size": 64, "history_len": 6},
     }
+    nets = {name: {"class_path": net, "init_args": SMALL} for name, (net, _) in NETS.items()}
+    pc.write_files(root, tiny_bert_dir, nets, common)
+    prepare = {
+        "dataset": "amazon-food-kitchen",
+        "source": str(release),
+        "split": {"mode": "leave_last_out"},
+        "negatives": {"per_positive": 2, "ranking": 5},
+    }
+    rgcd = {**RGCD, "encoder": {"model": str(tiny_bert_dir)}}
+    cfg = pc.pipeline(
+        "cross", root, prepare, NETS, "sid_rgcd", crossdomain={"rgcd": rgcd, "intents": INTENTS}
+    )
+    cfg["models"] = [
+        {**m, **({"inputs": NETS[m["name"]][1]} if NETS[m["name"]][1] else {})} for m in cfg["models"]
+    ]
+    return cfg
 
 
-def _write(cfg: dict, name: str) -> Path:
-    path = Path(cfg["_root"]) / name
-    path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_root"}))
-    return path
+_write = pc.write
 
 
 @pytest.fixture(scope="module")

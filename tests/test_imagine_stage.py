@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pipeline_cfg as pc
 import polars as pl
 import pytest
 import torch
@@ -47,56 +48,12 @@ IMAGINE = {
 def pipeline(tmp_path_factory, synthetic_raw, tiny_bert_dir) -> dict:
     """The pipeline config as a mapping (written per test with the changes it needs)."""
     root = tmp_path_factory.mktemp("imagine_cfg")
-    (root / "columns.yaml").write_text(
-        yaml.safe_dump({"item_text_template": "{title}. Genres: {genre}.", "item_features": ["genre"],
-                        "multi_valued": ["genre"], "user_features": ["age", "gender"]})
-    )  # fmt: skip
-    rq = {"levels": 2, "codebook_size": 4, "max_epochs": 5, "batch_size": 32, "min_level0_utilization": 0.0}
-    (root / "semid.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "encoder": {"model": str(tiny_bert_dir), "batch_size": 32, "max_length": 32},
-                "align_config": {"max_epochs": 1, "max_pairs": 200, "batch_size": 64, "user_max_length": 32},
-                "item_rqvae": rq,
-                "user_rqvae": rq,
-            }
-        )
-    )
-    (root / "common.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model": {"monitor": "val/auc"},
-                "trainer": {"max_epochs": 1, "enable_progress_bar": False, "enable_model_summary": False},
-                "data": {"batch_size": 512, "history_len": 4},
-            }
-        )
-    )
-    for name, net in MODELS.items():
-        (root / f"{name}.yaml").write_text(yaml.safe_dump({"model": {"net": net}}))
-    return {
-        "name": "imagine",
-        "prepare": {
-            "dataset": None,
-            "interactions": str(synthetic_raw["inter"]),
-            "items": str(synthetic_raw["item"]),
-            "users": str(synthetic_raw["user"]),
-            "columns": str(root / "columns.yaml"),
-        },
-        "imagine": IMAGINE,
-        "semids": str(root / "semid.yaml"),
-        "common": [str(root / "common.yaml")],
-        "models": [{"name": n, "config": str(root / f"{n}.yaml")} for n in MODELS],
-        "seeds": [0],
-        "target": "deepfm_imagined",
-        "report": {"floor": None},
-        "_root": str(root),
-    }
+    pc.write_files(root, tiny_bert_dir, MODELS)
+    prepare = pc.synthetic_prepare(root, synthetic_raw)
+    return pc.pipeline("imagine", root, prepare, MODELS, "deepfm_imagined", imagine=IMAGINE)
 
 
-def _write(cfg: dict, name: str) -> Path:
-    path = Path(cfg["_root"]) / name
-    path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "_root"}))
-    return path
+_write = pc.write
 
 
 @pytest.fixture(scope="module")

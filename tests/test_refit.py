@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pipeline_cfg as pc
 import polars as pl
 import pytest
 import torch
-import yaml
 
 from ctr.data import CTRDataModule
 from pipelines.refit import REFIT_DIR, SELECTION_PREDICTIONS, SELECTION_RECORD
@@ -88,55 +88,19 @@ def test_train_splits_other_than_train_then_val_are_refused(prepared_dir, bad):
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, synthetic_raw, tiny_bert_dir) -> Path:
     root = tmp_path_factory.mktemp("refit_cfg")
-    (root / "columns.yaml").write_text(
-        yaml.safe_dump({"item_text_template": "{title}. Genres: {genre}.", "item_features": ["genre"],
-                        "multi_valued": ["genre"], "user_features": ["age", "gender"]})
-    )  # fmt: skip
-    rq = {"levels": 2, "codebook_size": 4, "max_epochs": 5, "batch_size": 32, "min_level0_utilization": 0.0}
-    (root / "semid.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "encoder": {"model": str(tiny_bert_dir), "batch_size": 32, "max_length": 32},
-                "align_config": {"max_epochs": 1, "max_pairs": 200, "batch_size": 64, "user_max_length": 32},
-                "item_rqvae": rq,
-                "user_rqvae": rq,
-            }
-        )
-    )
-    (root / "common.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "model": {"monitor": "val/auc", "lr": 0.01},
-                "trainer": {"max_epochs": 8, "enable_progress_bar": False, "enable_model_summary": False},
-                "early_stopping": {"patience": 1},
-                "data": {"batch_size": BATCH, "history_len": HISTORY},
-            }
-        )
-    )
+    common = {
+        "model": {"monitor": "val/auc", "lr": 0.01},
+        "trainer": {"max_epochs": 8, "enable_progress_bar": False, "enable_model_summary": False},
+        "early_stopping": {"patience": 1},
+        "data": {"batch_size": BATCH, "history_len": HISTORY},
+    }
     nets = {
         "deepfm": {"class_path": "ctr.models.deepfm.DeepFM", "init_args": {"embed_dim": 8, "mlp_dims": [16]}},
         "din": {"class_path": "ctr.models.din.DIN", "init_args": {"embed_dim": 8, "mlp_dims": [16]}},
     }
-    for name, net in nets.items():
-        (root / f"{name}.yaml").write_text(yaml.safe_dump({"model": {"net": net}}))
-    pipeline = {
-        "name": "refit",
-        "prepare": {
-            "dataset": None,
-            "interactions": str(synthetic_raw["inter"]),
-            "items": str(synthetic_raw["item"]),
-            "users": str(synthetic_raw["user"]),
-            "columns": str(root / "columns.yaml"),
-        },
-        "semids": str(root / "semid.yaml"),
-        "common": [str(root / "common.yaml")],
-        "models": [{"name": n, "config": str(root / f"{n}.yaml")} for n in MODELS],
-        "seeds": [0],
-        "target": "din",
-        "report": {"floor": None},
-    }
-    (root / "pipeline.yaml").write_text(yaml.safe_dump(pipeline))
-    return root / "pipeline.yaml"
+    pc.write_files(root, tiny_bert_dir, nets, common)
+    prepare = pc.synthetic_prepare(root, synthetic_raw)
+    return pc.write(pc.pipeline("refit", root, prepare, MODELS, "din"), "pipeline.yaml")
 
 
 @pytest.fixture(scope="module")
