@@ -38,7 +38,9 @@ What this module does (`plan_warmup`, `WarmupPlan`, `run_warmup`):
 Where it differs from the papers, in one place: new items are a random hold-out, not a popularity band; the
 evaluation set is fixed across K and stages; only items with enough rows are kept; the update rule is one for every
 network (no meta-generator or meta scaling/shifting network is learned: this measures how each model warms up by
-plain fine-tuning of its new-item rows, the papers' "random init / base model" warm-up row). Note also that the
+plain fine-tuning of its new-item rows, the papers' "random init / base model" warm-up row; a network that
+defines `admit(batch)` first sets its new rows from what it already computes for a cold id, AKT from its content
+tower f(x) or 0, which is the role of Meta-Embedding's generator, `WarmupSettings.admit`). Note also that the
 fit's validation split (which holds part of the evaluation rows) selected its checkpoint and early stopping; no
 evaluation row was trained on.
 
@@ -290,6 +292,7 @@ class WarmupSettings:
     batch_size: int = 32
     epochs: int = 1
     seed: int = 0  # seeds the shuffling of every stage's rows
+    admit: bool = True  # warm-start the new items' rows of a network that defines admit(batch) (AKT)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.epochs < 1 or (self.lr is not None and not self.lr > 0):
@@ -391,8 +394,13 @@ def run_warmup(
 ) -> dict[str, Any]:
     """Score `task` (a trained model, left unchanged) cold, then after each warm-up batch, for every K of the plan.
 
+    With `settings.admit`, a network that defines `admit(batch)` (AKT) first warm-starts the kept items' rows from
+    a batch holding one row of each (Meta-Embedding's initialisation by its generator; AKT sets each row to the
+    individual part the item had while cold); others start from their rows' random init, the papers' base model.
+
     Returns {"cold": metrics, "k": {K: {"warm_a": metrics + "warmup_loss", ...}}, "updated": {"tensors": how many
-    parameter tensors the update may change, "parameters": how many numbers}}."""
+    parameter tensors the update may change, "parameters": how many numbers}, "admitted": whether rows were
+    warm-started}."""
     new_items = plan.items
     evaluation = plan.evaluation()
     if evaluation.is_empty():
@@ -404,8 +412,15 @@ def run_warmup(
     cold = stage_data(tables, evaluation, count, bucket, history_len)
     result: dict[str, Any] = {"cold": metrics(score(task, cold), cold), "k": {}}
     probe = cold[torch.arange(min(len(cold), 256))]
+    admitted = settings.admit and callable(getattr(task.net, "admit", None))
+    if admitted:  # one row of each kept item: its id, semantic IDs and content
+        firsts = stage_data(tables, plan.rows.filter(pl.col(RANK) == 0), count, bucket, history_len)
+        first = Batch(*(t.to(next(task.parameters()).device) for t in firsts[torch.arange(len(firsts))]))
+    result["admitted"] = admitted
     for k in plan.ks:
         model = copy.deepcopy(task)
+        if admitted:
+            model.net.admit(first)
         params = trainable(model, probe, new_items, settings.update)
         result["updated"] = {  # the same for every K
             "tensors": len(params),

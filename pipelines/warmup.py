@@ -210,6 +210,14 @@ def markdown(result: dict[str, Any]) -> str:
         f"Update: {s['update']}, AdamW lr {s['lr'] or 'of the fit'}, batch {s['batch_size']}, {s['epochs']} epoch(s) "
         f"per stage, network in eval mode. Values: mean ± std over seeds.",
     ]
+    admitted = sorted(
+        m for m, seeds in result["models"].items() if any(r.get("admitted") for r in seeds.values())
+    )
+    if admitted:
+        lines.append(
+            "Warm-started rows (`admit`: each new item's row starts at the value its network gave it cold instead "
+            "of its random init): " + ", ".join(admitted) + "."
+        )
     few = p["eval_gauc_users"] < MIN_GAUC_USERS
     users = p["eval_gauc_users"]
     gauc_title = f"GAUC (on {users} user{'' if users == 1 else 's'} at every stage" + (
@@ -239,6 +247,7 @@ def warmup(
     epochs: int = 1,
     min_eval_rows: int = 1,
     seed: int = 0,
+    admit: bool = True,
     verbose: bool = False,
 ) -> Path:
     """Run the new-item warm-up protocol on a run directory and write `<out>` (JSON) and its `.md` table.
@@ -255,6 +264,8 @@ def warmup(
         epochs: passes over each warm-up batch.
         min_eval_rows: rows an item must have beyond its 3 x max(K) warm-up rows to be kept.
         seed: seeds the order of the warm-up rows.
+        admit: warm-start the new items' rows of a network that can (AKT: its cold-path value f(x) or 0) before
+            the first update; false leaves every network's rows at their random init.
         verbose: show library logs on the console too (they always go to <out>.log).
     """
     from pipelines.console import quiet_console
@@ -267,7 +278,9 @@ def warmup(
     json_path = Path(out) if out is not None else run / DEFAULT_OUT
     if json_path.is_dir():
         raise InputError("--out names a folder", file=json_path, fix="pass a file name, e.g. warmup.json")
-    settings = WarmupSettings(update=update, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed)
+    settings = WarmupSettings(
+        update=update, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, admit=admit
+    )
     plan, cfg = read_plan(run, ks, min_eval_rows)
     fits = fitted_seeds(run, _comma_list(models, "models") if models is not None else None)
     p = plan.summary()
@@ -307,6 +320,7 @@ def warmup(
             "epochs": epochs,
             "min_eval_rows": min_eval_rows,
             "seed": seed,
+            "admit": admit,
         },
         "models": results,
         "seconds": time.perf_counter() - total,

@@ -252,6 +252,29 @@ def test_only_the_new_items_rows_change(cold_run, plan, name):
         assert torch.equal(value, before[key]), key
 
 
+def test_admit_starts_a_revealed_item_where_it_was_cold(cold_run, plan):
+    """AKT's admit sets a new item's row so that, once revealed (count > 0), its individual part is the content
+    tower's f(x) it had while cold, not the row's untrained init; old items' rows stay."""
+    task, warm, new = _stage(cold_run, plan, "akt")
+    net = task.net.eval()
+    batch = warm[torch.arange(len(warm))]
+    assert bool((batch.item_count > 0).all())  # revealed: the individual row is read, not the fallback
+    cold = batch._replace(item_count=torch.zeros_like(batch.item_count))
+    with torch.no_grad():
+        fx = net.content(batch.item_content)  # (B, d)
+        cold_v = net.item_emb(cold.item + 1, cold.item_sid, cold.item_count, fallback=fx).individual
+        before = net.item_emb(batch.item + 1, batch.item_sid, batch.item_count).individual
+    assert torch.allclose(cold_v, fx)
+    assert not torch.allclose(before, fx, atol=1e-3)  # the random init: what the reveal used to read
+    table = net.item_emb.individual.weight.detach().clone()
+    net.admit(batch)
+    with torch.no_grad():
+        after = net.item_emb(batch.item + 1, batch.item_sid, batch.item_count).individual
+    torch.testing.assert_close(after, fx, rtol=1e-5, atol=1e-5)
+    changed = (net.item_emb.individual.weight != table).any(1).nonzero().squeeze(1)
+    assert set(changed.tolist()) <= set((new + 1).tolist())
+
+
 def test_update_all_changes_the_dense_layers(cold_run, plan):
     task, warm, new = _stage(cold_run, plan, "deepfm")
     before = copy.deepcopy(task.net.mlp.state_dict())
@@ -286,6 +309,8 @@ def test_command_writes_json_and_markdown(cold_run, plan, tmp_path, capsys):
     rows = [line for line in md.splitlines() if line.startswith("| akt | 1 |")]
     assert len(rows) == 3 * 2 and all(cold_auc in rows[i] for i in (0, 1))  # AUC table, one row per K
     assert "warm-c" in md and f"{n_eval} rows" in md
+    assert result["models"]["akt"]["0"]["admitted"] and not result["models"]["deepfm"]["0"]["admitted"]
+    assert "Warm-started rows" in md and md.split("Warm-started rows")[1].splitlines()[0].endswith(": akt.")
     assert "warmup akt seed 0: AUC cold" in capsys.readouterr().out
 
 

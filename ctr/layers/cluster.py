@@ -101,6 +101,18 @@ class ClusterGuidedEmbedding(nn.Module):
         g = self.gate(a, v, c)  # (..., 1)
         return AdaptiveEmbedding(g * v + (1 - g) * c, v, c, g)
 
+    @torch.no_grad()
+    def admit(self, ids: Tensor, codes: Tensor, value: Tensor) -> None:
+        """Warm-start new ids (shifted by one, as `forward`'s): set each one's row E[id] so that its individual
+        part v = E[id] (+ its deep prefixes) equals `value` (N, d), the v it had while cold (0 or the fallback).
+        Repeated ids must come with the same codes and value. No-op without an individual part."""
+        if self.individual is None:
+            return
+        row = value.to(self.individual.weight.dtype)  # (N, d)
+        if self.deep:
+            row = row - self.prefix(codes[..., : self.prefix.levels])[..., self.k :, :].sum(-2)  # (N, d)
+        self.individual.weight[ids] = row
+
     def with_history(
         self,
         ids: Tensor,

@@ -38,6 +38,9 @@ codes c_1..c_L and train count n_e:
                 n_item = 0 for the target item (the Batch holds no content for history items, so a cold
                 history item keeps v = 0). Needs content vectors in the Batch (DataSpec.item_content_dim > 0).
 
+  new ids       [ours] `admit`: before a new item's first trained update (ctr.warmup) its row is set so that
+                v_item = f(x_item) (or 0), the value it had while cold.
+
   loss = BCE + lambda_orth L_orth + L_trans,item + L_trans,user + lambda_content L_content  (+ L2 from CTRTask)
 
 Deviations from the paper, each switchable: the residual gate (gate_mode), deep prefixes in the individual part
@@ -221,6 +224,20 @@ class AKT(nn.Module):
             tau=self.tau,
         )
         return res.loss, res.h2t
+
+    # -- new ids -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def admit(self, batch: Batch) -> None:
+        """Warm start [ours, Meta-Embedding's use of its generator]: the batch's target items are new ids about to
+        get their first trained rows (`ctr.warmup`). Each one's individual part is set to what it was while cold,
+        f(x_item) with the content tower, else 0, so the first reveal continues from the cold prediction instead
+        of the row's random init (which no train row ever moved)."""
+        value = (
+            self.content(batch.item_content)
+            if self.content is not None
+            else torch.zeros(batch.item.shape[0], self.item_emb.dim, device=batch.item.device)
+        )  # (B, d)
+        self.item_emb.admit(batch.item + 1, batch.item_sid, value)
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
