@@ -44,6 +44,11 @@ tower f(x) or 0, which is the role of Meta-Embedding's generator, `WarmupSetting
 fit's validation split (which holds part of the evaluation rows) selected its checkpoint and early stopping; no
 evaluation row was trained on.
 
+The warm-up learning rate matters as much as the model (one step size suits one network's rows and not
+another's), so it can be chosen fairly (`select_lr`): the kept items are split at random into tune and report items,
+every lr of a grid runs the protocol on the tune items, the best mean warm AUC wins, and only the report items,
+warmed up with that lr, are reported. Without a grid every model uses one lr (the fit's unless given).
+
 Metrics per stage: AUC, log loss and GAUC with the number of users it rests on (`ctr.metrics`).
 """
 
@@ -128,6 +133,24 @@ class WarmupPlan:
     def evaluation(self) -> pl.DataFrame:
         """The fixed evaluation rows: ranks >= eval_from of every kept item."""
         return self.rows.filter(pl.col(RANK) >= self.eval_from)
+
+    def split(self, share: float, seed: int) -> tuple[WarmupPlan, WarmupPlan]:
+        """(tune, report): the kept items split at random (seeded) into two disjoint plans, `share` of them (at
+        least one, at most all but one) for choosing the warm-up learning rate, the rest for the reported result."""
+        items = self.items
+        if len(items) < 2 or not 0.0 < share < 1.0:
+            raise InputError(
+                f"cannot split {len(items)} kept item(s) with tune_share={share}",
+                fix="use 0 < --tune_share < 1 and a run with at least 2 kept items (or give one --lr)",
+            )
+        n_tune = min(max(round(share * len(items)), 1), len(items) - 1)
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))
+        tune = pl.Series(S.ITEM, items[order[:n_tune]].numpy()).implode()
+        part = pl.col(S.ITEM).cast(pl.Int64).is_in(tune)
+        return (
+            dataclasses.replace(self, rows=self.rows.filter(part), dropped=0),
+            dataclasses.replace(self, rows=self.rows.filter(~part), dropped=0),
+        )
 
     def summary(self) -> dict[str, Any]:
         """Counts for the report: items, rows and users of the evaluation set."""
@@ -381,6 +404,53 @@ def update_stage(
             opt.step()
             losses.append(float(loss.detach()))
     return sum(losses) / max(len(losses), 1)
+
+
+def warm_score(result: dict[str, Any]) -> float:
+    """What the learning-rate choice maximises: the mean AUC over every warm stage (a, b, c) and K."""
+    values = [st["auc"] for stages in result["k"].values() for name, st in stages.items() if name != "cold"]
+    return sum(values) / len(values)
+
+
+def select_lr(
+    task: CTRTask,
+    tables: Tables,
+    plan: WarmupPlan,
+    cfg: BucketConfig,
+    settings: WarmupSettings,
+    grid: Sequence[float],
+    *,
+    share: float = 0.5,
+    history_len: int,
+) -> dict[str, Any]:
+    """The warm-up learning rate chosen on held-out items, then the protocol on the others with it.
+
+    The kept items are split (`WarmupPlan.split`, seeded by `settings.seed`): on the tune items each lr of `grid`
+    runs the whole protocol and the one with the best `warm_score` wins (ties: the smaller lr); the report items
+    then run it with that lr. So every model gets the same lr budget, and no reported row chose it. Returns
+    `run_warmup`'s result on the report items plus "lr" (chosen), "lr_scores" ({lr: tune score}) and
+    "tune_items" / "report_items" (counts)."""
+    if not grid or any(not lr > 0 for lr in grid):
+        raise InputError(f"warm-up lr grid {list(grid)}", fix="give one or more learning rates > 0")
+    tune, report = plan.split(share, settings.seed)
+    scores = {
+        float(lr): warm_score(
+            run_warmup(
+                task, tables, tune, cfg, dataclasses.replace(settings, lr=float(lr)), history_len=history_len
+            )
+        )
+        for lr in sorted(set(grid))
+    }
+    best = max(scores, key=lambda lr: (scores[lr], -lr))
+    chosen = dataclasses.replace(settings, lr=best)
+    result = run_warmup(task, tables, report, cfg, chosen, history_len=history_len)
+    return {
+        **result,
+        "lr": best,
+        "lr_scores": {str(lr): v for lr, v in scores.items()},
+        "tune_items": len(tune.items),
+        "report_items": len(report.items),
+    }
 
 
 def run_warmup(

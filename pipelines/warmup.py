@@ -29,6 +29,7 @@ from ctr.warmup import (
     new_item_rows,
     plan_warmup,
     run_warmup,
+    select_lr,
 )
 from pipelines.fit import data_args
 from semid import schema as S
@@ -197,19 +198,38 @@ def markdown(result: dict[str, Any]) -> str:
     """The tables of a warm-up result: per metric, one row per (model, K), one column per stage (mean ± std over
     seeds)."""
     p, s = result["protocol"], result["settings"]
+    kept = p["kept_items"] + p.get("tune_items", 0)
     lines = [
         "# New-item warm-up (Meta-Embedding / MWUF protocol, ctr/warmup.py)",
         "",
-        f"Run `{result['run_dir']}`. Held-out items {p['held_out_items']}; kept {p['kept_items']} (at least "
-        f"{p['eval_from_rank']} + {s['min_eval_rows']} val/test rows), dropped {p['dropped_items']}. Evaluation "
-        f"(fixed for every stage and K): each kept item's rows from rank {p['eval_from_rank']} on, {p['eval_rows']} "
+        f"Run `{result['run_dir']}`. Held-out items {p['held_out_items']}; kept {kept} (at least "
+        f"{p['eval_from_rank']} + {s['min_eval_rows']} val/test rows)"
+        + (
+            f", {p['tune_items']} of them choose the warm-up lr, {p['kept_items']} reported"
+            if "tune_items" in p
+            else ""
+        )
+        + f"; dropped {p['dropped_items']}. Evaluation "
+        f"(fixed for every stage and K): each reported item's rows from rank {p['eval_from_rank']} on, {p['eval_rows']} "
         f"rows, {p['eval_users']} users ({p['eval_gauc_users']} with both labels: GAUC rests on them), positive rate "
         f"{p['eval_positive_rate']:.3f}. Warm-up rows per stage: "
         + ", ".join(f"K={k}: {n}" for k, n in p["warmup_rows_per_stage"].items())
         + ".",
-        f"Update: {s['update']}, AdamW lr {s['lr'] or 'of the fit'}, batch {s['batch_size']}, {s['epochs']} epoch(s) "
+        f"Update: {s['update']}, AdamW lr {'chosen per model (below)' if s.get('lr_grid') else s['lr'] or 'of the fit'}, batch {s['batch_size']}, {s['epochs']} epoch(s) "
         f"per stage, network in eval mode. Values: mean ± std over seeds.",
     ]
+    if s.get("lr_grid"):
+        runs = [(m, r) for m, seeds in result["models"].items() for r in seeds.values()]
+        tune_items = runs[0][1]["tune_items"] if runs else 0
+        chosen = "; ".join(
+            m + " " + ", ".join(f"{r['lr']:g}" for r in seeds.values())
+            for m, seeds in result["models"].items()
+        )
+        lines.append(
+            f"Warm-up lr chosen per model (and seed) from {{{', '.join(f'{v:g}' for v in s['lr_grid'])}}} by the mean "
+            f"warm AUC over stages and K on {tune_items} other held-out items (tune share {s['tune_share']}); the "
+            f"tables are the remaining items, warmed up with it (ctr.warmup.select_lr). Chosen: {chosen}."
+        )
     admitted = sorted(
         m for m, seeds in result["models"].items() if any(r.get("admitted") for r in seeds.values())
     )
@@ -243,6 +263,8 @@ def warmup(
     out: str | None = None,
     update: Update = "new_item_rows",
     lr: float | None = None,
+    lr_grid: str | None = None,
+    tune_share: float = 0.5,
     batch_size: int = 32,
     epochs: int = 1,
     min_eval_rows: int = 1,
@@ -260,6 +282,10 @@ def warmup(
         out: the JSON file to write (default <run_dir>/warmup.json); the Markdown table goes beside it (.md).
         update: new_item_rows (the papers' rule: only the new items' rows of the item-id tables move) or all.
         lr: the warm-up learning rate (default: the fit's model.lr).
+        lr_grid: comma-separated learning rates: each model's warm-up lr is chosen among them on a random
+            `tune_share` of the kept items (best mean warm AUC), and the other items, warmed up with it, are
+            reported (ctr.warmup.select_lr). Excludes --lr.
+        tune_share: share of the kept items that choose the lr (with --lr_grid).
         batch_size: warm-up rows per update step.
         epochs: passes over each warm-up batch.
         min_eval_rows: rows an item must have beyond its 3 x max(K) warm-up rows to be kept.
@@ -281,9 +307,22 @@ def warmup(
     settings = WarmupSettings(
         update=update, lr=lr, batch_size=batch_size, epochs=epochs, seed=seed, admit=admit
     )
+    if lr_grid is not None and lr is not None:
+        raise InputError("--lr and --lr_grid both given", fix="give one learning rate or a grid, not both")
+    try:
+        grid = [float(v) for v in _comma_list(lr_grid, "lr_grid")] if lr_grid is not None else None
+    except ValueError:
+        raise InputError(
+            f"--lr_grid {lr_grid!r} is not a list of numbers", fix="give e.g. --lr_grid 0.001,0.005"
+        ) from None
     plan, cfg = read_plan(run, ks, min_eval_rows)
+    full = plan
+    if grid is not None:
+        _, plan = full.split(tune_share, seed)  # the reported items, as select_lr splits them
     fits = fitted_seeds(run, _comma_list(models, "models") if models is not None else None)
     p = plan.summary()
+    if grid is not None:  # the reported items' rows; the rest choose the lr
+        p |= {"dropped_items": full.dropped, "tune_items": len(full.items) - len(plan.items)}
     print(
         f"warmup: {p['kept_items']} of {p['held_out_items']} held-out items kept, {p['eval_rows']} evaluation rows, "
         f"{p['eval_users']} users, K = {plan.ks}",
@@ -298,7 +337,19 @@ def warmup(
                 start = time.perf_counter()
                 task, data = load_fit(run, seed_dir)
                 data.setup()
-                res = run_warmup(task, data.tables, plan, cfg, settings, history_len=data.history_len)
+                if grid is None:
+                    res = run_warmup(task, data.tables, plan, cfg, settings, history_len=data.history_len)
+                else:
+                    res = select_lr(
+                        task,
+                        data.tables,
+                        full,
+                        cfg,
+                        settings,
+                        grid,
+                        share=tune_share,
+                        history_len=data.history_len,
+                    )
                 res["seconds"] = time.perf_counter() - start
                 results[name][str(s)] = res
                 curve = "; ".join(
@@ -306,8 +357,9 @@ def warmup(
                     for kk in plan.ks
                 )
                 print(
-                    f"warmup {name} seed {s}: AUC cold {res['cold']['auc']:.4f}, warm-a/b/c {curve} "
-                    f"({res['seconds']:.1f}s)",
+                    f"warmup {name} seed {s}: AUC cold {res['cold']['auc']:.4f}, warm-a/b/c {curve}"
+                    + (f", lr {res['lr']:g} " if "lr" in res else " ")
+                    + f"({res['seconds']:.1f}s)",
                     flush=True,
                 )
     result = {
@@ -316,6 +368,8 @@ def warmup(
         "settings": {
             "update": update,
             "lr": lr,
+            "lr_grid": grid,
+            "tune_share": tune_share if grid is not None else None,
             "batch_size": batch_size,
             "epochs": epochs,
             "min_eval_rows": min_eval_rows,

@@ -148,6 +148,21 @@ def test_plan_keeps_items_with_enough_rows_and_fixes_the_evaluation_set():
         W.plan_warmup(rows, [0], held_out=4)
 
 
+def test_split_gives_disjoint_seeded_item_sets(plan):
+    plan, _ = plan
+    tune, report = plan.split(0.5, seed=3)
+    a, b = set(tune.items.tolist()), set(report.items.tolist())
+    assert a and b and not a & b and a | b == set(plan.items.tolist())
+    assert abs(len(a) - len(plan.items) / 2) <= 1
+    assert tune.rows.height + report.rows.height == plan.rows.height
+    again, _ = plan.split(0.5, seed=3)
+    other, _ = plan.split(0.5, seed=4)
+    assert again.items.tolist() == tune.items.tolist() and other.items.tolist() != tune.items.tolist()
+    for share in (0.0, 1.0):
+        with pytest.raises(InputError, match="tune_share"):
+            plan.split(share, seed=0)
+
+
 def test_plan_on_a_run_never_scores_a_warmup_row(plan, cold_run):
     plan, _ = plan
     held = read_meta(cold_run / S.PREPARED_DIR / S.ITEMS_FILE)["held_out_items"]
@@ -312,6 +327,34 @@ def test_command_writes_json_and_markdown(cold_run, plan, tmp_path, capsys):
     assert result["models"]["akt"]["0"]["admitted"] and not result["models"]["deepfm"]["0"]["admitted"]
     assert "Warm-started rows" in md and md.split("Warm-started rows")[1].splitlines()[0].endswith(": akt.")
     assert "warmup akt seed 0: AUC cold" in capsys.readouterr().out
+
+
+def test_lr_is_chosen_on_tune_items_and_reported_on_the_others(cold_run, plan, tmp_path):
+    plan_, cfg = plan
+    task, dm = load_fit(cold_run, cold_run / S.MODELS_DIR / "deepfm" / "seed0")
+    dm.setup()
+    grid = (1e-4, 0.05)
+    res = W.select_lr(task, dm.tables, plan_, cfg, W.WarmupSettings(), grid, history_len=dm.history_len)
+    scores = {float(k): v for k, v in res["lr_scores"].items()}
+    assert set(scores) == set(grid) and res["lr"] == max(scores, key=scores.get)
+    tune, report = plan_.split(0.5, 0)
+    assert (res["tune_items"], res["report_items"]) == (len(tune.items), len(report.items))
+    assert res["cold"]["n"] == report.evaluation().height  # only the report items are scored
+    # the tune score is the protocol's mean warm AUC on the tune items with that lr
+    again = W.run_warmup(task, dm.tables, tune, cfg, W.WarmupSettings(lr=grid[0]), history_len=dm.history_len)
+    assert scores[grid[0]] == pytest.approx(W.warm_score(again))
+
+    out = tmp_path / "grid.json"
+    args = ["warmup", "--run_dir", str(cold_run), "--models", "deepfm", "--k", "1,2", "--out", str(out)]
+    ctr_main([*args, "--lr_grid", "0.0001,0.05"])
+    result = json.loads(out.read_text())
+    assert result["protocol"]["eval_rows"] == report.evaluation().height
+    assert result["protocol"]["tune_items"] == len(tune.items)
+    assert "Warm-up lr chosen per model" in out.with_suffix(".md").read_text()
+    bad = tmp_path / "bad.json"
+    with pytest.raises(SystemExit) as exit_:
+        ctr_main([*args[:-1], str(bad), "--lr_grid", "0.001", "--lr", "0.01"])
+    assert exit_.value.code == 2 and not bad.exists()
 
 
 def test_a_run_without_held_out_items_is_refused(synthetic_raw, tmp_path):
