@@ -43,6 +43,7 @@ def prepare(
     buckets: data.BucketConfig = data.BucketConfig(),
     negatives: data.NegativeConfig = data.NegativeConfig(),
     source: str | None = None,
+    domains: list[str] | None = None,
     cache: str | None = None,
     force: bool = False,
     name: str | None = None,
@@ -65,6 +66,8 @@ def prepare(
         negatives: sampled negatives, for data with positives only (amazon-food-kitchen).
         source: the amazon-food-kitchen release folder (default: $SEMID_AMAZON_FOOD_KITCHEN or
             ../shared/data/amazon-food-kitchen); never copied.
+        domains: amazon-food-kitchen only: the domains whose events are CTR rows (default [kitchen], the
+            Food -> Kitchen protocol; [food, kitchen] = two scenarios, each positive with negatives of its domain).
         cache: cache directory (default: $SEMID_CACHE or the user's cache dir).
         force: rebuild even when `out` already holds this data prepared with this config.
         name: the dataset's name in metadata and reports (default: `dataset`, or the interactions file stem).
@@ -89,13 +92,19 @@ def prepare(
                 "[--users FILE]",
             )
         name = name or Path(interactions).stem
+    if domains is not None and dataset != amazon.DATASET:
+        raise InputError(
+            f"domains is an option of the {amazon.DATASET} dataset only",
+            fix="remove domains (prepare.domains)",
+        )
+    amazon.check_domains(domains)  # a bad value fails before any output or hashing
     target = Path(out) if out is not None else cache_dir(cache) / "prepared" / name
     check_output_dir(target, COMMAND, legacy=LEGACY_FILES)  # before a download or any hashing
 
     if dataset == amazon.DATASET:
         release = amazon.source_files(source)
-        fingerprint = amazon.fingerprint(release, config)
-        build = partial(amazon.build, release, config, name=name)
+        fingerprint = amazon.fingerprint(release, config, domains)
+        build = partial(amazon.build, release, config, name=name, domains=domains)
     else:
         if dataset is not None:
             paths = fetch(dataset, cache)

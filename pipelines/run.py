@@ -82,6 +82,9 @@ class PrepareStage:
     negatives: data.NegativeConfig = field(default_factory=data.NegativeConfig)
     source: str | None = None
     """The amazon-food-kitchen release folder (dataset: amazon-food-kitchen)."""
+    domains: list[str] | None = None
+    """dataset amazon-food-kitchen: the domains whose events are CTR rows (default [kitchen]; [food, kitchen] for
+    the two-scenario protocol, configs/pipeline/amazon-scenarios.yaml)."""
     force: bool = False
 
     def resolved_dataset(self) -> str | None:
@@ -161,6 +164,7 @@ def run_prepare(stage: PrepareStage, run_dir: Path, cache: str | None, name: str
         buckets=stage.buckets,
         negatives=stage.negatives,
         source=stage.source,
+        domains=stage.domains,
         cache=cache,
         force=stage.force,
         name=name,

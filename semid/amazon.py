@@ -1,29 +1,44 @@
 """The amazon-food-kitchen reader: the LLMCDSR release of Amazon Food -> Kitchen as a prepared dataset.
 
 The release (see its README.md; read in place from `--source`, never copied) has item titles and ordered purchase
-sequences but no timestamps, ratings or negatives. This module turns it into the prepared layout of `semid.data`:
+sequences but no timestamps, ratings or negatives. This module turns it into the prepared layout of `semid.data`.
+Which domains' events become CTR rows is the option `domains` (`semid prepare --domains`, `prepare: domains:`):
+the default `[kitchen]` is the Food -> Kitchen cross-domain protocol, `[food, kitchen]` the two-scenario protocol
+(LLM4MSR; scenario = the item's `domain`, rule `amazon-domain` of semid.scenarios). "Row domains" below means them.
 
-- target domain Kitchen. Users: the train files' users with at least one Kitchen event (train_B and train_overlap;
-  user ids restart at 1 in each file, so a raw user id is `B_<id>` / `O_<id>`). Timestamp of an event = its
-  position in the user's whole (mixed-domain) sequence, so "before" means what it means in the release.
-- main split, leave-last-out on each user's Kitchen events: the last is test, the one before val, the rest train
-  (users with fewer than 3 Kitchen events stay in train), as `semid.data.SplitConfig(mode="leave_last_out")`.
-- CTR negatives: `NegativeConfig.per_positive` per positive, uniform over the Kitchen items the user never
-  interacted with (in any split), distinct within a positive, drawn once from `NegativeConfig.seed`; a negative
+- Users: the train files' users with at least one event in a row domain (train_B and train_overlap, plus train_A
+  when food is a row domain; user ids restart at 1 in each file, so a raw user id is `A_<id>` / `B_<id>` /
+  `O_<id>`). Timestamp of an event = its position in the user's whole (mixed-domain) sequence, so "before" means
+  what it means in the release.
+- main split, leave-last-out per (user, row domain) over those events in position order: the last is test, the one
+  before val, the rest train (a (user, domain) with fewer than 3 events stays in train), as
+  `semid.data.SplitConfig(mode="leave_last_out")`. Per (user, domain) and not per user because each scenario then
+  gets its own held-out event of every user active in it (scenario-wise evaluation, as the multi-scenario
+  benchmarks report per scenario), and the Kitchen positives of `[food, kitchen]` and their splits are exactly
+  those of `[kitchen]` (only the dense user ids differ), so the Kitchen scenario is comparable with the
+  single-domain runs. The price: a train event of one domain may come after a test event of the other,
+  as in the row-random split of the Scenario-Wise-Rec protocol; a sample's history is still only positives strictly
+  before it (ctr/data/history.py).
+- CTR negatives: `NegativeConfig.per_positive` per positive, uniform over the items of the positive's own domain
+  (in-scenario negatives) that the user never interacted with (in any split), distinct within a positive, drawn
+  once from `NegativeConfig.seed` (one stream per domain, Kitchen's the one of the default); a negative
   carries its positive's timestamp and split (so a model's history "before the timestamp" never sees it).
 - items: every item of both domains (dense id = the release's global id), text = title, `domain` a side feature;
-  Food items have no train rows, so they are `cold`. Activity counts train positives only (a sampled negative is
-  not an exposure).
-- source_history.parquet: every Food event of the train files (raw_user_id, user_id where the user has Kitchen
-  events, else null; item_id; timestamp = position), for the cross-domain work.
+  items of a domain that is not a row domain have no train rows, so they are `cold`. Activity counts train
+  positives only (a sampled negative is not an exposure).
+- source_history.parquet: every train-file event of the domains that are NOT row domains (raw_user_id, user_id
+  where the user has row events, else null; item_id; timestamp = position), for the cross-domain work: the Food
+  events by default, an empty table of the same schema with `[food, kitchen]`.
 - ranking_valid.parquet / ranking_test.parquet: the release's held-out users (valid.txt / test.txt): the last item
-  of a line is the target, the rest its history; only Kitchen targets; each with `NegativeConfig.ranking`
-  negatives uniform over the Kitchen items outside the user's sequence (seeded), for HR@10 / NDCG@10 later.
+  of a line is the target, the rest its history; only Kitchen targets (whatever the row domains); each with
+  `NegativeConfig.ranking` negatives uniform over the Kitchen items outside the user's sequence (seeded), for
+  HR@10 / NDCG@10 later.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -41,6 +56,8 @@ SOURCE_ENV = "SEMID_AMAZON_FOOD_KITCHEN"
 
 DOMAINS: tuple[str, ...] = ("food", "kitchen")
 TARGET = "kitchen"
+ROW_DOMAINS: tuple[str, ...] = (TARGET,)
+"""The default `domains`: only Kitchen events are CTR rows (the Food -> Kitchen protocol)."""
 DOMAIN = "domain"  # items side feature
 ITEMS_TSV = "items.tsv"
 TRAIN_FILES = {"A": "train_A.txt", "B": "train_B.txt", "O": "train_overlap.txt"}
@@ -75,11 +92,41 @@ def source_files(source: str | Path | None) -> dict[str, Path]:
     return {role: data.check_input_file(root / name) for role, name in names.items()}
 
 
-def fingerprint(files: dict[str, Path], cfg: data.PrepareConfig) -> str:
-    """Hash of everything the prepared directory is a function of: the release files and the config."""
-    return sha256_json(
-        {"schema": S.SCHEMA_VERSION, "dataset": DATASET, "inputs": _hashes(files), "config": asdict(cfg)}
-    )
+def check_domains(domains: Sequence[str] | None) -> tuple[str, ...]:
+    """The row domains of `domains` in `DOMAINS` order (None = `ROW_DOMAINS`), or one InputError naming the field.
+
+    Kitchen must be one of them: the ranking tables and the item pools' target stay Kitchen."""
+    if domains is None:
+        return ROW_DOMAINS
+    given = [domains] if isinstance(domains, str) else list(domains)
+    problems = [
+        "none given" if not given else "",
+        f"unknown values {[d for d in given if d not in DOMAINS]}" if set(given) - set(DOMAINS) else "",
+        "repeated values" if len(set(given)) != len(given) else "",
+        f"{TARGET!r} missing" if given and TARGET not in given else "",
+    ]
+    if any(problems):
+        raise InputError(
+            f"domains {given}: {'; '.join(p for p in problems if p)} (domains = the domains whose events become "
+            f"CTR rows, among {list(DOMAINS)}, {TARGET!r} always included)",
+            fix=f"set domains to [{TARGET}] (the default: Food -> Kitchen) or [food, kitchen] (two scenarios)",
+        )
+    return tuple(d for d in DOMAINS if d in given)
+
+
+def fingerprint(files: dict[str, Path], cfg: data.PrepareConfig, domains: Sequence[str] | None = None) -> str:
+    """Hash of everything the prepared directory is a function of: the release files, the config and the row
+    domains (left out of the hash when they are the default, so a Kitchen-only directory keeps its old hash)."""
+    payload = {
+        "schema": S.SCHEMA_VERSION,
+        "dataset": DATASET,
+        "inputs": _hashes(files),
+        "config": asdict(cfg),
+    }
+    rows = check_domains(domains)
+    if rows != ROW_DOMAINS:
+        payload["domains"] = list(rows)
+    return sha256_json(payload)
 
 
 def _hashes(files: dict[str, Path]) -> dict[str, str]:
@@ -230,9 +277,18 @@ def sample_negatives(
 # -- the dataset --------------------------------------------------------------------------------------------
 
 
-def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASET) -> data.Prepared:
-    """Read and validate the release and build the prepared tables (nothing is written here)."""
+def build(
+    files: dict[str, Path],
+    cfg: data.PrepareConfig,
+    *,
+    name: str = DATASET,
+    domains: Sequence[str] | None = None,
+) -> data.Prepared:
+    """Read and validate the release and build the prepared tables (nothing is written here).
+
+    domains: the domains whose events are CTR rows (`check_domains`; default Kitchen only)."""
     neg = cfg.negatives
+    rows_in = check_domains(domains)
     if neg.per_positive < 1 or neg.ranking < 1:
         raise InputError(
             f"bad negative counts {neg}", fix="use negatives.per_positive >= 1 and negatives.ranking >= 1"
@@ -243,22 +299,23 @@ def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASE
     events = pl.concat([read_sequences(files[tag], tag, known) for tag in TRAIN_FILES]).join(
         domain_of, on="item", how="left"
     )
-    target = events.filter(pl.col(DOMAIN) == TARGET)
-    pool = raw_items.filter(pl.col(DOMAIN) == TARGET)["item_id"].to_numpy()
-    if target.is_empty() or len(pool) <= neg.per_positive:
-        raise InputError(
-            f"no {TARGET} events or too few {TARGET} items", file=files["B"], fix="use the release"
-        )
+    row_events = events.filter(pl.col(DOMAIN).is_in(list(rows_in)))
+    pools = {d: raw_items.filter(pl.col(DOMAIN) == d)["item_id"].to_numpy() for d in rows_in}
+    for d in rows_in:
+        if row_events.filter(pl.col(DOMAIN) == d).is_empty() or len(pools[d]) <= neg.per_positive:
+            raise InputError(f"no {d} events or too few {d} items", file=files["B"], fix="use the release")
+    pool = pools[TARGET]  # the ranking tables' candidates
 
-    # dense ids: items = the release's global ids in numeric order; users = those with target events
+    # dense ids: items = the release's global ids in numeric order; users = those with row events
     item_codes = data.dense_ids(known.cast(pl.String)).rename({"raw": S.RAW_ITEM, "code": S.ITEM})
-    user_codes = data.dense_ids(target[S.RAW_USER].unique()).rename({"raw": S.RAW_USER, "code": S.USER})
+    user_codes = data.dense_ids(row_events[S.RAW_USER].unique()).rename({"raw": S.RAW_USER, "code": S.USER})
     code_of_item = item_codes.select(pl.col(S.RAW_ITEM).cast(pl.Int64).alias("item"), S.ITEM)
 
-    # leave-last-out over each user's target-domain events, ordered by position in the whole sequence
-    part = data.leave_last_out(S.RAW_USER)
+    # leave-last-out over each (user, row domain)'s events, ordered by position in the whole sequence
+    part = data.leave_last_out("_unit")
     positives = (
-        target.sort([S.RAW_USER, "pos"])
+        row_events.sort([S.RAW_USER, "pos"])
+        .with_columns(pl.concat_str(S.RAW_USER, DOMAIN, separator="|").alias("_unit"))
         .with_columns(part.alias("_split"))
         .join(user_codes, on=S.RAW_USER)
         .join(code_of_item, on="item")
@@ -266,9 +323,19 @@ def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASE
         .with_columns(pl.col("row").cast(pl.Int64))
     )
     seen = positives.select(pl.col(S.USER).cast(pl.Int64).alias("key"), "item").unique()
-    rng = np.random.default_rng([neg.seed, 0])
-    drawn = sample_negatives(
-        positives.select("row", pl.col(S.USER).cast(pl.Int64).alias("key")), seen, pool, neg.per_positive, rng
+    drawn = pl.concat(
+        [
+            sample_negatives(
+                positives.filter(pl.col(DOMAIN) == d).select(
+                    "row", pl.col(S.USER).cast(pl.Int64).alias("key")
+                ),
+                seen,
+                pools[d],
+                neg.per_positive,
+                negative_rng(neg.seed, d),
+            )
+            for d in rows_in
+        ]
     )
     negatives = (
         drawn.join(positives.select("row", S.USER, "pos", "_split"), on="row")
@@ -309,7 +376,7 @@ def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASE
     users = users.select(*S.USERS_BASE.names(), data.ABS_BUCKET).sort(S.USER)
 
     source_history = (
-        events.filter(pl.col(DOMAIN) != TARGET)
+        events.filter(~pl.col(DOMAIN).is_in(list(rows_in)))
         .join(code_of_item, on="item")
         .join(user_codes, on=S.RAW_USER, how="left")
         .select(
@@ -339,11 +406,10 @@ def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASE
         "source": str(Path(files["items"]).parent),
         "inputs_sha256": _hashes(files),
         "config": asdict(replace(cfg, buckets=buckets, split=split_cfg)),
-        "data_hash": fingerprint(files, cfg),
+        "data_hash": fingerprint(files, cfg, rows_in),
         "target_domain": TARGET,
-        "protocol": "leave-last-out over each user's Kitchen events; timestamp = position in the user's sequence; "
-        f"{neg.per_positive} uniform sampled negatives per positive (Kitchen items the user never bought, "
-        f"seed {neg.seed}); ranking: {neg.ranking} uniform Kitchen negatives per held-out Kitchen target",
+        "domains": list(rows_in),
+        "protocol": _protocol(rows_in, neg),
         "n_users": users.height,
         "n_items": items.height,
         "n_interactions": sum(df.height for df in splits.values()),
@@ -356,6 +422,29 @@ def build(files: dict[str, Path], cfg: data.PrepareConfig, *, name: str = DATASE
         **data.bucket_meta(items, users),
     }
     return data.Prepared(items=items, users=users, splits=splits, meta=meta, extras=extras)
+
+
+def negative_rng(seed: int, domain: str) -> np.random.Generator:
+    """The stream of one row domain's CTR negatives: Kitchen keeps the stream of the Kitchen-only default
+    ([seed, 0]), so the default's negatives are unchanged; the ranking tables use [seed, 1] and [seed, 2]."""
+    return np.random.default_rng([seed, 0] if domain == TARGET else [seed, 3 + DOMAINS.index(domain)])
+
+
+def _protocol(rows_in: tuple[str, ...], neg: data.NegativeConfig) -> str:
+    """One sentence for the metadata: which events are rows, how they are split and sampled."""
+    ranking = f"ranking: {neg.ranking} uniform Kitchen negatives per held-out Kitchen target"
+    if rows_in == ROW_DOMAINS:
+        return (
+            "leave-last-out over each user's Kitchen events; timestamp = position in the user's sequence; "
+            f"{neg.per_positive} uniform sampled negatives per positive (Kitchen items the user never bought, "
+            f"seed {neg.seed}); {ranking}"
+        )
+    names = " and ".join(d.capitalize() for d in rows_in)
+    return (
+        f"leave-last-out over each user's events of each domain ({names}); timestamp = position in the user's "
+        f"sequence; {neg.per_positive} uniform sampled negatives per positive from the positive's own domain "
+        f"(items the user never bought, seed {neg.seed}); {ranking}"
+    )
 
 
 def ranking_candidates(

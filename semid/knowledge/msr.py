@@ -40,6 +40,8 @@ _SCENARIO_HEAD = (
 _SCENARIO_LINE = (  # pl.format: the fields below, in order
     "- {}: {} interactions by {} users on {} items, positive rate {}; top items: {}; top genres: {}."
 )
+_SCENARIO_LINE_NO_GENRES = "- {}: {} interactions by {} users on {} items, positive rate {}; top items: {}."
+"""Without a genre feature (e.g. Amazon, whose only item feature is the domain the scenario is made of)."""
 _SCENARIO_ASK = (
     "\nFocus on scenario {name}. Describe its commonalities with the other scenarios, its differences from them, "
     "and how user preferences in it correlate with the other scenarios."
@@ -58,7 +60,8 @@ class PromptConfig:
     title_chars: int = 60
     """Item texts are cut to this many characters."""
     genre_column: str | None = None
-    """Item feature listed as "genres"; None = the first item feature of the prepared data (if any)."""
+    """Item feature listed as "genres"; None = the first item feature of the prepared data that is not the scenario
+    rule's own column (if any; without one the prompt has no genres part)."""
 
 
 class Knowledge(NamedTuple):
@@ -71,9 +74,17 @@ def _titles(items: pl.DataFrame, chars: int) -> pl.DataFrame:
 
 
 def scenario_prompts(
-    train: pl.DataFrame, items: pl.DataFrame, scenarios: SC.Scenarios, cfg: PromptConfig
+    train: pl.DataFrame,
+    items: pl.DataFrame,
+    scenarios: SC.Scenarios,
+    cfg: PromptConfig,
+    *,
+    rule_column: str | None = None,
 ) -> Knowledge:
-    """One prompt per scenario (code order): all scenarios' statistics, then the question about this one."""
+    """One prompt per scenario (code order): all scenarios' statistics, then the question about this one.
+
+    rule_column: the item feature the scenarios are made of (an item-side rule), never picked as the genres: its
+    top value in a scenario is the scenario itself."""
     rows = SC.with_scenario(train, scenarios).join(_titles(items, cfg.title_chars), on=S.ITEM, how="left")
     pos = rows.filter(pl.col(S.LABEL) == 1)
     top_items = (
@@ -83,8 +94,11 @@ def scenario_prompts(
         .group_by(SC.SCENARIO, maintain_order=True)
         .agg(pl.col("_title").head(cfg.top_k).str.join("; ").alias("top_items"))
     )
-    genre = cfg.genre_column or next((c for c in items.columns if items.schema[c] == S.FEATURE_DTYPE), None)
-    if genre is not None and genre in items.columns:
+    genre = cfg.genre_column or next(
+        (c for c in items.columns if items.schema[c] == S.FEATURE_DTYPE and c != rule_column), None
+    )
+    has_genres = genre is not None and genre in items.columns
+    if has_genres:
         top_genres = (
             pos.join(items.select(S.ITEM, genre), on=S.ITEM)
             .explode(genre)
@@ -121,18 +135,11 @@ def scenario_prompts(
         )
         .sort(SC.SCENARIO)
     )
-    lines = stats.select(
-        pl.format(
-            _SCENARIO_LINE,
-            "name",
-            "interactions",
-            "users",
-            "items",
-            "rate",
-            "top_items",
-            "top_genres",
-        )
-    ).to_series()
+    fields = ["name", "interactions", "users", "items", "rate", "top_items"]
+    if has_genres:
+        lines = stats.select(pl.format(_SCENARIO_LINE, *fields, "top_genres")).to_series()
+    else:
+        lines = stats.select(pl.format(_SCENARIO_LINE_NO_GENRES, *fields)).to_series()
     head = _SCENARIO_HEAD.format(n=len(scenarios.names)) + "\n".join(lines.to_list())
     prompts = [head + _SCENARIO_ASK.format(name=name) for name in scenarios.names]
     return Knowledge(stats.select(SC.SCENARIO, "name"), prompts)
@@ -264,6 +271,7 @@ def build(
     """Prompts from the train split, vectors from `embed`, both files written (atomically) into `out_dir`."""
     cfg = cfg or PromptConfig()
     prepared_dir = Path(prepared_dir)
+    rule = SC.resolve_rule(rule)
     scenarios = SC.from_prepared(prepared_dir, rule)
     items = pl.read_parquet(prepared_dir / S.ITEMS_FILE)
     users = pl.read_parquet(prepared_dir / S.USERS_FILE)
@@ -278,7 +286,13 @@ def build(
     out_dir = Path(out_dir)
     paths = out_dir / SCENARIO_VECTORS_FILE, out_dir / USER_VECTORS_FILE
     for kind, knowledge, path in (
-        ("scenario", scenario_prompts(train, items, scenarios, cfg), paths[0]),
+        (
+            "scenario",
+            scenario_prompts(
+                train, items, scenarios, cfg, rule_column=rule.column if rule.side == "item" else None
+            ),
+            paths[0],
+        ),
         ("user", user_prompts(train, items, users, scenarios, cfg), paths[1]),
     ):
         vectors = embed(knowledge.prompts, f"msr_{kind}")  # (N, D)
