@@ -2,18 +2,25 @@
 ML-1M-sized random data (6,040 users, 3,706 items, 3 age scenarios, 576-d SmolLM2 vectors), and write a table.
 
     python benchmarks/msr_overhead.py --device cuda --batch 4096 --out benchmarks/results/msr_overhead.md
+    OMP_NUM_THREADS=1 python benchmarks/msr_overhead.py --device cpu --threads 1 --batch 1024 --steps 100
 Goal (issue 16): overhead <= 10% of a train step.
+
+The arms are interleaved (every round steps each arm once, in a rotated order) and compared round by round with
+the same round's backbone, so load from other processes on a shared machine falls on all arms alike instead of
+drifting between arms timed one after another.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
+import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -44,6 +51,14 @@ SPEC = DataSpec(
     scenario_names=("a", "b", "c"),
 )
 K = 576  # SmolLM2-135M hidden size
+BACKBONE = "backbone"
+
+
+class Arm(NamedTuple):
+    backbone: str
+    variant: str
+    net: torch.nn.Module
+    opt: torch.optim.Optimizer
 
 
 def batch(b: int, g: torch.Generator, device: str) -> Batch:
@@ -88,76 +103,112 @@ def files(root: Path) -> dict[str, str]:
     }
 
 
-def step_ms(net: torch.nn.Module, batches: list[Batch], warmup: int, device: str) -> float:
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    times = []
-    for i, b in enumerate(batches):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(b).logit, b.label)
-        loss.backward()
-        opt.step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def train_step(
+    net: torch.nn.Module, opt: torch.optim.Optimizer, b: Batch, device: str
+) -> tuple[float, float]:
+    """One train step (forward + backward + optimiser): (wall ms, process CPU ms), the device synchronised on both
+    ends. CPU time leaves out the time the process waits while another one holds the core, the main noise on a
+    shared CPU; it counts every thread's work, so with several threads it is the work, not the latency."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0, c0 = time.perf_counter(), time.process_time()
+    opt.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(net(b).logit, b.label)
+    loss.backward()
+    opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
+
+
+def interleaved(arms: list[Arm], batches: list[Batch], warmup: int, device: str) -> np.ndarray:
+    """(rounds, arms, 2) step times in ms (wall, CPU). Each round steps every arm once on the same batch, starting
+    one arm later than the round before, so slow phases of a shared machine land on every arm alike and a round's
+    arms can be compared with each other (paired); the first `warmup` rounds are not kept."""
+    n = len(arms)
+    times = np.zeros((len(batches), n, 2))
+    for r, b in enumerate(batches):
+        gc.collect()  # between rounds, never inside a timed step
+        gc.disable()
+        for j in range(n):
+            i = (r + j) % n  # rotated order: every arm takes every position equally often
+            times[r, i] = train_step(arms[i].net, arms[i].opt, b, device)
+        gc.enable()
+        if r >= warmup and (r - warmup + 1) % 50 == 0:
+            print(f"round {r - warmup + 1}/{len(batches) - warmup}", flush=True)
+    return times[warmup:]
+
+
+def overhead(times: np.ndarray, base: np.ndarray) -> tuple[float, float, float]:
+    """Median and quartiles (%) of the per-round ratio arm / backbone - 1; times, base (rounds,) of one clock."""
+    q1, med, q3 = np.percentile(100 * (times / base - 1), [25, 50, 75])
+    return float(med), float(q1), float(q3)
 
 
 def main(args: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=100, help="timed rounds (one step of every arm each)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", default="benchmarks/results/msr_overhead.md")
     a = p.parse_args(args)
+    if a.threads is not None:
+        torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     batches = [batch(a.batch, g, a.device) for _ in range(a.steps + a.warmup)]
-    rows = []
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory() as tmp:
         f = files(Path(tmp))
         meta = dict(user_vectors=f["user"], scenario_vectors=f["scen"])
-        backbones = {
-            "STAR": functools.partial(STAR),
-            "DeepFM": functools.partial(DeepFM),
+        variants = {
+            BACKBONE: {},
+            "+ meta (user + scenario)": meta,
+            "+ meta (user only)": {**meta, "use_scenario_level": False},
+            "+ meta (scenario only)": {**meta, "use_user_level": False},
         }
-        for name, factory in backbones.items():
-            arms = {
-                "backbone": factory,
-                "+ meta (user + scenario)": functools.partial(MetaLayers, backbone=factory, **meta),
-                "+ meta (user only)": functools.partial(
-                    MetaLayers, backbone=factory, use_scenario_level=False, **meta
-                ),
-                "+ meta (scenario only)": functools.partial(
-                    MetaLayers, backbone=factory, use_user_level=False, **meta
-                ),
-            }
-            base = None
-            for arm, build in arms.items():
+        arms = []
+        for name, factory in {"STAR": STAR, "DeepFM": DeepFM}.items():
+            for variant, kw in variants.items():
                 torch.manual_seed(0)
-                net = build(SPEC).to(a.device).train()
-                ms = step_ms(net, batches, a.warmup, a.device)
-                base = ms if base is None else base
-                rows.append((name, arm, ms, 100 * (ms / base - 1)))
-                print(f"{name:7s} {arm:26s} {ms:8.2f} ms  {rows[-1][3]:+6.1f}%", flush=True)
+                net = factory(SPEC) if not kw else MetaLayers(SPEC, backbone=factory, **kw)
+                net = net.to(a.device).train()
+                opt = torch.optim.AdamW(net.parameters(), lr=1e-3, fused=True)  # as CTRTask trains
+                arms.append(Arm(name, variant, net, opt))
+        times = interleaved(arms, batches, a.warmup, a.device)
+    base = {arm.backbone: i for i, arm in enumerate(arms) if arm.variant == BACKBONE}
+    clocks = ["wall", "CPU"] if a.device == "cpu" else ["wall"]  # host CPU time says nothing about a GPU
+    rows = []
+    for i, arm in enumerate(arms):
+        cells = []
+        for c in range(len(clocks)):
+            med, q1, q3 = overhead(times[:, i, c], times[:, base[arm.backbone], c])
+            cells += [f"{np.median(times[:, i, c]):.2f}", f"{med:+.1f}%", f"{q1:+.1f}% .. {q3:+.1f}%"]
+        rows.append(f"| {arm.backbone} | {arm.variant} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
     device = (
         torch.cuda.get_device_name()
         if a.device == "cuda"
-        else f"CPU ({platform.processor() or 'cpu'}, {torch.get_num_threads()} threads)"
+        else f"CPU ({platform.processor() or platform.machine()})"
     )
+    header = "".join(f" {c} ms / step | {c} overhead | {c} IQR |" for c in clocks)
     lines = [
         "# LLM4MSR meta-layer overhead per train step",
         "",
-        f"`python benchmarks/msr_overhead.py --device {a.device} --batch {a.batch} --steps {a.steps}` on {device}; "
-        f"ML-1M-sized random batches, 576-d knowledge vectors, meta_dim 16, rank 4, scenario tower (64,); "
-        "median of the timed steps (forward + backward + AdamW). Goal: <= 10%.",
+        f"`python benchmarks/msr_overhead.py --device {a.device} --batch {a.batch} --steps {a.steps}"
+        f"{'' if a.threads is None else f' --threads {a.threads}'}`: device {device}, "
+        f"torch threads {torch.get_num_threads()}, batch {a.batch}, {a.steps} timed rounds after {a.warmup} "
+        f"warm-up rounds, 1-min load average {load:.2f} at the start. ML-1M-sized random batches, 576-d knowledge "
+        "vectors, meta_dim 16, rank 4, scenario tower (64,). A step is forward + backward + fused AdamW "
+        "(as CTRTask trains); each round times one step of every arm on the same batch in a rotated order. "
+        "ms / step: median over rounds; overhead: median over rounds of (arm / the same round's backbone) - 1, "
+        "IQR its interquartile range; wall = elapsed time, CPU = the process's CPU time (not counting time "
+        "the core spent on other processes). Goal: <= 10%.",
         "",
-        "| backbone | arm | ms / step | overhead |",
-        "|---|---|---:|---:|",
-        *(f"| {n} | {arm} | {ms:.2f} | {o:+.1f}% |" for n, arm, ms, o in rows),
+        "| backbone | arm |" + header,
+        "|---|---|" + "---:|" * (3 * len(clocks)),
+        *rows,
         "",
     ]
     write_text("\n".join(lines), a.out)

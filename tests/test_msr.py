@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from ctr.models.deepfm import DeepFM
 from ctr.models.din import DIN
-from ctr.models.meta import MetaLayers
+from ctr.models.meta import Knowledge, MetaLayers, MetaLinear
 from ctr.models.star import STAR, PartitionedNorm
 from ctr.module import CTRTask
 from semid import data, synthetic
@@ -296,6 +296,59 @@ def test_meta_refuses_missing_vectors_and_bad_backbone(files):
 
     with pytest.raises(InputError, match="does not expose its input fields"):
         MetaLayers(SPEC, backbone=Floor, source="learned", knowledge_dim=4)
+
+
+def reference_meta_linear(layer: MetaLinear, x, z, group=None):
+    """The layer as its formula reads: build each sample's full W = W0 + A(z) B(z) (in, out), then x W + b0."""
+    a = layer.gen_a(z).view(-1, layer.in_dim, layer.rank)  # (B or G, in, r)
+    b = layer.gen_b(z).view(-1, layer.rank, layer.out_dim)  # (B or G, r, out)
+    w = layer.weight + a @ b  # (B or G, in, out)
+    if group is not None:
+        w = w[group]  # (B, in, out): the sample's group's matrix
+    rows = []
+    for i in range(x.shape[0]):  # one sample at a time: x_i (..., in) @ W_i (in, out)
+        rows.append(x[i] @ w[i] + layer.bias)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("case", ["per_sample_fields", "per_sample_flat", "per_group"])
+def test_meta_linear_matches_the_full_matrix_reference(case):
+    """The low-rank, masked code paths give the outputs and gradients of the straightforward per-sample W."""
+    torch.manual_seed(0)
+    layer = MetaLinear(6, 5, 3, 2, zero=True)
+    for p in layer.parameters():  # away from the exact-start zeros, so every term counts
+        torch.nn.init.normal_(p)
+    n, grouped = 17, case == "per_group"
+    group = torch.randint(0, 4, (n,)) if grouped else None
+    x = torch.randn(n, 3, 6) if case == "per_sample_fields" else torch.randn(n, 6)  # fields share a code
+    z = torch.randn(4 if grouped else n, 3)
+    outs, grads = [], []
+    for fn in (layer, functools.partial(reference_meta_linear, layer)):
+        inputs = [x.clone().requires_grad_(), z.clone().requires_grad_()]
+        outs.append(fn(*inputs, group))
+        g_out = torch.randn(outs[-1].shape, generator=torch.Generator().manual_seed(1))
+        grads.append(torch.autograd.grad(outs[-1], [*inputs, *layer.parameters()], g_out))
+    assert outs[0].shape == outs[1].shape == (*x.shape[:-1], 5)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for got, ref in zip(*grads):  # x, z, W0, b0 and both generators
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    if grouped:  # a sample only sees its own group: changing another group's code leaves it unchanged
+        z2 = z.clone()
+        z2[(group[0] + 1) % 4] += 1.0
+        with torch.no_grad():
+            assert torch.equal(layer(x, z2, group)[0], layer(x, z, group)[0])
+
+
+def test_knowledge_rows_are_the_projected_standardised_vectors():
+    """Frozen vectors: each row standardised, then tanh(v P + c); a subset of rows equals those rows of all."""
+    torch.manual_seed(0)
+    vectors = np.random.default_rng(0).normal(size=(9, 7)) * 5 + 3
+    k = Knowledge(vectors, 9, 7, 4, learned=False)
+    rows = torch.tensor([3, 0, 3, 8])
+    v = torch.tensor(vectors, dtype=torch.float32)
+    v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True)
+    torch.testing.assert_close(k(rows), torch.tanh(v[rows] @ k.proj.weight.t() + k.proj.bias))
+    torch.testing.assert_close(k()[rows], k(rows))
 
 
 def test_checkpoint_round_trip_weights_only(files, tmp_path):
