@@ -3,9 +3,12 @@ time (torch.profiler), and write a markdown table (issue 18: AKT trains at under
 
 Batches are synthetic with MovieLens-1M cardinalities (`benchmarks.train_loop.ML1M`: 6,040 users, 3,706 items,
 three 256-code item SID levels, history 20), made consistent the way real prepared data is: an item has one
-semantic ID, one train count and one activity bucket wherever it appears (target or history), a user one count
-and bucket. Both models are `CTRTask`s with the shipped configs (`configs/ctr/akt.yaml` and `deepfm.yaml` set no
-init_args: the defaults) and the task's own loss (BCE + aux loss [+ L2]) and optimiser (fused AdamW); the loop is
+semantic ID, one train count, one activity bucket and one content vector wherever it appears (target or history),
+a user one count, bucket and content vector. The content vectors are random unit vectors of `CONTENT_DIM` = 384,
+the dimension `semid build` writes with its default encoder (all-MiniLM-L6-v2's hidden size; the alignment heads
+of `semid.align.model` are square, so aligned vectors keep it). Both models are `CTRTask`s built from the shipped
+configs' `model.net` (`configs/ctr/akt.yaml`: the content tower and the content fields on; `deepfm.yaml`: the
+defaults, it reads no content) and the task's own loss (BCE + aux loss [+ L2]) and optimiser (fused AdamW); the loop is
 forward, zero_grad, backward, step, as `CTRTask.training_step` does without Lightning around it. Predict is the
 eval-mode forward under `torch.inference_mode`. One intra-op thread; the runs are interleaved (AKT train, AKT
 predict, DeepFM train, DeepFM predict, repeat) so that load from other processes hits all alike, and the table
@@ -21,6 +24,7 @@ keeping the others), and a summary table of every label found, so `--label befor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,15 +35,18 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+import yaml
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_loop import ML1M, synthetic_batches
 from ctr.batch import Batch, DataSpec
-from ctr.models import DeepFM
-from ctr.models.akt import AKT
 from ctr.module import CTRTask
 
 RECORD = re.compile(r"<!-- akt_profile (\{.*\}) -->")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ctr"
+CONTENT_DIM = 384  # all-MiniLM-L6-v2's hidden size: semid build's default content / aligned vectors
+SPEC = dataclasses.replace(ML1M, user_content_dim=CONTENT_DIM, item_content_dim=CONTENT_DIM)
 
 
 def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -> list[Batch]:
@@ -51,6 +58,12 @@ def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -
     )
     item_count = torch.randint(0, int(spec.item_count_max) + 1, (spec.n_items,), generator=g).float()
     user_count = torch.randint(1, int(spec.user_count_max) + 1, (spec.n_users,), generator=g).float()
+    item_content = F.normalize(
+        torch.randn(spec.n_items, spec.item_content_dim, generator=g), dim=-1
+    )  # (I, D_i)
+    user_content = F.normalize(
+        torch.randn(spec.n_users, spec.user_content_dim, generator=g), dim=-1
+    )  # (U, D_u)
 
     def bucket(count: torch.Tensor, top: float) -> torch.Tensor:  # head, torso, tail, cold
         return torch.where(count == 0, 3, torch.bucketize(-count, torch.tensor([-0.5 * top, -0.1 * top])))
@@ -72,14 +85,18 @@ def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -
                 user_bucket=user_bucket[b.user],
                 hist_item_sid=item_sid[(hist - 1).clamp_min(0)] * real,  # (B, H, L)
                 hist_item_count=item_count[(hist - 1).clamp_min(0)] * (hist > 0),  # (B, H)
+                item_content=item_content[b.item] if spec.item_content_dim else b.item_content,  # (B, D_i)
+                user_content=user_content[b.user] if spec.user_content_dim else b.user_content,  # (B, D_u)
             )
         )
     return out
 
 
-def make_task(net: type) -> CTRTask:
+def make_task(name: str) -> CTRTask:
+    """The task of `configs/ctr/<name>.yaml`'s `model.net` (class_path and init_args, as `ctr fit` builds it)."""
+    net = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["model"]["net"]
     torch.manual_seed(0)
-    return CTRTask(net, ML1M)
+    return CTRTask(net, SPEC)
 
 
 class Clock:
@@ -144,8 +161,8 @@ def top_ops(task: CTRTask, batches: list[Batch], n_ops: int = 15) -> list[tuple[
 
 
 def measure(steps: int, batch_size: int, repeats: int, profile_steps: int) -> dict:
-    batches = consistent_batches(ML1M, steps, batch_size)
-    tasks = {"AKT": make_task(AKT), "DeepFM": make_task(DeepFM)}
+    batches = consistent_batches(SPEC, steps, batch_size)
+    tasks = {"AKT": make_task("akt"), "DeepFM": make_task("deepfm")}
     optimisers = {name: task.configure_optimizers() for name, task in tasks.items()}
     for name, task in tasks.items():  # warm-up: allocator, the optimiser's state
         train_run(task, optimisers[name], batches[:3]), predict_run(task, batches[:3])
@@ -158,7 +175,7 @@ def measure(steps: int, batch_size: int, repeats: int, profile_steps: int) -> di
             ):
                 runs.setdefault(f"{name} {kind}", []).append(rates[0])  # wall
                 runs.setdefault(f"{name} {kind} cpu", []).append(rates[1])
-    ops = top_ops(make_task(AKT), batches[:profile_steps])
+    ops = top_ops(make_task("akt"), batches[:profile_steps])
     return {"runs": runs, "ops": ops}
 
 
@@ -219,9 +236,11 @@ def write(out: Path, label: str, text: str) -> str:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
         f"torch {torch.__version__}, 1 intra-op thread. Synthetic ML-1M-sized batches of "
-        "`benchmarks/train_loop.py` with consistent per-id SIDs / counts / buckets; both models with their "
-        "shipped defaults inside `CTRTask` (loss, fused AdamW); bare loop, no Lightning. Samples/s, median of "
-        "interleaved repetitions (all runs in brackets).",
+        "`benchmarks/train_loop.py` with consistent per-id SIDs / counts / buckets (and, from the `shipped-*` "
+        f"sections on, {CONTENT_DIM}-d user and item content vectors); both models inside `CTRTask` (loss, fused "
+        "AdamW) as their configs/ctr/*.yaml build them (before `shipped-*`: AKT's constructor defaults, without "
+        "its content tower and content fields); bare loop, no Lightning. Samples/s, median of interleaved "
+        "repetitions (all runs in brackets).",
         "",
         "## summary",
         "",

@@ -1,6 +1,7 @@
 """AKT-Rec v2 (ctr.models.akt) and its layers: the residual gate's start, gradient flow of the asymmetric transfer,
 the cluster view's hard search, the cold path, orthogonality, the content tower, every ablation, checkpoints, and
-the optimised forward (deduplicated history, regrouped attention) against a straightforward reference."""
+the optimised forward (deduplicated history, regrouped attention, content tower on the rows that use it) against
+a straightforward reference."""
 
 from __future__ import annotations
 
@@ -427,9 +428,13 @@ def reference_embedding(emb: layers.ClusterGuidedEmbedding, ids, sid, count, *, 
 
 
 def reference_forward(model: AKT, batch: Batch):
-    """`model(batch)` with the history embedded position by position from per-depth lookups and the attention
-    scored on the concatenated features: what the optimised forward must reproduce."""
+    """`model(batch)` with the history embedded position by position from per-depth lookups, the attention
+    scored on the concatenated features and the content tower run on every sample: what the optimised forward
+    must reproduce."""
     emb, att = model.item_emb, model.instance
+
+    def fallback(content, count, bucket):
+        return model.content(content) if model.content is not None else None  # (B, d)
 
     def with_history(ids, sid, count, hist_ids, hist_sid, hist_count, *, fallback=None):
         target = reference_embedding(emb, ids, sid, count, fallback=fallback)
@@ -439,23 +444,28 @@ def reference_forward(model: AKT, batch: Batch):
         w = torch.softmax(reference_scores(att, hist, target).masked_fill(~mask, -1e9), dim=1) * mask
         return torch.einsum("bh,bhd->bd", w, hist)
 
-    emb.with_history, att.forward = with_history, forward  # instance attributes shadow the methods
+    # instance attributes shadow the methods
+    emb.with_history, att.forward, model.fallback = with_history, forward, fallback
     try:
         return model(batch)
     finally:
-        del emb.with_history, att.forward
+        del emb.with_history, att.forward, model.fallback
 
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("content", [False, True])
 def test_optimised_forward_matches_the_reference_values_and_gradients(training, content):
-    spec = dataclasses.replace(SPEC, item_content_dim=5 if content else 0)
+    spec = dataclasses.replace(
+        SPEC, item_content_dim=5 if content else 0, user_content_dim=4 if content else 0
+    )
     model = akt(spec, content_tower=content, content_fields=content, p_cold=0.3).train(training)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # move every parameter off its init (zeroed gates would hide a wrong activity term)
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
-    batch = consistent_batch(spec=spec)
+    batch = consistent_batch(spec=spec)  # cold (count 0), head, torso and tail targets and history items
+    if content:
+        batch = batch._replace(user_content=torch.randn(len(batch.user), 4, generator=g))
     hist = (batch.hist_item, batch.hist_item_sid, batch.hist_item_count)
     assert layers.distinct(*hist, spec.n_items) is not None  # the deduplicated path
     outs, grads = [], []
@@ -503,3 +513,30 @@ def test_with_history_falls_back_to_positions_when_an_id_has_two_sids():
     target, hist = emb.with_history(batch.item + 1, batch.item_sid, batch.item_count, *history)
     torch.testing.assert_close(hist, emb(*history).e)
     torch.testing.assert_close(target.e, emb(batch.item + 1, batch.item_sid, batch.item_count).e)
+
+
+def test_content_tower_runs_only_on_the_rows_that_use_it_with_zero_gradients_elsewhere():
+    """f(x) is needed where the target is presented cold and, in training, on head rows (L_content); the tower
+    sees those rows only, and a batch needing none still gives its parameters zero (not missing) gradients, so
+    the optimiser's step is the one a whole-batch tower gives."""
+    spec = dataclasses.replace(SPEC, item_content_dim=5)
+    model = akt(spec, content_tower=True, p_cold=0.0)
+    rows: list[int] = []
+    model.content.register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    batch = consistent_batch(spec=spec)
+    warm_tail = batch._replace(
+        item_count=batch.item_count.clamp_min(1.0), item_bucket=torch.full_like(batch.item_bucket, 2)
+    )
+    out = model.train()(warm_tail)
+    (out.logit.sum() + out.aux_loss).backward()
+    assert rows == [0] and float(out.aux["content"]) == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.content.parameters())
+
+    rows.clear()
+    head = (batch.item_bucket == layers.HEAD_BUCKET) | (batch.item_count == 0)
+    model(batch)
+    assert rows == [int(head.sum())] and 0 < rows[0] < len(batch.item)
+    rows.clear()
+    with torch.no_grad():
+        model.eval()(batch)
+    assert rows == [int((batch.item_count == 0).sum())] and rows[0] > 0

@@ -239,12 +239,32 @@ class AKT(nn.Module):
         )  # (B, d)
         self.item_emb.admit(batch.item + 1, batch.item_sid, value)
 
+    # -- content tower -------------------------------------------------------------------------------------
+    def fallback(self, content: Tensor, count: Tensor, bucket: Tensor) -> Tensor | None:
+        """f(x_item) (B, d) on the rows that use it, 0 on the others; None without the content tower.
+
+        f(x) stands in for v where the presented count is 0 and, in training, is fitted to v on the head rows
+        (L_content); every other row would only be multiplied by 0. So the tower runs on those rows alone, which
+        gives the same values and gradients as running it on the whole batch: in training the head and the
+        presented-cold rows (about half of benchmarks/akt_profile.py's batches), in evaluation the cold items'.
+        """
+        if self.content is None:
+            return None
+        need = count == 0  # (B,) v := f(x)
+        if self.training:
+            need |= bucket == HEAD_BUCKET  # (B,) L_content's rows (a superset: dropped head rows are cold)
+        rows = need.nonzero().squeeze(1)  # (N,)
+        # always run (also on N = 0 rows): the tower's parameters then get zero gradients, not None, exactly
+        # as from the whole batch, so the optimiser's step (momentum, weight decay) is unchanged
+        f = self.content(content.index_select(0, rows))  # (N, D_i) -> (N, d)
+        return f.new_zeros(content.shape[0], f.shape[-1]).index_copy(0, rows, f)  # (B, d)
+
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, batch: Batch) -> ModelOutput:
         spec = self.spec
         user_count, user_bucket = self.present(batch.user_count, batch.user_bucket)  # (B,), (B,)
         item_count, item_bucket = self.present(batch.item_count, batch.item_bucket)  # (B,), (B,)
-        fallback = self.content(batch.item_content) if self.content is not None else None  # (B, d)
+        fallback = self.fallback(batch.item_content, item_count, batch.item_bucket)  # (B, d) or None
         user = self.user_emb(batch.user + 1, batch.user_sid, user_count)  # e, v, c: (B, d)
         # the targets' e, v, c (B, d) and the history's e (B, H, d): one lookup over the targets and the
         # history's distinct items
