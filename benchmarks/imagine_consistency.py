@@ -4,8 +4,15 @@ For each seed: train the masked discrete-diffusion model on the train positives 
 behaviours for users with <= max_history train positives, and score level-1 (sid_0) consistency and exact hit
 rate against each user's val + test positives, overall and split into users with no train positive (the model can
 only use its prior) and users with 1..max_history. Writes benchmarks/results/imagine_consistency.md.
+`--beams 16 64` adds the same model's imagined behaviours with a beam search over the ID prefixes as methods
+"diffusion beam=B" (the exact path stays "diffusion").
+
+`--speed` instead times generation alone (untrained model, nothing to prepare) on a synthetic catalogue of
+`--items` items with codes of `--sizes` levels, exact against each beam, arms interleaved per round, and writes
+benchmarks/results/imagine_speed.md.
 
     python benchmarks/imagine_consistency.py --data_dir PREPARED --semids SEMIDS [--seeds 0 1 2] [--k 5]
+    python benchmarks/imagine_consistency.py --speed [--items 36298] [--sizes 64 64 64 64] [--beams 16 64 256]
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from semid.data import Prepared, load
 from semid.ids import read_table
 from semid.imagine import (
     ImagineConfig,
+    ItemCodes,
     ModelConfig,
     SIDDiffusion,
     TrainConfig,
@@ -43,6 +51,7 @@ from semid.imagine import (
 from semid.io import write_text
 
 RESULTS = Path(__file__).parent / "results" / "imagine_consistency.md"
+SPEED = Path(__file__).parent / "results" / "imagine_speed.md"
 METRICS = ("consistency", "hit_rate", "users_with_hit")
 
 
@@ -64,6 +73,7 @@ def _truncated(
     future: pl.DataFrame,
     lengths: list[int],
     seed: int,
+    beams: list[int],
 ) -> list[pl.DataFrame]:
     """Simulated short histories: users with more than max_history train positives, the model shown only their
     last m positives (m in `lengths`); everything they saw in train stays excluded, for every method alike."""
@@ -82,8 +92,11 @@ def _truncated(
     out = []
     for m in lengths:
         hist = histories(train, users, catalogue.known, m)
-        imagined = imagine(model, hist, exclude, catalogue, tree, k=cfg.k, steps=cfg.steps)
-        methods = {"diffusion": imagined_frame(users, imagined.items), **baselines}
+        methods = {}
+        for beam in [None, *beams]:
+            imagined = imagine(model, hist, exclude, catalogue, tree, k=cfg.k, steps=cfg.steps, beam=beam)
+            methods[_name(beam)] = imagined_frame(users, imagined.items)
+        methods |= baselines
         out.append(
             compare(methods, future, table).with_columns(
                 pl.lit(f"> {cfg.max_history} train positives, model shown the last {m}").alias("group"),
@@ -91,6 +104,81 @@ def _truncated(
             )
         )
     return out
+
+
+def _name(beam: int | None) -> str:
+    return "diffusion" if beam is None else f"diffusion beam={beam}"
+
+
+def _beam_methods(
+    prepared: Prepared, table: pl.DataFrame, sizes: list[int], model: SIDDiffusion, cfg: ImagineConfig, beams
+) -> dict[str, pl.DataFrame]:
+    """The imagined behaviours of `imagine_behaviours`' users from the same model, with each beam."""
+    train = prepared.splits["train"]
+    n_items = int(prepared.items[S.ITEM].max()) + 1
+    catalogue = item_codes(table, n_items, train, sizes)
+    tree = prefix_tree(catalogue.codes)
+    counts = positive_counts(train, prepared.users)
+    users = counts.filter(pl.col("n_positives") <= cfg.max_history)[S.USER].to_numpy()
+    history = histories(train, users, catalogue.known, cfg.model.max_len - cfg.k)
+    exclude = seen(train, users, n_items)
+    out = {}
+    for beam in beams:
+        imagined = imagine(model, history, exclude, catalogue, tree, k=cfg.k, steps=cfg.steps, beam=beam)
+        out[_name(beam)] = imagined_frame(users, imagined.items, imagined.confidence)
+    return out
+
+
+def speed(args: argparse.Namespace) -> str:
+    """Generation time on a synthetic catalogue: exact and each beam, interleaved, on the same users."""
+    torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    sizes = args.sizes
+    codes = torch.stack([torch.randint(0, size, (args.items,), generator=generator) for size in sizes], 1)
+    catalogue = ItemCodes(
+        codes=codes,
+        known=torch.ones(args.items, dtype=torch.bool),
+        popularity=torch.zeros(args.items, dtype=torch.long),
+        order=torch.arange(args.items),
+        sizes=sizes,
+    )
+    tree = prefix_tree(codes)
+    torch.manual_seed(0)
+    model = SIDDiffusion.from_config(ModelConfig(max_len=args.max_len), sizes).eval()
+    length = args.max_len - args.k
+    history = torch.randint(0, args.items, (args.users, length), generator=generator)  # (U, H)
+    history[:, length // 2 :] = -1  # half-full histories
+    exclude = torch.zeros(args.users, args.items, dtype=torch.bool)
+    exclude[torch.arange(args.users)[:, None], history.clamp(min=0)] = True
+    arms: list[int | None] = [None, *args.beams]
+    seconds: dict[int | None, list[float]] = {arm: [] for arm in arms}
+    items: dict[int | None, torch.Tensor] = {}
+    for _ in range(args.rounds):
+        for arm in arms:
+            start = time.perf_counter()
+            got = imagine(
+                model, history, exclude, catalogue, tree, k=args.k, batch_size=args.batch_size, beam=arm
+            )
+            seconds[arm].append(time.perf_counter() - start)
+            items[arm] = got.items
+    lines = [
+        "| scoring | seconds per run (each round) | users/s | items equal to exact |",
+        "|---|---:|---:|---:|",
+    ]
+    for arm in arms:
+        best = min(seconds[arm])
+        same = (items[arm] == items[None]).float().mean().item()
+        runs = ", ".join(f"{t:.2f}" for t in seconds[arm])
+        label = "exact" if arm is None else f"beam {arm}"
+        lines.append(f"| {label} | {runs} | {args.users / best:.1f} | {same:.3f} |")
+    head = (
+        f"Synthetic catalogue: {args.items:,} items, codes {sizes} (uniform random; distinct prefixes "
+        f"{[len(p) for p in tree.prefixes]}), untrained ModelConfig(max_len={args.max_len}) (d_model 64), "
+        f"{args.users} users, k={args.k} (one slot per step), batch {args.batch_size}, {args.rounds} rounds with "
+        f"the arms interleaved; users/s from each arm's fastest round; {args.threads} thread(s) "
+        f"({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__})."
+    )
+    return "\n".join([head, "", *lines, ""])
 
 
 def run(args: argparse.Namespace) -> str:
@@ -115,16 +203,24 @@ def run(args: argparse.Namespace) -> str:
         seconds.append(time.perf_counter() - start)
         losses.append(result.losses[-1])
         future = future_positives(prepared.splits)
+        beamed = _beam_methods(prepared, table, meta["codebook_sizes"], result.model, cfg, args.beams)
+        every = {"diffusion": result.methods["diffusion"], **beamed, **result.methods}
         for group, users in _groups(prepared, args.max_history).items():
-            methods = {
-                name: frame.join(users.select(S.USER), on=S.USER) for name, frame in result.methods.items()
-            }
+            methods = {name: frame.join(users.select(S.USER), on=S.USER) for name, frame in every.items()}
             table_rows = compare(methods, future, table).with_columns(
                 pl.lit(group).alias("group"), pl.lit(seed).alias("seed")
             )
             rows.append(table_rows)
         rows += _truncated(
-            prepared, table, meta["codebook_sizes"], result.model, cfg, future, args.truncate, seed
+            prepared,
+            table,
+            meta["codebook_sizes"],
+            result.model,
+            cfg,
+            future,
+            args.truncate,
+            seed,
+            args.beams,
         )
         print(f"seed {seed}: {seconds[-1]:.1f}s, final loss {losses[-1]:.3f}", flush=True)
     results = pl.concat(rows)
@@ -167,8 +263,15 @@ def run(args: argparse.Namespace) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--semids", required=True)
+    parser.add_argument("--data_dir")
+    parser.add_argument("--semids")
+    parser.add_argument("--beams", type=int, nargs="*", default=[])
+    parser.add_argument("--speed", action="store_true", help="time generation on a synthetic catalogue")
+    parser.add_argument("--items", type=int, default=36298)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 64, 64, 64])
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--max_history", type=int, default=5)
@@ -176,10 +279,12 @@ def main() -> None:
     parser.add_argument("--max_len", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--truncate", type=int, nargs="*", default=[1, 3, 5])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    text = run(args)
-    write_text(text, args.out)
+    if not args.speed and not (args.data_dir and args.semids):
+        parser.error("--data_dir and --semids are needed (or --speed)")
+    text = speed(args) if args.speed else run(args)
+    write_text(text, args.out or (SPEED if args.speed else RESULTS))
     print(text)
 
 

@@ -42,6 +42,7 @@ def imagine(
     steps: int | None = None,
     max_history: int = 5,
     all_users: bool = False,
+    beam: int | None = None,
     model: ModelConfig = ModelConfig(),  # noqa: B008 -- a config dataclass, never mutated
     train: TrainConfig = TrainConfig(),  # noqa: B008
 ) -> Path:
@@ -56,6 +57,9 @@ def imagine(
         steps: unmasking steps (default: k, one slot per step).
         max_history: imagine for users with at most this many train positives.
         all_users: imagine for every user instead.
+        beam: score each imagined slot by a beam search that keeps this many code prefixes per level (e.g. 64)
+            instead of every item of the catalogue (default: exact). Needed on catalogues of tens of thousands
+            of items; the same result when the beam holds every prefix.
         model: the diffusion transformer's sizes (max_len must exceed k).
         train: masking, loss weighting, optimiser, epochs and seed.
 
@@ -68,6 +72,10 @@ def imagine(
             f"k={k}, steps={steps}, max_history={max_history}",
             fix="use k >= 1, steps >= 1 (or leave it unset) and max_history >= 0",
         )
+    if beam is not None and beam < 1:
+        raise InputError(
+            f"beam={beam}", fix="use --beam >= 1 (prefixes kept per level), or leave it unset: exact"
+        )
     if model.max_len <= k:
         raise InputError(
             f"model.max_len={model.max_len} leaves no room for history before k={k} imagined slots",
@@ -78,7 +86,13 @@ def imagine(
     table_path = _item_table(semids)
     table, meta = read_table(table_path, key=S.ITEM, data_hash=prepared.meta.get("data_hash"))
     cfg = ImagineConfig(
-        k=k, steps=steps, max_history=max_history, all_users=all_users, model=model, train=train
+        k=k,
+        steps=steps,
+        max_history=max_history,
+        all_users=all_users,
+        beam=beam,
+        model=model,
+        train=train,
     )
     result = imagine_behaviours(prepared, table, meta["codebook_sizes"], cfg)
 
@@ -90,6 +104,7 @@ def imagine(
         "steps": steps or k,
         "max_history": None if all_users else max_history,
         "all_users": all_users,
+        "beam": beam,
         "model": asdict(model),
         "train": asdict(train),
         "seed": train.seed,

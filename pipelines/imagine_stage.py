@@ -4,6 +4,7 @@ prepared data and item IDs, and the fit argument that points the models reading 
     imagine:
       k: 5                 # behaviours imagined per user
       max_history: 5       # for users with at most this many train positives
+      beam: 64             # optional: beam search over the ID prefixes (large catalogues); default exact
       train: {epochs: 30}  # the diffusion model's training (semid.imagine.TrainConfig)
 
 Output: `<run>/imagined/` (`semid imagine`'s folder: imagined.parquet, imagine_model.pt, consistency.json) and
@@ -48,6 +49,8 @@ class ImagineStage:
     """Imagine for users with at most this many train positives."""
     all_users: bool = False
     """Imagine for every user instead."""
+    beam: int | None = None
+    """Beam search keeping this many ID prefixes per level (None: exact scoring of every item)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The diffusion transformer's sizes (max_len must exceed k)."""
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -94,8 +97,14 @@ def sets_imagined(configs: Sequence[Any]) -> bool:
 
 def check_imagined(stage: ImagineStage | None, configs: Mapping[str, Sequence[Any]]) -> None:
     """Before any work: every model whose network reads the imagined view has it, from the stage or from a
-    `data.imagined` of its own configs. `configs`: model name -> its parsed configs (common ones first)."""
+    `data.imagined` of its own configs, and the stage's beam is valid. `configs`: model name -> its parsed configs
+    (common ones first)."""
     if stage is not None:
+        if stage.beam is not None and stage.beam < 1:
+            raise InputError(
+                f"imagine: beam={stage.beam}",
+                fix="set `imagine: {beam: N}` with N >= 1 (prefixes kept per level), or remove it: exact",
+            )
         return
     for name, parsed in configs.items():
         if reads_imagined(parsed) and not sets_imagined(parsed):
@@ -115,13 +124,22 @@ def imagined_input(outputs: ImagineOutputs | None, configs: Sequence[Any]) -> Im
     return ImaginedInput(outputs.path, {"imagined": outputs.stage_hash})
 
 
+def stage_settings(stage: ImagineStage) -> dict[str, Any]:
+    """The section's settings as they enter the stage hash: every field, except a beam left at None, so the exact
+    default keeps the hash that runs made before the option existed."""
+    settings = asdict(stage)
+    if stage.beam is None:
+        del settings["beam"]
+    return settings
+
+
 def run_imagine(stage: ImagineStage, prepared: Path, semids: Path, run_dir: Path) -> ImagineOutputs:
     """The stage: `semid imagine` into `<run_dir>/imagined/`, skipped when its record holds the same stage hash."""
     from pipelines.imagine import FORMAT, imagine
 
     folder = run_dir / IMAGINED_DIR
     item_sids = semids / S.ITEM_SIDS_FILE
-    settings = asdict(stage)
+    settings = stage_settings(stage)
     stage_hash = sha256_json(
         {
             "data": read_meta(prepared / S.ITEMS_FILE)["data_hash"],
@@ -142,6 +160,7 @@ def run_imagine(stage: ImagineStage, prepared: Path, semids: Path, run_dir: Path
         steps=stage.steps,
         max_history=stage.max_history,
         all_users=stage.all_users,
+        beam=stage.beam,
         model=stage.model,
         train=stage.train,
     )

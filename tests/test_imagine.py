@@ -36,6 +36,7 @@ from semid.imagine import (
     seen,
     training_windows,
 )
+from semid.imagine.model import viable_prefixes
 from semid.io import read_meta, write_parquet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -326,3 +327,126 @@ def test_command_refuses_ids_of_another_dataset(clustered, tmp_path):
     with pytest.raises(InputError, match="max_len"):
         run_imagine(str(prepared), str(semids), str(tmp_path / "out"), k=16, model=TINY)
     assert not (tmp_path / "out").exists()
+
+
+# -- beam search over the prefix tree -----------------------------------------------------------------------
+
+
+def _beam_oracle(model: SIDDiffusion, hidden: torch.Tensor, codes: torch.Tensor, beam: int) -> torch.Tensor:
+    """Brute-force beam search, one slot and one prefix at a time: (S, N) log-probs, -inf outside the beam."""
+    levels = codes.shape[1]
+    out = torch.full((len(hidden), len(codes)), -torch.inf)
+    for s, h in enumerate(hidden):
+
+        def logp(prefix: tuple[int, ...], h: torch.Tensor = h) -> torch.Tensor:
+            x = h if not prefix else h + model._prefix(torch.tensor(prefix))
+            return torch.log_softmax(model.heads[len(prefix)](x), -1)
+
+        kept = {(): 0.0}
+        for level in range(levels - 1):
+            scores = {}
+            for prefix, partial in kept.items():
+                step = logp(prefix)
+                for item in codes.tolist():
+                    child = tuple(item[: level + 1])
+                    if tuple(item[:level]) == prefix:
+                        scores[child] = partial + step[child[-1]].item()
+            kept = dict(sorted(scores.items(), key=lambda kv: -kv[1])[:beam])
+        for n, item in enumerate(codes.tolist()):
+            prefix = tuple(item[:-1])
+            if prefix in kept:
+                out[s, n] = kept[prefix] + logp(prefix)[item[-1]].item()
+    return out
+
+
+def test_beam_log_probs_match_a_brute_force_beam_and_the_exact_path():
+    torch.manual_seed(0)
+    sizes = [5, 4, 3]
+    model = SIDDiffusion(codebook_sizes=sizes, d_model=16, layers=1, heads=2, dropout=0.0, max_len=6).eval()
+    generator = torch.Generator().manual_seed(1)
+    codes = torch.stack([torch.randint(0, k, (60,), generator=generator) for k in sizes], 1)  # (60, 3)
+    tree = prefix_tree(codes)
+    hidden = torch.randn(7, 16, generator=generator)
+    with torch.no_grad():
+        exact = model.item_log_probs(hidden, codes, tree)
+        widest = max(len(p) for p in tree.prefixes)
+        assert torch.allclose(model.item_log_probs(hidden, codes, tree, beam=widest), exact, atol=1e-6)
+        for beam in (1, 3):
+            got = model.item_log_probs(hidden, codes, tree, beam=beam)
+            oracle = _beam_oracle(model, hidden, codes, beam)
+            assert torch.equal(got.isfinite(), oracle.isfinite())
+            assert torch.allclose(got[got.isfinite()], oracle[oracle.isfinite()], atol=1e-5)
+            assert torch.allclose(
+                got[got.isfinite()], exact[got.isfinite()], atol=1e-6
+            )  # same numbers inside
+            assert (got.isfinite().sum(1) < len(codes)).all()  # a real beam: some items are left out
+        # a constrained beam keeps only viable prefixes: with one allowed item, beam 1 scores only the items
+        # under that item's prefix (items themselves are not masked)
+        only = torch.zeros(1, len(codes), dtype=torch.bool)
+        only[0, 17] = True
+        viable = viable_prefixes(only.expand(len(hidden), -1), tree)
+        got = model.item_log_probs(hidden, codes, tree, beam=1, viable=viable)
+        assert torch.allclose(got[:, 17], exact[:, 17], atol=1e-6)
+        siblings = (codes[:, :2] == codes[17, :2]).all(1)
+        assert got[:, siblings].isfinite().all() and not got[:, ~siblings].isfinite().any()
+        with pytest.raises(InputError, match="beam"):
+            model.item_log_probs(hidden, codes, tree, beam=0)
+
+
+def test_beam_generation_is_exact_when_wide_and_valid_when_narrow(trained, monkeypatch):
+    prepared, table, meta, result = trained
+    train = prepared.splits["train"]
+    n_items = CLUSTERS * PER_CLUSTER
+    cat = item_codes(table, n_items, train, meta["codebook_sizes"])
+    tree = prefix_tree(cat.codes)
+    users = np.arange(0, 150, 4)
+    hist = histories(train, users, cat.known, TINY.max_len - 4)
+    exclude = seen(train, users, n_items)
+    exact = imagine(result.model, hist, exclude, cat, tree, k=4, steps=2)
+    wide = imagine(result.model, hist, exclude, cat, tree, k=4, steps=2, beam=CLUSTERS)
+    assert torch.equal(wide.items, exact.items) and torch.equal(wide.step, exact.step)
+    assert torch.allclose(wide.confidence, exact.confidence, atol=1e-6)
+    # beam 1 with every slot fixed in one step: slots collide on their one kept prefix, and the slots whose
+    # allowed items were all taken by the user's other slots are scored again exactly
+    for steps in (1, 4):
+        narrow = imagine(result.model, hist, exclude, cat, tree, k=4, steps=steps, beam=1)
+        again = imagine(result.model, hist, exclude, cat, tree, k=4, steps=steps, beam=1)
+        assert torch.equal(narrow.items, again.items) and torch.equal(narrow.confidence, again.confidence)
+        for row, items in enumerate(narrow.items.tolist()):
+            assert len(set(items)) == 4
+            assert not exclude[row, items].any() and cat.known[items].all()
+        assert ((narrow.confidence > 0) & (narrow.confidence <= 1)).all()
+    assert not torch.equal(narrow.items, exact.items)  # beam 1 is an approximation, not the exact path
+    # one allowed item per cluster: the slots' one kept cluster holds one allowed item, so after the first slot
+    # takes it the others must fall back to the exact path, and still get distinct allowed items
+    sparse = torch.ones_like(exclude)
+    sparse[:, ::PER_CLUSTER] = False
+    exact_rows = []
+    scored = result.model.item_log_probs
+
+    def spy(hidden, codes, tree, *, beam=None, viable=None):
+        exact_rows.append(len(hidden) if beam is None else 0)
+        return scored(hidden, codes, tree, beam=beam, viable=viable)
+
+    monkeypatch.setattr(result.model, "item_log_probs", spy)
+    forced = imagine(result.model, hist, sparse, cat, tree, k=4, steps=1, beam=1)
+    assert sum(exact_rows) > 0
+    assert all(len(set(items)) == 4 for items in forced.items.tolist())
+    assert (forced.items % PER_CLUSTER == 0).all()
+    with pytest.raises(InputError, match="beam=0"):
+        imagine(result.model, hist, exclude, cat, tree, k=4, beam=0)
+
+
+def test_command_takes_a_beam(clustered, tmp_path):
+    from pipelines.imagine import main
+
+    prepared, semids = clustered
+    out = tmp_path / "beam"
+    args = [prepared, semids, out, "--k", "3", "--beam", "2", "--train.epochs", "1", "--model.max_len", "16"]
+    main([str(a) for a in args])
+    meta = read_meta(out / IMAGINED_FILE)
+    assert meta["beam"] == 2 and pl.read_parquet(out / IMAGINED_FILE).height % 3 == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in [prepared, semids, tmp_path / "bad", "--beam", "0"]])
+    assert exit_info.value.code != 0
+    assert not (tmp_path / "bad").exists()

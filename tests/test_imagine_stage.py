@@ -160,3 +160,14 @@ def test_imagined_input_per_network():
     assert got.fingerprint == {"imagined": "h_imag"}
     assert imagined_input(outputs, [net(din)]) == NO_IMAGINED and NO_IMAGINED.args() == []
     assert imagined_input(None, [net(imag)]) == NO_IMAGINED and NO_IMAGINED.fingerprint == {}
+
+
+def test_the_beam_joins_the_stage_hash_only_when_set_and_a_bad_one_is_refused():
+    from pipelines.imagine_stage import ImagineStage, check_imagined, stage_settings
+    from semid.errors import InputError
+
+    assert "beam" not in stage_settings(ImagineStage())  # the exact default: the hash runs already have
+    assert stage_settings(ImagineStage(beam=64))["beam"] == 64
+    check_imagined(ImagineStage(beam=1), {})
+    with pytest.raises(InputError, match="beam=0"):
+        check_imagined(ImagineStage(beam=0), {})

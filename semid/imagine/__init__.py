@@ -57,6 +57,9 @@ class ImagineConfig:
     """Imagine for users with at most this many train positives (the ones short of history)."""
     all_users: bool = False
     """Imagine for every user instead."""
+    beam: int | None = None
+    """Score each slot's items by a beam search keeping this many prefixes per level (None: exact, every item).
+    Needed on a large catalogue: exact scoring costs slots x distinct prefixes per level."""
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -86,7 +89,7 @@ def imagine_behaviours(
     users = chosen[S.USER].to_numpy()
     history = histories(train, users, catalogue.known, cfg.model.max_len - cfg.k)
     exclude = seen(train, users, n_items)
-    out = imagine(result.model, history, exclude, catalogue, tree, k=cfg.k, steps=cfg.steps)
+    out = imagine(result.model, history, exclude, catalogue, tree, k=cfg.k, steps=cfg.steps, beam=cfg.beam)
 
     imagined = imagined_frame(users, out.items, out.confidence)
     generator = torch.Generator().manual_seed(cfg.train.seed)

@@ -5,6 +5,11 @@ Each masked slot's candidate is the real item (never one of the user's train ite
 for that user) with the highest model probability of its code tuple (`SIDDiffusion.item_log_probs`, ties to the
 most popular item); at each step the most confident slots keep their item, the others are re-masked and
 predicted again with the new context. Everything is argmax: the result is a function of the model alone.
+
+With a `beam`, the tuple probabilities come from a beam search over the prefix tree (`item_log_probs(beam=...)`),
+constrained to the prefixes that still hold an item the user may get, so at the start of each step every slot's
+beam ends in at least one allowed item. A slot whose kept items were all taken by the user's other slots within
+the same step is scored again on the exact path.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from torch import Tensor
 
 from semid.errors import InputError
-from semid.imagine.model import SIDDiffusion
+from semid.imagine.model import SIDDiffusion, viable_prefixes
 from semid.imagine.sequences import ItemCodes, PrefixTree
 
 
@@ -54,11 +59,16 @@ def imagine(
     k: int,
     steps: int | None = None,
     batch_size: int = 128,
+    beam: int | None = None,
 ) -> Imagined:
     """K imagined items for each user: history (U, H) item ids left-aligned, -1 pad; exclude (U, N) bool.
 
-    H + k must fit `model.max_len`; `steps` defaults to k (one slot per step)."""
+    H + k must fit `model.max_len`; `steps` defaults to k (one slot per step). `beam` (None: exact) scores each
+    slot's items by a beam search that keeps that many prefixes per level: far cheaper on a large catalogue,
+    the same items when the beam holds every prefix."""
     u, h = history.shape
+    if beam is not None and beam < 1:
+        raise InputError(f"beam={beam}", fix="use a beam of at least 1 prefix per level (or none: exact)")
     if h + k > model.max_len:
         raise InputError(
             f"history length {h} + k={k} exceeds the model's max_len {model.max_len}",
@@ -88,11 +98,24 @@ def imagine(
         for step, count in enumerate(schedule):
             codes = catalogue.codes[seq.clamp(min=0)]  # (B, T, L)
             hidden = model.encode(codes, masked, pad)[rows, slots]  # (B, K, d)
-            logp = model.item_log_probs(hidden.reshape(b * k, -1), catalogue.codes, tree)  # (B*K, N)
+            flat = hidden.reshape(b * k, -1)  # (B*K, d)
+            viable = None
+            if beam is not None:
+                user_allowed = torch.empty_like(allowed)  # (B, N) in item order, without the imagined items
+                user_allowed[:, order] = allowed
+                viable = [
+                    m.repeat_interleave(k, 0) for m in viable_prefixes(user_allowed, tree)
+                ]  # [(B*K, P)]
+            logp = model.item_log_probs(flat, catalogue.codes, tree, beam=beam, viable=viable)  # (B*K, N)
             logp = logp[:, order].reshape(b, k, -1)  # (B, K, N) in popularity order
             for _ in range(count):
                 # best allowed item of every free slot, then fix the most confident slot of each user
                 best, arg = logp.masked_fill(~allowed[:, None, :], -torch.inf).max(-1)  # (B, K)
+                lost = free & (best == -torch.inf)  # (B, K) beam slots whose allowed items were all taken
+                if lost.any():
+                    exact = model.item_log_probs(hidden[lost], catalogue.codes, tree)  # (M, N)
+                    logp[lost] = exact[:, order]
+                    best, arg = logp.masked_fill(~allowed[:, None, :], -torch.inf).max(-1)  # (B, K)
                 slot = best.masked_fill(~free, -torch.inf).argmax(1)  # (B,)
                 r = torch.arange(b)
                 item = order[arg[r, slot]]  # (B,)
