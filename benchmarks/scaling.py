@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from semid import schema as S
-from semid.ids import make_table
+from semid.ids import health, make_table, table_meta, write_table
 from semid.io import write_parquet
 from semid.rqvae import auto_codebook_sizes
 
@@ -92,7 +92,8 @@ def write_synthetic(size: Size, out: Path, *, seed: int = 0) -> Path:
         .list.unique(maintain_order=True)
         .alias("genre"),
     )
-    write_parquet(items, out / S.ITEMS_FILE, {"features": ["genre"]})
+    data_hash = f"synthetic-{size.rows}-{size.items}-{size.users}-{seed}"
+    write_parquet(items, out / S.ITEMS_FILE, {"features": ["genre"], "data_hash": data_hash})
     users = pl.DataFrame(
         {
             S.USER: np.arange(size.users, dtype=np.int32),
@@ -110,11 +111,19 @@ def write_synthetic(size: Size, out: Path, *, seed: int = 0) -> Path:
         pl.concat_list(pl.format("a{}", "a")).alias("age"),
         pl.concat_list(pl.format("g{}", "g")).alias("gender"),
     )
-    write_parquet(users, out / S.USERS_FILE, {"features": ["age", "gender"]})
+    write_parquet(users, out / S.USERS_FILE, {"features": ["age", "gender"], "data_hash": data_hash})
     sizes = auto_codebook_sizes(size.items, 3)
     codes = np.stack([rng.integers(0, k, size.items) for k in sizes], 1)  # (I, 3)
     table = make_table(np.arange(size.items), codes, key=S.ITEM)
-    write_parquet(table, out / S.ITEM_SIDS_FILE, {"codebook_sizes": sizes})
+    meta = table_meta(
+        key=S.ITEM,
+        codebook_sizes=sizes,
+        health=health(table, sizes),
+        encoder="random codes (synthetic)",
+        seed=seed,
+        data_hash=data_hash,
+    )
+    write_table(table, out / S.ITEM_SIDS_FILE, meta)
     return out
 
 
@@ -132,7 +141,7 @@ def measure_one(data: Path, *, steps: int, warmup: int, batch_size: int, threads
     import torch
 
     from ctr.data import CTRDataModule
-    from ctr.models.akt import AKT
+    from ctr.module import CTRTask
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -143,7 +152,9 @@ def measure_one(data: Path, *, steps: int, warmup: int, batch_size: int, threads
     load_s = time.perf_counter() - start
     rss_loaded = _status("VmRSS")
     torch.manual_seed(0)
-    model = AKT(dm.spec, embed_dim=16, dropout=0.0)
+    # AKT inside CTRTask as `ctr fit` builds it; the synthetic data has no content vectors (no content tower)
+    net = {"class_path": "ctr.models.akt.AKT", "init_args": {"embed_dim": 16, "dropout": 0.0}}
+    model = CTRTask(net, dm.spec, lr=1e-3)
 
     class Clock(L.Callback):
         t0 = t1 = 0.0

@@ -40,7 +40,8 @@ from pipelines.crossdomain_stage import (
     rgcd_folders,
     run_crossdomain,
 )
-from pipelines.fit import ConfigText, fit_one, fresh_fit_dir, inside, read_config
+from pipelines.fit import ConfigText, inside, read_config
+from pipelines.fit_pool import FitTask, run_fits
 from pipelines.imagine_stage import (
     ImagineOutputs,
     ImagineStage,
@@ -48,7 +49,6 @@ from pipelines.imagine_stage import (
     imagined_input,
     run_imagine,
 )
-from pipelines.refit import fit_and_refit
 from pipelines.scenarios import (
     ScenarioOutputs,
     ScenarioStage,
@@ -196,6 +196,7 @@ def run(
     imagine: ImagineStage | None = None,
     crossdomain: CrossDomainStage | None = None,
     refit_train_val: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Run the whole chain and write <run_dir>/report/{report.md,report.json,*.png}.
 
@@ -228,12 +229,19 @@ def run(
         refit_train_val: after each (model, seed)'s normal fit, refit the same configs from scratch on train + val
             for the epochs its best checkpoint had seen, and test that refit (pipelines/refit.py): the report's
             test numbers are the refit's, its validation numbers the first fit's. Off by default.
+        jobs: (model, seed) fits run at once, each in its own process with cores / jobs torch threads
+            (pipelines/fit_pool.py); 1 (default) = one after another in this process. The results are the same
+            fits; only floating-point summation order can differ with the thread count.
     """
     from pipelines.console import quiet_console
 
     common, seeds = common or [], seeds if seeds is not None else [0]
     if tune < 0:
         raise InputError(f"tune={tune}", fix="give --tune a number of trials per model (0 = no tuning)")
+    if jobs < 1:
+        raise InputError(
+            f"jobs={jobs}", fix="give --jobs a number of fits to run at once (1 = one after another)"
+        )
     if not models:
         raise InputError("no models to fit", fix="list models (name + config) in the pipeline config")
     validate_model_names(models, only_models)
@@ -280,6 +288,8 @@ def run(
                 crossdomain,
                 wants,
                 refit_train_val,
+                jobs,
+                verbose,
             )
     except SystemExit as err:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -309,6 +319,8 @@ def _run_stages(
     crossdomain: CrossDomainStage | None = None,
     wants: dict[str, list[CrossInput]] | None = None,
     refit_train_val: bool = False,
+    jobs: int = 1,
+    verbose: bool = False,
 ) -> None:
     from ctr.report import build_report
 
@@ -361,6 +373,7 @@ def _run_stages(
                 out,
                 inputs(model, model_cfg[model.name]),
             )
+    tasks: list[FitTask] = []
     for model in selected:
         configs = [*common_cfg, model_cfg[model.name]]
         extra = inputs(model, model_cfg[model.name])
@@ -380,25 +393,32 @@ def _run_stages(
             if stage_done(model_dir / S.METRICS_FILE, stage_hash):
                 print(f"[fit] {model.name} seed {seed}: up to date", flush=True)
                 continue
-            start = time.perf_counter()
-            if refit_train_val:
-                m = fit_and_refit(
-                    model.name, seed, configs, prepared, semid_dir, model_dir, out, stage_hash, extra.args()
+            tasks.append(
+                FitTask(
+                    model.name,
+                    seed,
+                    tuple(configs),
+                    prepared,
+                    semid_dir,
+                    model_dir,
+                    out,
+                    stage_hash,
+                    tuple(extra.args()),
+                    refit_train_val,
                 )
-                refit = f", refit on train+val {m['refit']['epochs']} epochs"
-            else:
-                fresh_fit_dir(model_dir, out)
-                m = fit_one(
-                    model.name, seed, configs, prepared, semid_dir, model_dir, stage_hash, extra.args()
-                )
-                refit = ""
-            _stage_line(
-                "fit",
-                f"{model.name} seed {seed}: {m['epochs']} epochs{refit}, "
-                f"val GAUC {m['val'].get('gauc', float('nan')):.4f}, "
-                f"test AUC {m['test'].get('auc', float('nan')):.4f} GAUC {m['test'].get('gauc', float('nan')):.4f}",
-                time.perf_counter() - start,
             )
+
+    def fitted(task: FitTask, m: dict, seconds: float) -> None:
+        refit = f", refit on train+val {m['refit']['epochs']} epochs" if task.refit_train_val else ""
+        _stage_line(
+            "fit",
+            f"{task.name} seed {task.seed}: {m['epochs']} epochs{refit}, "
+            f"val GAUC {m['val'].get('gauc', float('nan')):.4f}, "
+            f"test AUC {m['test'].get('auc', float('nan')):.4f} GAUC {m['test'].get('gauc', float('nan')):.4f}",
+            seconds,
+        )
+
+    run_fits(tasks, jobs=jobs, log_file=out / RUN_LOG, verbose=verbose, done=fitted)
 
     start = time.perf_counter()
     build_report(

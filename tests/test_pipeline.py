@@ -281,3 +281,50 @@ def test_tune_fits_seeds_from_the_tuned_config_and_the_report_lists_it(
     run_main([*args, *tune_args])
     log = capsys.readouterr().out
     assert "[tune] deepfm: up to date" in log and "[fit] deepfm seed 0: up to date" in log
+
+
+def _reuse_stages(finished: Path, out: Path) -> None:
+    """A run folder holding `finished`'s prepared data and semantic IDs (up to date), without any fit."""
+    import shutil
+
+    out.mkdir(parents=True)
+    for part in ("prepared", "semids"):
+        shutil.copytree(finished / part, out / part)
+
+
+def test_parallel_fits_give_the_same_models(finished_run, pipeline_config, tmp_path, capsys):
+    out = tmp_path / "jobs2"
+    _reuse_stages(finished_run, out)
+    run_main(["--config", str(pipeline_config), "--run_dir", str(out), "--jobs", "2"])
+    log = capsys.readouterr().out
+    assert "[semids] up to date" in log and all(f"[fit] {m} seed 0:" in log for m in MODELS)
+    assert "up to date" not in log.split("[semids]")[1].split("\n", 1)[1]  # every fit ran, in the workers
+    parallel, reference = _predictions(out), _predictions(finished_run)
+    for m in MODELS:  # the same seeded fits (one torch thread each here and in this test process)
+        assert parallel[m][S.SCORE].to_list() == pytest.approx(reference[m][S.SCORE].to_list(), abs=1e-5), m
+    assert (out / "report" / "report.json").exists()
+
+
+def test_a_bad_config_in_a_worker_is_one_clear_error(finished_run, pipeline_config, tmp_path, capsys):
+    cfg = yaml.safe_load(pipeline_config.read_text())
+    bad = tmp_path / "akt_bad.yaml"
+    net = {"class_path": "ctr.models.akt.AKT", "init_args": {"embed_dim": 8, "mlp_dims": [16], "p_cold": 1.5}}
+    bad.write_text(yaml.safe_dump({"model": {"net": net}}))
+    cfg["models"] = [cfg["models"][0], {"name": "akt", "config": str(bad)}]
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "bad"
+    _reuse_stages(finished_run, out)
+    with pytest.raises(SystemExit) as err:
+        run_main(["--config", str(tmp_path / "pipeline.yaml"), "--run_dir", str(out), "--jobs", "2"])
+    assert err.value.code == 2
+    msg = capsys.readouterr().err
+    assert "p_cold=1.5" in msg and "fix: set model.net.p_cold in [0, 1)" in msg
+    assert "Traceback" not in msg
+    assert not (out / "report" / "report.json").exists()
+
+
+def test_jobs_below_one_is_refused_before_any_work(pipeline_config, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_main(["--config", str(pipeline_config), "--run_dir", str(tmp_path / "r"), "--jobs", "0"])
+    assert "jobs=0" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -49,7 +49,12 @@ def parse_args(description: str, argv: list[str] | None = None) -> Args:
     p.add_argument("--mlp", type=str, default="256,128")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--steps", type=int, default=100, help="train steps per throughput repetition")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="throughput repetitions (0: only the quality run, another seed)",
+    )
     p.add_argument(
         "--epochs", type=int, default=1, help="epochs of the quality run (fixed, no early stopping)"
     )
@@ -138,9 +143,9 @@ def finish(
         "eval_batch_size": args.eval_batch_size,
         "steps": args.steps,
         "epochs": args.epochs,
-        "train_samples_per_s": statistics.median(train_runs),
+        "train_samples_per_s": statistics.median(train_runs) if train_runs else None,  # --repeats 0
         "train_runs": train_runs,
-        "predict_samples_per_s": statistics.median(predict_runs),
+        "predict_samples_per_s": statistics.median(predict_runs) if predict_runs else None,
         "predict_runs": predict_runs,
         "quality_train_seconds": quality_seconds,
         "predictions": str(args.out / "test_pred.parquet"),
