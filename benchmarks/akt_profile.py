@@ -41,6 +41,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_loop import ML1M, synthetic_batches
 from ctr.batch import Batch, DataSpec
+from ctr.layers import index_sid_tables
 from ctr.module import CTRTask
 
 RECORD = re.compile(r"<!-- akt_profile (\{.*\}) -->")
@@ -49,13 +50,19 @@ CONTENT_DIM = 384  # all-MiniLM-L6-v2's hidden size: semid build's default conte
 SPEC = dataclasses.replace(ML1M, user_content_dim=CONTENT_DIM, item_content_dim=CONTENT_DIM)
 
 
+def sid_tables(spec: DataSpec, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's and each item's semantic ID (n, L): seeded random codes, one per id."""
+    g = torch.Generator().manual_seed(seed + 2)
+    users = torch.stack([torch.randint(0, s, (spec.n_users,), generator=g) for s in spec.user_sid_sizes], 1)
+    items = torch.stack([torch.randint(0, s, (spec.n_items,), generator=g) for s in spec.item_sid_sizes], 1)
+    return users, items
+
+
 def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -> list[Batch]:
-    """`benchmarks.train_loop.synthetic_batches` with per-item SIDs / counts / buckets and per-user counts /
+    """`benchmarks.train_loop.synthetic_batches` with per-item SIDs / counts / buckets and per-user SIDs / counts /
     buckets looked up from fixed tables, as in prepared data (there every field is a function of the id)."""
     g = torch.Generator().manual_seed(seed + 1)
-    item_sid = torch.stack(
-        [torch.randint(0, s, (spec.n_items,), generator=g) for s in spec.item_sid_sizes], 1
-    )
+    user_sid, item_sid = sid_tables(spec, seed)
     item_count = torch.randint(0, int(spec.item_count_max) + 1, (spec.n_items,), generator=g).float()
     user_count = torch.randint(1, int(spec.user_count_max) + 1, (spec.n_users,), generator=g).float()
     item_content = F.normalize(
@@ -79,6 +86,7 @@ def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -
         out.append(
             b._replace(
                 item_sid=item_sid[b.item],  # (B, L)
+                user_sid=user_sid[b.user],  # (B, L_u)
                 item_count=item_count[b.item],
                 item_bucket=item_bucket[b.item],
                 user_count=user_count[b.user],
@@ -96,7 +104,9 @@ def make_task(name: str) -> CTRTask:
     """The task of `configs/ctr/<name>.yaml`'s `model.net` (class_path and init_args, as `ctr fit` builds it)."""
     net = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["model"]["net"]
     torch.manual_seed(0)
-    return CTRTask(net, SPEC)
+    task = CTRTask(net, SPEC)
+    index_sid_tables(task.net, *sid_tables(SPEC))  # as CTRTask.setup does from the data's ID tables
+    return task
 
 
 class Clock:

@@ -155,6 +155,7 @@ def measure_one(data: Path, *, steps: int, warmup: int, batch_size: int, threads
     # AKT inside CTRTask as `ctr fit` builds it; the synthetic data has no content vectors (no content tower)
     net = {"class_path": "ctr.models.akt.AKT", "init_args": {"embed_dim": 16, "dropout": 0.0}}
     model = CTRTask(net, dm.spec, lr=1e-3)
+    model.index_sids(dm.tables)  # as CTRTask.setup does for a Trainer given the DataModule
 
     class Clock(L.Callback):
         t0 = t1 = 0.0

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from ctr.batch import Batch, DataSpec, ModelOutput
+from ctr.data.arrays import Tables
+from ctr.layers import index_sid_tables
 from ctr.metrics import CTRMetrics, auc, gauc, logloss, scenario_scores
 from ctr.predict import PredictionWriter as PredictionWriter  # re-exported: callers import it from here
 from ctr.predict import predictions_frame as predictions_frame
@@ -293,19 +295,48 @@ class CTRTask(L.LightningModule):
     def forward(self, batch: Batch) -> ModelOutput:
         return self.net(batch)
 
+    def setup(self, stage: str) -> None:
+        trainer = self._trainer
+        tables = getattr(trainer.datamodule, "tables", None) if trainer is not None else None
+        if isinstance(tables, Tables):
+            self.index_sids(tables)
+
+    def index_sids(self, tables: Tables) -> int:
+        """Index the network's semantic-ID prefix tables with every id's codes from the data (`setup` does it for
+        a Trainer given a `CTRDataModule`; call it when training on its loaders yourself). Once only: a network
+        restored from a checkpoint keeps the index it was trained with (`ctr.layers.SIDPrefixEmbedding`). Returns
+        how many tables were indexed now."""
+        return index_sid_tables(self.net, tables.users.sid.codes, tables.items.sid.codes)
+
     # -- checkpoints ---------------------------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuse a checkpoint of another network class (its weights would not fit, or worse, would)."""
+        trainer = self._trainer
+        self.check_checkpoint(
+            checkpoint, getattr(trainer, "ckpt_path", None) if trainer is not None else None
+        )
+
+    def check_checkpoint(self, checkpoint: Mapping[str, Any], file: Any = None) -> None:
+        """Refuse a checkpoint of another network class (its weights would not fit, or worse, would), or one whose
+        weights do not fit this network (another version's layout, other data), with one `InputError`."""
         stored = (checkpoint.get("hyper_parameters") or {}).get("net")
         stored_class = class_path(str(stored["class_path"])) if isinstance(stored, Mapping) else None
         mine = self.hparams["net"]["class_path"]
         if stored_class != mine:
-            trainer = self._trainer
-            path = getattr(trainer, "ckpt_path", None) if trainer is not None else None
             raise InputError(
                 f"the checkpoint holds a {stored_class or 'non-CTRTask'} network, this run builds {mine}",
-                file=path,
+                file=file,
                 fix="pass the model config the checkpoint was trained with, or a checkpoint of this model",
+            )
+        mine_shapes = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in (checkpoint.get("state_dict") or {}).items()}
+        misfit = sorted(k for k in mine_shapes.keys() | theirs.keys() if mine_shapes.get(k) != theirs.get(k))
+        if misfit:
+            raise InputError(
+                f"the checkpoint's weights do not fit the {self.net_name} this version builds from its config "
+                f"({len(misfit)} tensors missing, extra or of another shape, e.g. {misfit[:3]}): it was written "
+                "by another version of semid-ctr or for other data",
+                file=file,
+                fix="fit the model again (delete the run's models folder, or pass a checkpoint of this version)",
             )
 
     # -- NaN guard -----------------------------------------------------------------------------------------

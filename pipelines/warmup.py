@@ -121,6 +121,7 @@ def load_fit(run_dir: Path, seed_dir: Path) -> tuple[CTRTask, CTRDataModule]:
             file=checkpoint,
             fix="re-fit this model with `semid run` on this run directory",
         )
+    task.check_checkpoint(ckpt, checkpoint)
     task.load_state_dict(ckpt["state_dict"])
     return task, data
 

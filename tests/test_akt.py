@@ -183,7 +183,7 @@ def test_transfer_moves_tail_rows_and_shared_clusters_head_rows_only_by_lambda_t
         else:
             assert (head_grad > 0).all()
         assert (grad[6:].abs().sum(-1) > 0).all(), "every tail row must get a transfer gradient"
-        rows = emb.prefix.prefix_index(sid)[:3, 0] + emb.prefix.offsets[0]  # level-1 rows of clusters 0, 1, 2
+        rows = emb.prefix.prefix_index(sid)[:3, 0]  # level-1 rows of clusters 0, 1, 2
         cluster_grad = emb.prefix.table.weight.grad[rows].abs().sum(-1)
         assert (cluster_grad > 0).all(), "the transfer must reach the cluster rows a cold id uses"
 
@@ -416,9 +416,8 @@ def reference_embedding(emb: layers.ClusterGuidedEmbedding, ids, sid, count, *, 
     """A cluster-guided embedding from per-depth lookups, position by position (no fused table index, no
     deduplication): c = sum_{l <= k} E_l[prefix_l], v = E[id] + sum_{l > k} E_l[prefix_l]."""
     prefix = emb.prefix
-    index = emb.prefix.prefix_index(sid[..., : prefix.levels])  # (..., L) row within each depth's table
-    table, offsets = prefix.table.weight, prefix.offsets.tolist()
-    rows = [table[offsets[level] :][index[..., level]] for level in range(prefix.levels)]  # L x (..., d)
+    index = emb.prefix.prefix_index(sid[..., : prefix.levels])  # (..., L) row of each depth's prefix
+    rows = [prefix.table.weight[index[..., level]] for level in range(prefix.levels)]  # L x (..., d)
     c = sum(rows[: emb.k])  # (..., d)
     v = emb.individual.weight[ids] + sum(rows[emb.k :])  # (..., d)
     warm = (count > 0).unsqueeze(-1)

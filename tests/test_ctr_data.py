@@ -526,3 +526,43 @@ def test_source_history_merges_strictly_before_and_is_typed(prepared: Path, tmp_
     write_parquet(src, other / "source_history.parquet", {"data_hash": "another"})
     with pytest.raises(InputError, match="another prepared dataset"):
         module(prepared, source_history=str(other)).setup()
+
+
+def test_a_fit_on_the_datamodule_indexes_the_sid_prefix_tables_once(prepared: Path, tmp_path: Path) -> None:
+    from ctr.module import CTRTask
+
+    dm = module(prepared)
+
+    def fit(task: CTRTask) -> L.Trainer:
+        trainer = L.Trainer(
+            max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, use_distributed_sampler=False, limit_val_batches=0,
+        )  # fmt: skip
+        trainer.fit(task, datamodule=dm)
+        return trainer
+
+    task = CTRTask(
+        {"class_path": "ctr.models.sid_features.SIDFeatures", "init_args": {"embed_dim": 4}}, dm.spec
+    )
+    items, users = task.net.item_sid, task.net.user_sid
+    assert items.indexed == (False, True, True) and users.indexed == (
+        False,
+        False,
+    )  # 15 items, 4 x 5 x 6 codes
+    trainer = fit(task)
+    codes = dm.tables.items.sid.codes
+    assert (
+        bool(items.vocab_set) and (items.prefix_index(codes) > 0).all()
+    )  # every item's prefix has its own row
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = CTRTask.load_from_checkpoint(tmp_path / "m.ckpt")
+    torch.testing.assert_close(loaded.net.item_sid.vocab, items.vocab)
+    before = loaded.net.item_sid.vocab.clone()
+    fit(loaded)  # fine-tuning a restored network keeps its index
+    torch.testing.assert_close(loaded.net.item_sid.vocab, before)
+    raw = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    raw["state_dict"]["net.item_sid.table.weight"] = raw["state_dict"]["net.item_sid.table.weight"][:-1]
+    torch.save(raw, tmp_path / "old.ckpt")
+    with pytest.raises(InputError, match="weights do not fit the SIDFeatures") as err:
+        CTRTask.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert "net.item_sid.table.weight" in str(err.value)

@@ -87,35 +87,94 @@ def test_target_attention_ignores_padding():
 def test_sid_prefix_index_exact_mixed_radix():
     emb = layers.SIDPrefixEmbedding((3, 4, 2), dim=2)
     codes = torch.tensor(list(itertools.product(range(3), range(4), range(2))))
-    idx = emb.prefix_index(codes)
-    torch.testing.assert_close(idx[:, 0], codes[:, 0])
-    torch.testing.assert_close(idx[:, 1], codes[:, 0] * 4 + codes[:, 1])
-    torch.testing.assert_close(idx[:, 2], (codes[:, 0] * 4 + codes[:, 1]) * 2 + codes[:, 2])
-    assert emb.rows == (3, 12, 24) and emb.offsets.tolist() == [0, 3, 15]
+    idx = emb.prefix_index(
+        codes
+    )  # rows of the one table: row 0 is the unknown prefix, depth l starts at offsets[l]
+    assert emb.rows == (3, 12, 24) and emb.offsets.tolist() == [1, 4, 16] and emb.indexed == (False,) * 3
+    torch.testing.assert_close(idx[:, 0], codes[:, 0] + 1)
+    torch.testing.assert_close(idx[:, 1], codes[:, 0] * 4 + codes[:, 1] + 4)
+    torch.testing.assert_close(idx[:, 2], (codes[:, 0] * 4 + codes[:, 1]) * 2 + codes[:, 2] + 16)
     out = emb(codes)
-    assert out.shape == (24, 3, 2)
-    torch.testing.assert_close(out[5, 2], emb.table.weight[15 + idx[5, 2]])
+    assert out.shape == (24, 3, 2) and emb.table.num_embeddings == 1 + 3 + 12 + 24
+    torch.testing.assert_close(out[5, 2], emb.table.weight[idx[5, 2]])
 
 
-def test_sid_prefix_hashing_keeps_every_level():
+def test_sid_prefix_hashing_before_index_keeps_every_level():
     emb = layers.SIDPrefixEmbedding((64, 64, 64), dim=2, max_rows=1000)
-    assert emb.rows == (64, 997, 997) and emb.hashed == [False, True, True]
+    assert (
+        emb.rows == (64, 1000, 1000) and emb.indexed == (False, True, True) and emb.moduli == (64, 997, 997)
+    )
     codes = torch.stack(
         torch.meshgrid(torch.arange(64), torch.arange(64), torch.tensor([0]), indexing="ij"), -1
     )
-    idx = emb.prefix_index(codes.reshape(-1, 3))
-    assert int(idx.max()) < 997
+    idx = emb.prefix_index(codes.reshape(-1, 3)) - emb.offsets  # row within each depth
+    assert int(idx.min()) >= 0 and int(idx.max()) < 997
     # level-2 prefixes: 4096 values into 997 rows; a prime modulus spreads them (every row used), and the leading
     # code matters: with c_2 fixed, the 64 values of c_1 give 64 different rows
     assert torch.unique(idx[:, 1]).numel() == 997
     assert torch.unique(idx.view(64, 64, 3)[:, 7, 2]).numel() == 64
 
 
-def test_sid_prefix_table_capped_by_number_of_ids():
+def test_sid_prefix_index_is_exact_capped_by_ids_and_fixed_once_set():
+    torch.manual_seed(0)
     emb = layers.SIDPrefixEmbedding((256, 256, 256), dim=2, n_ids=100)
-    assert emb.rows == (256, 1597, 1597)  # 16 rows per id -> largest prime <= 1600
-    assert emb.table.num_embeddings == 256 + 2 * 1597
+    assert emb.rows == (100, 100, 100) and emb.indexed == (True, True, True)
+    assert emb.table.num_embeddings == 1 + 300  # was 256 + 2 x 1,597 rows before the index
     assert layers.SIDPrefixEmbedding((4, 4), dim=2, n_ids=100).rows == (4, 16)  # small products stay exact
+    codes = torch.randint(0, 256, (100, 3))
+    codes[50:, :2] = codes[:50, :2]  # ids 50..99 share their first two levels with ids 0..49
+    emb.index(codes)
+    assert bool(emb.vocab_set)
+    idx = emb.prefix_index(codes)
+    for level in range(3):  # one row per distinct prefix, none shared by two prefixes, none the unknown row
+        keys = emb.prefix_keys(codes)[:, level]
+        assert torch.unique(idx[:, level]).numel() == torch.unique(keys).numel()
+        assert (
+            torch.unique(torch.stack([keys, idx[:, level]], 1), dim=0).shape[0] == torch.unique(keys).numel()
+        )
+    assert int(idx.min()) >= 1 and int(idx.max()) <= 300
+    new = torch.tensor([[255, 255, 255]])  # a prefix no id had: the zero row 0, which never trains
+    assert (codes != new).any(1).all()
+    emb(new).sum().backward()
+    assert emb.prefix_index(new)[0, 2] == 0 and emb(new)[0, 2].abs().sum() == 0
+    assert emb.table.weight.grad[0].abs().sum() == 0
+    before = emb.vocab.clone()
+    emb.index(torch.randint(0, 256, (100, 3)))  # fixed once set: a second index changes nothing
+    torch.testing.assert_close(emb.vocab, before)
+    again = layers.SIDPrefixEmbedding((256, 256, 256), dim=2, n_ids=100)
+    again.load_state_dict(emb.state_dict())  # the index travels with the weights
+    torch.testing.assert_close(again(codes), emb(codes))
+    with pytest.raises(ValueError, match="distinct depth-1 prefixes"):
+        layers.SIDPrefixEmbedding((256, 256), dim=2, n_ids=10).index(
+            torch.arange(20).view(20, 1).repeat(1, 2)
+        )
+
+
+def test_sid_prefix_keys_past_int64_stay_in_range():
+    emb = layers.SIDPrefixEmbedding((4096,) * 6, dim=2, n_ids=50)  # 4096^6 = 2^72: past exact int64 numbers
+    codes = torch.randint(0, 4096, (50, 6), generator=torch.Generator().manual_seed(1))
+    keys = emb.prefix_keys(codes)
+    assert int(keys.min()) >= 0 and int(keys.max()) < 1 << 63 - 1
+    emb.index(codes)
+    idx = emb.prefix_index(codes) - emb.offsets
+    assert int(idx.min()) >= 0  # every id's prefix was found
+    for level in range(6):  # exact: as many rows as distinct prefixes
+        assert torch.unique(idx[:, level]).numel() == torch.unique(codes[:, : level + 1], dim=0).shape[0]
+
+
+def test_index_sid_tables_fills_each_side_with_its_codes():
+    net = torch.nn.ModuleDict(
+        {
+            "u": layers.SIDPrefixEmbedding((64, 64), dim=2, n_ids=30, side="user"),
+            "i": layers.SIDPrefixEmbedding((64, 64), dim=2, n_ids=20, side="item"),
+            "anon": layers.SIDPrefixEmbedding((64, 64), dim=2, n_ids=20),  # no side: left hashing
+        }
+    )
+    users, items = torch.randint(0, 64, (30, 2)), torch.randint(0, 64, (20, 2))
+    assert layers.index_sid_tables(net, users, items) == 2
+    assert layers.index_sid_tables(net, users, items) == 0  # once
+    assert not bool(net["anon"].vocab_set)
+    assert (net["u"].prefix_index(users) > 0).all() and (net["i"].prefix_index(items) > 0).all()
 
 
 def test_activity_gate_initial_values():

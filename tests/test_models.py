@@ -523,3 +523,23 @@ def test_content_features_config_trains_through_the_cli(prepared_dir, tmp_path):
     c.trainer.fit(c.model, datamodule=c.datamodule)
     assert not torch.equal(c.model.net.item_proj.weight, before)  # the projection of the vectors is trained
     assert c.config.checkpoint.monitor == MONITOR_KEY and c.config.early_stopping.monitor == MONITOR_KEY
+
+
+def test_deepfm_linear_first_order_is_a_linear_layer_over_the_fields():
+    """torch-rechub's DeepFM: first order = w . flatten(field embeddings) (its `LR`), not a 1-d table per id."""
+    torch.manual_seed(0)
+    net = DeepFM(SPEC, **SMALL, first_order="linear").eval()
+    assert isinstance(net.first_order, torch.nn.Linear) and net.first_order.in_features == net.n_fields * 8
+    batch = make_batch()
+    fields = net.embed(batch)
+    with torch.no_grad():
+        net.first_order.weight.normal_()
+        want = (
+            net.bias
+            + fields.flatten(1) @ net.first_order.weight[0]
+            + net.fm(fields)
+            + net.mlp(fields.flatten(1))[:, 0]
+        )
+        torch.testing.assert_close(net(batch).logit, want)
+    with pytest.raises(ValueError, match="first_order"):
+        DeepFM(SPEC, first_order="table")

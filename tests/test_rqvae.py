@@ -188,3 +188,20 @@ def test_codes_do_not_depend_on_the_callers_thread_count(trained: RQVAE, vectors
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(two.encode(vectors), trained.encode(vectors))
+
+
+def test_catalogue_sized_paths_chunk_and_sample(vectors: torch.Tensor, monkeypatch) -> None:
+    """Past KMEANS_INIT_MAX vectors the per-epoch utilisation is logged on a sample, the final one still covers
+    every vector; the standardizer and the finiteness check run in chunks with the full-size results."""
+    import semid.rqvae as rq
+
+    monkeypatch.setattr(rq, "KMEANS_INIT_MAX", 100)
+    monkeypatch.setattr(rq, "CHUNK_ROWS", 37)
+    model = train_rqvae(vectors, TINY, progress_bar=False)
+    assert model.fit_utilization == code_utilization(model.encode(vectors), model.codebook_sizes)
+    centred = vectors - vectors.mean(0)
+    torch.testing.assert_close(model.scale, centred.pow(2).sum(-1).mean().sqrt())
+    bad = vectors.clone()
+    bad[200, 3] = float("nan")  # in the sixth chunk
+    with pytest.raises(InputError, match="NaN or inf"):
+        train_rqvae(bad, TINY, progress_bar=False)

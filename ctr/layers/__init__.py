@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from ctr.layers.attention import TargetAttention
 from ctr.layers.cluster import AdaptiveEmbedding, ClusterGuidedEmbedding, cluster_key
-from ctr.layers.embedding import FeatureBags, FieldEmbedding, SIDPrefixEmbedding
+from ctr.layers.embedding import FeatureBags, FieldEmbedding, SIDPrefixEmbedding, index_sid_tables
 from ctr.layers.functional import (
     EMBED_INIT_STD,
     HEAD_BUCKET,
-    ROWS_PER_ID,
     Distinct,
     activity,
     distinct,
@@ -42,7 +41,6 @@ __all__ = [
     "EMBED_INIT_STD",
     "HEAD_BUCKET",
     "MLP",
-    "ROWS_PER_ID",
     "ActivityGate",
     "AdaptiveEmbedding",
     "ClusterGuidedEmbedding",
@@ -55,6 +53,7 @@ __all__ = [
     "GatedMLP",
     "ResidualGate",
     "SIDPrefixEmbedding",
+    "index_sid_tables",
     "TargetAttention",
     "Transfer",
     "ViewFusion",

@@ -50,7 +50,9 @@ class ClusterGuidedEmbedding(nn.Module):
         use_gate: bool = True,
         gate_mode: Literal["residual", "convex"] = "residual",
         max_rows: int = 1 << 20,
+        side: str | None = None,
     ):
+        """`side` ("user" / "item"): whose codes `ctr.layers.index_sid_tables` indexes the prefix table with."""
         super().__init__()
         if not 1 <= cluster_depth <= len(sid_sizes):
             raise ValueError(f"cluster_depth={cluster_depth} must be in 1..{len(sid_sizes)} (the SID levels)")
@@ -61,7 +63,7 @@ class ClusterGuidedEmbedding(nn.Module):
         self.deep = deep_prefixes and use_individual and cluster_depth < len(sid_sizes)
         depths = len(sid_sizes) if self.deep else cluster_depth
         self.prefix = (
-            SIDPrefixEmbedding(sid_sizes[:depths], dim, max_rows=max_rows, n_ids=n)
+            SIDPrefixEmbedding(sid_sizes[:depths], dim, max_rows=max_rows, n_ids=n, side=side)
             if use_cluster or self.deep
             else None
         )

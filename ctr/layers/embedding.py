@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ctr.batch import Batch, DataSpec
-from ctr.layers.functional import ROWS_PER_ID, init_table, largest_prime_at_most, masked_mean
+from ctr.layers.functional import init_table, largest_prime_at_most, masked_mean
 
 
 class FeatureBags(nn.Module):
@@ -83,12 +84,18 @@ class FieldEmbedding(nn.Module):
 class SIDPrefixEmbedding(nn.Module):
     """One embedding table per semantic-ID prefix depth: depth l embeds the prefix (c_1, ..., c_l).
 
-    The prefix index is the mixed-radix number of the codes with the per-level codebook sizes. A depth's table is
-    capped at `max_rows` and, given `n_ids`, at `ROWS_PER_ID * n_ids` (n ids hold at most n distinct prefixes, and
-    every unused row still costs a dense optimiser step: 256^3 codes for 3,706 items would be 16.7M rows). Past the
-    cap the index is taken modulo the largest prime <= cap: a prime modulus mixes every level into the hash, a
-    power of two would just drop the leading codes. All depths live in one table with a row offset each, so one
-    lookup embeds every depth: (..., L) codes -> (..., L, d).
+    A depth is *exact* while it can hold every prefix in few rows (codebook product <= `max_rows` and, given
+    `n_ids`, <= n_ids): its row is the mixed-radix number of the codes. A deeper depth would be mostly unused rows
+    (256^3 codes for 3,706 items: 16.7M rows, each costing a dense gradient and optimiser step), so it is
+    *indexed*: it has rows for n_ids prefixes (n ids hold at most n distinct ones) and `index(codes)`, given every
+    id's codes once before training (`index_sid_tables`; `ctr.module.CTRTask` does it from the data's ID tables),
+    records which prefixes exist, sorted, in a buffer saved with the weights; a prefix is then found by binary
+    search. A prefix the index does not hold (a new item's new prefix) reads row 0, a zero row that never trains.
+    The index is fixed once set: a later `index` call is a no-op, so warm-up fine-tuning and predict keep the rows
+    the weights were trained with. Before `index`, an indexed depth hashes (prefix number modulo the largest prime
+    <= its rows: a prime mixes every level into the hash, a power of two would drop the leading codes).
+    All depths live in one table with a row offset each, so one lookup embeds every depth: (..., L) codes ->
+    (..., L, d). `side` ("user" / "item") says whose codes `index_sid_tables` gives it.
     """
 
     def __init__(
@@ -99,36 +106,108 @@ class SIDPrefixEmbedding(nn.Module):
         max_rows: int = 1 << 20,
         n_ids: int | None = None,
         sparse: bool = False,
+        side: str | None = None,
     ):
         super().__init__()
-        if n_ids is not None:
-            max_rows = min(max_rows, ROWS_PER_ID * max(n_ids, 1))
-        self.sizes = tuple(int(s) for s in sizes)
-        self.modulus = largest_prime_at_most(max_rows)
-        rows, product, self.hashed = [], 1, []
+        cap = max(min(max_rows, n_ids if n_ids is not None else max_rows), 1)
+        self.sizes, self.side = tuple(int(s) for s in sizes), side
+        rows, indexed, product = [], [], 1
         for size in self.sizes:
-            product *= size
-            self.hashed.append(product > max_rows)
-            rows.append(self.modulus if product > max_rows else product)
-            product = min(product, 1 << 62)  # only its size vs max_rows matters from here on
-        self.rows = tuple(rows)
-        self.register_buffer("offsets", torch.tensor([0, *rows[:-1]]).cumsum(0), persistent=False)  # (L,)
-        self.table = nn.Embedding(max(sum(rows), 1), dim, sparse=sparse)
+            product = min(product * size, 1 << 62)  # only its size vs cap matters once past it
+            indexed.append(product > cap)
+            rows.append(cap if product > cap else product)
+        self.rows, self.indexed = tuple(rows), tuple(indexed)
+        self.moduli = tuple(largest_prime_at_most(r) if i else r for r, i in zip(rows, indexed, strict=True))
+        # row 0: the unknown prefix; depth l's rows start at offsets[l]
+        self.register_buffer("offsets", torch.tensor([1, *rows[:-1]]).cumsum(0), persistent=False)  # (L,)
+        vocab_rows = sum(r for r, i in zip(rows, indexed, strict=True) if i)
+        self.register_buffer(
+            "vocab", torch.full((vocab_rows,), KEY_SENTINEL, dtype=torch.long)
+        )  # sorted per depth
+        self.register_buffer("vocab_set", torch.tensor(False))
+        self.table = nn.Embedding(1 + sum(rows), dim, padding_idx=0, sparse=sparse)
         init_table(self.table)
 
     @property
     def levels(self) -> int:
         return len(self.sizes)
 
-    def prefix_index(self, codes: Tensor) -> Tensor:
-        """Row of each prefix within its depth's table: (..., L) -> (..., L), exact unless hashed."""
-        out, h = [], torch.zeros_like(codes[..., 0])
+    def _keys(self, codes: Tensor) -> list[Tensor]:
+        """Per depth, the number of each prefix (..., L) -> L x (...,): see `prefix_keys`."""
+        out, h, product = [], torch.zeros_like(codes[..., 0]), 1
         for level, size in enumerate(self.sizes):
+            if product * size >= 1 << 62:
+                h, product = h % _big_prime(size), 1 << 62  # h * size < 2^62
+            else:
+                product *= size
             h = h * size + codes[..., level]  # (...,)
-            if self.hashed[level]:
-                h = h % self.modulus  # stays < modulus * size: no int64 overflow at any depth
             out.append(h)
+        return out
+
+    def prefix_keys(self, codes: Tensor) -> Tensor:
+        """Number of each prefix: (..., L) -> (..., L), the exact mixed-radix value while the codebook product stays
+        below 2^62; past it the running number is reduced modulo a prime below 2^62 / (next size), so the next
+        multiply cannot overflow (two prefixes then collide with probability ~size / 2^62)."""
+        return torch.stack(self._keys(codes), -1)  # (..., L)
+
+    def prefix_index(self, codes: Tensor) -> Tensor:
+        """Table row of each prefix: (..., L) -> (..., L); 0 for a prefix the index does not hold."""
+        keys, out, start = self._keys(codes), [], 0
+        for level, rows in enumerate(self.rows):
+            key, offset = keys[level], self.offsets[level]
+            if not self.indexed[level]:
+                out.append(key + offset)
+                continue
+            if not bool(self.vocab_set):
+                out.append(key % self.moduli[level] + offset)
+                start += rows
+                continue
+            vocab = self.vocab[start : start + rows]  # (rows,) sorted, sentinel-padded
+            pos = torch.searchsorted(vocab, key).clamp_(max=rows - 1)  # (...,)
+            out.append(torch.where(vocab[pos] == key, pos + offset, 0))
+            start += rows
         return torch.stack(out, -1)  # (..., L)
 
+    @torch.no_grad()
+    def index(self, codes: Tensor) -> None:
+        """Record the prefixes of `codes` (n, L), every id's semantic ID, for the indexed depths (once; see the class
+        docstring). More distinct prefixes than rows (codes of more ids than `n_ids`) is refused."""
+        if bool(self.vocab_set) or not any(self.indexed):
+            return
+        keys, start = self._keys(codes.to(self.vocab.device, torch.long)), 0
+        for level, rows in enumerate(self.rows):
+            if not self.indexed[level]:
+                continue
+            distinct = torch.unique(keys[level])  # sorted
+            if distinct.numel() > rows:
+                raise ValueError(
+                    f"{distinct.numel()} distinct depth-{level + 1} prefixes for a table of {rows} rows: the codes "
+                    "are of more ids than the DataSpec this network was built from"
+                )
+            self.vocab[start : start + distinct.numel()] = distinct
+            start += rows
+        self.vocab_set.fill_(True)
+
     def forward(self, codes: Tensor) -> Tensor:
-        return self.table(self.prefix_index(codes) + self.offsets)  # (..., L) -> (..., L, d)
+        return self.table(self.prefix_index(codes))  # (..., L) -> (..., L, d)
+
+
+KEY_SENTINEL = torch.iinfo(torch.long).max  # pads an index: sorts after every prefix number
+
+
+@functools.cache
+def _big_prime(size: int) -> int:
+    return largest_prime_at_most((1 << 62) // max(size, 1) - 1)
+
+
+def index_sid_tables(net: nn.Module, user_codes: Tensor, item_codes: Tensor) -> int:
+    """`index` every `SIDPrefixEmbedding` of `net` that names its side with that side's codes (n, L) of every id;
+    returns how many tables were indexed now (0 when all were already, e.g. restored from a checkpoint)."""
+    done = 0
+    for module in net.modules():
+        if not isinstance(module, SIDPrefixEmbedding) or module.side not in ("user", "item"):
+            continue
+        if any(module.indexed) and not bool(module.vocab_set):
+            module.index(user_codes if module.side == "user" else item_codes)
+            done += 1
+    return done

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 EMBED_INIT_STD = 1e-2
 HEAD_BUCKET = 0  # index of "head" in semid.schema.BUCKETS
-ROWS_PER_ID = 16  # cap of a SID-prefix table: rows per id (see SIDPrefixEmbedding)
 
 
 def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float = EMBED_INIT_STD) -> None:
@@ -77,8 +76,30 @@ def distinct(ids: Tensor, codes: Tensor, count: Tensor, n: int) -> Distinct | No
     return Distinct(uniq, uniq_codes, uniq_count, inverse)
 
 
-def largest_prime_at_most(n: int) -> int:
-    def is_prime(k: int) -> bool:
-        return k >= 2 and all(k % p for p in range(2, math.isqrt(k) + 1))
+def is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for n < 3.3e24 (these twelve bases are exact there)."""
+    if n < 2:
+        return False
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    if n in bases:
+        return True
+    if any(n % p == 0 for p in bases):
+        return False
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
 
+
+def largest_prime_at_most(n: int) -> int:
     return next(k for k in range(max(n, 2), 1, -1) if is_prime(k))

@@ -149,14 +149,16 @@ class AKT(nn.Module):
         self.spec, d = spec, embed_dim
         self.k = cluster_depth
 
-        def id_embedding(n: int, sid_sizes: tuple[int, ...], count_max: float) -> ClusterGuidedEmbedding:
+        def id_embedding(
+            side: str, n: int, sid_sizes: tuple[int, ...], count_max: float
+        ) -> ClusterGuidedEmbedding:
             return ClusterGuidedEmbedding(
                 n, sid_sizes, d, count_max=count_max, cluster_depth=cluster_depth, max_rows=max_prefix_rows,
-                **embedding,
+                side=side, **embedding,
             )  # fmt: skip
 
-        self.user_emb = id_embedding(spec.n_users, spec.user_sid_sizes, spec.user_count_max)
-        self.item_emb = id_embedding(spec.n_items, spec.item_sid_sizes, spec.item_count_max)
+        self.user_emb = id_embedding("user", spec.n_users, spec.user_sid_sizes, spec.user_count_max)
+        self.item_emb = id_embedding("item", spec.n_items, spec.item_sid_sizes, spec.item_count_max)
         self.user_feats = FeatureBags(spec.user_feature_vocab, d)
         self.item_feats = FeatureBags(spec.item_feature_vocab, d)
 

@@ -28,8 +28,12 @@ class SIDFeatures(DeepFM):
         DeepFM's (embed_dim, ...)."""
         super().__init__(spec, **deepfm)
         rows, d = max_prefix_rows, self.embed_dim
-        self.item_sid = SIDPrefixEmbedding(spec.item_sid_sizes, d, n_ids=spec.n_items, max_rows=rows)
-        self.user_sid = SIDPrefixEmbedding(spec.user_sid_sizes, d, n_ids=spec.n_users, max_rows=rows)
+        self.item_sid = SIDPrefixEmbedding(
+            spec.item_sid_sizes, d, n_ids=spec.n_items, max_rows=rows, side="item"
+        )
+        self.user_sid = SIDPrefixEmbedding(
+            spec.user_sid_sizes, d, n_ids=spec.n_users, max_rows=rows, side="user"
+        )
 
     def extras(self, batch: Batch) -> dict[str, Tensor]:
         return {
