@@ -125,6 +125,7 @@ class SIDPrefixEmbedding(nn.Module):
             "vocab", torch.full((vocab_rows,), KEY_SENTINEL, dtype=torch.long)
         )  # sorted per depth
         self.register_buffer("vocab_set", torch.tensor(False))
+        self._ready = False  # mirrors vocab_set on the host: no device sync per forward
         self.table = nn.Embedding(1 + sum(rows), dim, padding_idx=0, sparse=sparse)
         init_table(self.table)
 
@@ -158,7 +159,7 @@ class SIDPrefixEmbedding(nn.Module):
             if not self.indexed[level]:
                 out.append(key + offset)
                 continue
-            if not bool(self.vocab_set):
+            if not self._ready:
                 out.append(key % self.moduli[level] + offset)
                 start += rows
                 continue
@@ -172,7 +173,7 @@ class SIDPrefixEmbedding(nn.Module):
     def index(self, codes: Tensor) -> None:
         """Record the prefixes of `codes` (n, L), every id's semantic ID, for the indexed depths (once; see the class
         docstring). More distinct prefixes than rows (codes of more ids than `n_ids`) is refused."""
-        if bool(self.vocab_set) or not any(self.indexed):
+        if self._ready or not any(self.indexed):
             return
         keys, start = self._keys(codes.to(self.vocab.device, torch.long)), 0
         for level, rows in enumerate(self.rows):
@@ -187,6 +188,16 @@ class SIDPrefixEmbedding(nn.Module):
             self.vocab[start : start + distinct.numel()] = distinct
             start += rows
         self.vocab_set.fill_(True)
+        self._ready = True
+
+    @property
+    def is_indexed(self) -> bool:
+        """Whether `index` has run (or the index came with loaded weights)."""
+        return self._ready
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ready = bool(self.vocab_set)
 
     def forward(self, codes: Tensor) -> Tensor:
         return self.table(self.prefix_index(codes))  # (..., L) -> (..., L, d)
@@ -207,7 +218,7 @@ def index_sid_tables(net: nn.Module, user_codes: Tensor, item_codes: Tensor) -> 
     for module in net.modules():
         if not isinstance(module, SIDPrefixEmbedding) or module.side not in ("user", "item"):
             continue
-        if any(module.indexed) and not bool(module.vocab_set):
+        if any(module.indexed) and not module.is_indexed:
             module.index(user_codes if module.side == "user" else item_codes)
             done += 1
     return done
