@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tokenizer_scale.md"
 ITEM_RQVAE_YAML = ROOT / "configs" / "semid" / "amazon-kitchen.yaml"
 LIMIT_GIB = 24.0
+TITLE = "# Tokenizer at catalogue scale"  # first line of the report: --out replaces only such a file
 GIB = 1 << 30
 TARGET_N = 1_000_000
 DIM, CENTRES = 384, 4096
@@ -336,7 +337,7 @@ def report(
     fit = fit_memory(sizes)
     met = "met" if ef["ratio"] >= 0.95 else "NOT met"
     lines = [
-        "# Tokenizer at catalogue scale: encode, RQ-VAE, ID table, `semid assign`, peak memory (issue 18)",
+        f"{TITLE}: encode, RQ-VAE, ID table, `semid assign`, peak memory (issue 18)",
         "",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Command: `{command}`.  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared: another job "
@@ -492,6 +493,10 @@ def main(args: list[str] | None = None) -> None:
         or opts.assign_n < 1
     ):
         p.error("--epochs, --encode_sample and --assign_n must be >= 1 and every size >= 2")
+    if a.out.is_dir() or (a.out.exists() and not a.out.read_text(errors="replace").startswith(TITLE)):
+        p.error(
+            f"--out {a.out} is not an earlier report of this benchmark: pick a new path (nothing was written)"
+        )
     log = a.log or Path(tempfile.gettempdir()) / f"semid-tokscale-{os.getpid()}.log"
     command = " ".join(["python -m benchmarks.tokenizer_scale", *argv])
     load_start = os.getloadavg()[0]

@@ -73,3 +73,12 @@ def test_synthetic_vectors_are_unit_and_seeded():
     assert bool((a == b).all()) and not bool((a == ts.synthetic_vectors(1000, seed=1)).all())
     assert float((a.norm(dim=1) - 1).abs().max()) < 1e-5
     assert float((a @ a.T).mean()) > 0.2  # a shared direction, as sentence embeddings have
+
+
+def test_out_that_is_not_an_earlier_report_is_refused_before_any_work(tmp_path):
+    mine = tmp_path / "notes.md"
+    mine.write_text("my own notes\n")
+    with pytest.raises(SystemExit) as exit_:
+        ts.main(["--quick", "--out", str(mine), "--log", str(tmp_path / "lib.log")])
+    assert exit_.value.code == 2
+    assert mine.read_text() == "my own notes\n" and not (tmp_path / "lib.log").exists()
