@@ -100,6 +100,7 @@ FAMILY_KNOBS: dict[str, tuple[Knob, ...]] = {
         net_knob("lambda_orth", 1e-4, 0.1, log=True),
         net_knob("tau", 0.05, 1.0, log=True),
         net_knob("p_cold", 0.0, 0.3),
+        net_knob("batch_norm", choices=(False, True)),
     ),
 }
 """Each family's own knobs, drawn inside the same trial budget. A class not listed uses its closest listed base

@@ -36,6 +36,7 @@ FAMILIES = {
     "poso": (POSO, {**SMALL, "bucket_dim": 4, "gate_hidden": 8}),
     "content_features": (ContentFeatures, SMALL),
     "akt": (AKT, {"embed_dim": 8, "mlp_dims": (16,), "attention_dims": (8,)}),
+    "akt_bn": (AKT, {"embed_dim": 8, "mlp_dims": (16,), "attention_dims": (8,), "batch_norm": True}),
 }
 
 
@@ -375,6 +376,9 @@ def test_deepfm_batch_norm_is_optional():
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in bn.modules()) == 1  # one hidden layer (16,)
     dcn = DCNv2(SPEC, **SMALL, batch_norm=True)
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in dcn.modules())
+    # AKT's prediction MLP takes the same option (the tuner searches it for AKT as for the DeepFM family)
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in build("akt").net.mlp.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in build("akt_bn").net.mlp.modules()) == 1
     b = make_batch()
     bn.train()
     train_logit = bn(b).logit

@@ -32,13 +32,19 @@ def main(argv: list[str] | None = None) -> None:
 
     doc = C.vocab(args)
     train, val, test = (C.read_split(args, s) for s in ("train", "val", "test"))
-    features = [SparseFeature(n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim) for n in doc["single"]]
-    features += [
-        SequenceFeature(
-            n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim, pooling="mean", padding_idx=0
-        )
-        for n in doc["multi"]
-    ]
+
+    def features():
+        """Fresh feature objects: a rechub Feature caches the embedding table it creates (get_embedding_layer), so
+        features shared between two models share their tables, and a model built after the warm-up and the
+        throughput runs would start from their trained embeddings."""
+        out = [SparseFeature(n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim) for n in doc["single"]]
+        out += [
+            SequenceFeature(
+                n, vocab_size=doc["vocab"][n], embed_dim=args.embed_dim, pooling="mean", padding_idx=0
+            )
+            for n in doc["multi"]
+        ]
+        return out
 
     def inputs(df):
         x = {n: df[n].to_numpy().astype(np.int64) for n in doc["single"]}
@@ -50,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def build():
         torch.manual_seed(args.seed)
+        fields = features()
         model = DeepFM(
-            deep_features=features,
-            fm_features=features,
+            deep_features=fields,
+            fm_features=fields,
             mlp_params={"dims": list(args.mlp), "dropout": 0.0, "activation": "relu"},
         )
         return CTRTrainer(

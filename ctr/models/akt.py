@@ -121,10 +121,12 @@ class AKT(nn.Module):
         embed_dim: int = 16,
         mlp_dims: tuple[int, ...] = (256, 128),
         dropout: float = 0.1,
+        batch_norm: bool = False,
         **embedding: Any,
     ):
         """`embedding`: the options of the two `ctr.layers.ClusterGuidedEmbedding`s (deep_prefixes, use_cluster,
-        use_individual, use_gate, gate_mode); the rest is described in the module docstring."""
+        use_individual, use_gate, gate_mode); `batch_norm`: BatchNorm after every hidden layer of the prediction MLP,
+        as DeepFM's option (torch-rechub's MLP); the rest is described in the module docstring."""
         super().__init__()
         if not 0.0 <= p_cold < 1.0:
             raise InputError(
@@ -181,7 +183,7 @@ class AKT(nn.Module):
             2 + len(spec.user_feature_vocab) + len(spec.item_feature_vocab) + int(has_history) + n_content
         )
         self.fm = FMInteraction()
-        self.mlp = MLP(n_fields * d, mlp_dims, dropout=dropout, out_dim=1)
+        self.mlp = MLP(n_fields * d, mlp_dims, dropout=dropout, out_dim=1, batch_norm=batch_norm)
         self.bias = nn.Parameter(torch.zeros(()))
 
         self.use_orth = lambda_orth > 0 and self.item_emb.use_cluster and self.item_emb.use_individual
