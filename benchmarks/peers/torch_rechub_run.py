@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         test_scores=scores,
         n_test=len(test),
         quality_seconds=quality_sec,
-        notes=["genre: SequenceFeature pooling=mean", "rechub MLP: Linear-BatchNorm-ReLU per layer"],
+        notes=[
+            "genre: SequenceFeature pooling=mean",
+            "rechub MLP: Linear-BatchNorm-ReLU per layer",
+            "fresh Feature objects per model (a rechub Feature caches its embedding table)",
+        ],
     )
 
 
