@@ -30,6 +30,8 @@ codes c_1..c_L and train count n_e:
                 cold id has) towards their cluster's head centroid: it is the head -> tail direction and gets
                 the larger weight. With lambda_t2h = 0 no head row receives any gradient from L_trans.
                 "head" = the data's head bucket, or n_e >= `head_min_count` when set.
+                Defaults lambda_h2t = 0.01, lambda_t2h = 0.001: at 0.1 / 0.01 the term cost 0.7-0.8 pt validation
+                GAUC on ML-1M temporal and item cold start (benchmarks/results/akt_ml1m_transfer.md).
   cold path     [ours, DropoutNet] in training, each sample's user and item independently, with probability
                 p_cold, is presented as cold: n_e := 0 (so v_e := 0, a_e := 0, bucket := cold), which trains the
                 gate, the fusion and the cluster rows for the cold case that no train row otherwise shows.
@@ -108,8 +110,8 @@ class AKT(nn.Module):
         cluster_pool: Literal["mean", "attention"] = "mean",
         attention_dims: tuple[int, ...] = (32,),
         use_transfer: bool = True,
-        lambda_h2t: float = 0.1,
-        lambda_t2h: float = 0.01,
+        lambda_h2t: float = 0.01,
+        lambda_t2h: float = 0.001,
         tau: float = 0.2,
         head_min_count: float | None = None,
         p_cold: float = 0.1,
