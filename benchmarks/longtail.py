@@ -54,6 +54,8 @@ class Options:
     runs: Path = ROOT / "runs" / "longtail"
     configs: Path = ROOT / "configs" / "pipeline"
     out: Path = ROOT / "benchmarks" / "LONGTAIL.md"
+    jobs: int = 1
+    """`semid run --jobs`: the seeds' fits run this many at once (tuning trials always run one after another)."""
 
 
 class ProtocolRun(NamedTuple):
@@ -95,6 +97,8 @@ def command(protocol: str, opts: Options) -> list[str]:
         cmd += ["--only_models", json.dumps(protocol_models(protocol, opts))]
     if opts.max_epochs is not None:
         cmd += ["--tuning.max_epochs", str(opts.max_epochs)]
+    if opts.jobs != 1:
+        cmd += ["--jobs", str(opts.jobs)]
     return cmd
 
 
@@ -296,7 +300,13 @@ def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
     if not tuned:
         lines += ["(not tuned)"]
     else:
-        lines += ["| model | trials | monitor | best val | params | config |", "|---|---|---|---|---|---|"]
+        lines += [
+            "Best trial 1 = the model's own config won (`ctr tune` starts every model from it when "
+            "`start_from_config`).",
+            "",
+            "| model | trials | best trial | monitor | best val | params | config |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for m in order:
             t = tuned.get(m)
             if t is None:
@@ -308,7 +318,8 @@ def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
             )
             value = best.get("value")
             lines.append(
-                f"| {m} | {t.get('trials')} | {t.get('monitor')} | {'n/a' if value is None else f'{value:.4f}'} "
+                f"| {m} | {t.get('trials')} | {'n/a' if best.get('trial') is None else best['trial'] + 1} "
+                f"| {t.get('monitor')} | {'n/a' if value is None else f'{value:.4f}'} "
                 f"| {params} | {t.get('tuned_config')} |"
             )
     return [*lines, ""]
@@ -355,7 +366,12 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument("--runs", type=Path, default=d.runs, help="run directories go to <runs>/<protocol>")
     p.add_argument("--configs", type=Path, default=d.configs, help="folder of the pipeline configs")
     p.add_argument("--out", type=Path, default=d.out, help="the Markdown table")
+    p.add_argument(
+        "--jobs", type=int, default=d.jobs, help="fits of the seeds run at once (semid run --jobs)"
+    )
     a = p.parse_args(argv)
+    if a.jobs < 1:
+        p.error("--jobs must be >= 1")
     if a.trials < 1:
         p.error("--trials must be >= 1: the benchmark compares tuned models")
     if not a.seeds:
@@ -363,7 +379,7 @@ def parse(argv: list[str] | None = None) -> Options:
     missing = [x for x in a.protocols if not (a.configs / f"{x}.yaml").is_file()]
     if missing:
         p.error(f"no pipeline config for {missing} in {a.configs}")
-    opts = Options(a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out)
+    opts = Options(a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out, a.jobs)
     if opts.models:
         unknown = set(opts.models) - {m for p in opts.protocols for m in protocol_models(p, opts)}
         if unknown:

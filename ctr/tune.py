@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,31 @@ def trial_config(
     values = {k.key: k.suggest(trial) for k in knobs}
     values["model.monitor"] = monitor
     return config_with(base, values)
+
+
+def config_params(knobs: Sequence[Knob], value_of: Callable[[str], Any]) -> dict[str, Any]:
+    """The parameters that reproduce the model's own configuration (what `ctr fit` trains untuned), for the first
+    trial: `value_of(key)` is the resolved value of a knob's config key (the common configs, the model YAML, then
+    the constructor's and the CLI's defaults).
+
+    A value outside a knob's range is moved to the nearest value the search can draw (an `embedding_l2` of 0 becomes
+    the range's 1e-8; a `max_epochs` above the tuning budget becomes that budget); a knob whose value is unknown or
+    not among its choices is left out, and that trial samples it."""
+    params: dict[str, Any] = {}
+    for k in knobs:
+        value = value_of(k.key)
+        if value is None or isinstance(value, (dict, list)):
+            continue
+        if k.choices is not None:
+            same = [c for c in k.choices if c == value and isinstance(c, bool) == isinstance(value, bool)]
+            if same:  # the choice itself (0 -> 0.0), never True for 1
+                params[k.name] = same[0]
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        value = min(max(value, k.low), k.high)
+        params[k.name] = int(round(value)) if k.integer else float(value)
+    return params
 
 
 def study(seed: int, *, n_startup_trials: int = 5, n_warmup_steps: int = 1) -> optuna.Study:

@@ -71,6 +71,7 @@ def tune(
     user_vectors: str | None = None,
     scenario_vectors: str | None = None,
     imagined: str | None = None,
+    start_from_config: bool = True,
     verbose: bool = False,
 ) -> Path:
     """Tune one model on validation and write `<out>/tuned/<name>.yaml` and `<out>/tuned/<name>_trials.csv`.
@@ -88,6 +89,10 @@ def tune(
             and the model YAML (the last that sets it), else CTRTask's default -- the number the model's fits are
             selected on (set val/gauc_warm on temporal splits, val/auc where validation GAUC is undefined).
         max_epochs: the largest epoch budget a trial may draw.
+        start_from_config: trial 1 trains the model's own configuration (the common configs, the model YAML and
+            the defaults, each value moved into its knob's range: `ctr.tune.config_params`), the later trials are
+            TPE's. Every model gets the same first trial, so a small budget cannot rank a model below its untuned
+            self through unlucky draws of its extra knobs. False: every trial is TPE's.
         item_sids, user_sids, item_content, user_content, scenarios, imagined: passed to the data module
             (`data.*`; imagined: `semid imagine`'s imagined.parquet, for ImaginedDeepFM / ImaginedDIN).
         user_vectors, scenario_vectors: knowledge vector files of a MetaLayers network with source llm /
@@ -167,6 +172,11 @@ def tune(
     start = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = space.study(seed)
+    if start_from_config:
+        args = [arg for c in common or [] for arg in ("--config", str(c))]
+        with plain_argv():
+            resolved = cli([*args, "--config", str(model), *fixed], run=False).config
+        study.enqueue_trial(space.config_params(knobs, lambda key: resolved.get(key)))
     log = folder / f"{name}.log"
     with quiet_console(log, verbose=verbose):
         for _ in range(n_trials):  # one line per trial on the console

@@ -36,6 +36,9 @@ class TuneStage:
     on it. Set model.monitor in the common config (val/gauc_warm on temporal splits, val/auc on leave-last-out)."""
     max_epochs: int = 20
     """The largest epoch budget a trial may draw (early-stopping patience and min_delta are searched too)."""
+    start_from_config: bool = True
+    """Trial 1 of every model trains its own configuration (moved into the search space), the rest are TPE's:
+    with a small budget no model loses to its untuned self through unlucky draws (`ctr tune --start_from_config`)."""
 
 
 class ModelInputs(NamedTuple):
@@ -113,6 +116,7 @@ def tuned_config(
             "seed": tuning.stage.seed,
             "monitor": monitor,
             "max_epochs": tuning.stage.max_epochs,
+            "start_from_config": tuning.stage.start_from_config,
             **inputs.fingerprint,
         }
     )
@@ -149,6 +153,7 @@ def tuned_config(
         user_vectors=_path_arg(inputs.scenario.user_vectors),
         scenario_vectors=_path_arg(inputs.scenario.scenario_vectors),
         imagined=_path_arg(inputs.imagined.path),
+        start_from_config=tuning.stage.start_from_config,
     )
     shutil.rmtree(inside(frozen, out), ignore_errors=True)
     best = best_trial(folder / f"{name}_trials.csv")
@@ -162,6 +167,7 @@ def tuned_config(
             "tpe_seed": tuning.stage.seed,
             "monitor": monitor,
             "max_epochs": tuning.stage.max_epochs,
+            "start_from_config": tuning.stage.start_from_config,
             "best": best,
         },
         record,

@@ -90,3 +90,17 @@ def test_scaling_probe_trains_akt(tmp_path, one_thread):
     got = scaling.measure_one(data, steps=4, warmup=1, batch_size=256, threads=1)
     assert got["train_samples_per_s"] > 0 and got["parameters"] > 0
     assert got["train_rows"] > 0 and got["items"] >= 120
+
+
+def test_longtail_passes_its_budget_to_semid_run():
+    from benchmarks import longtail
+
+    opts = longtail.parse(["--protocols", "amazon-kitchen", "--trials", "4", "--max_epochs", "3", "--seeds", "0,2",
+                           "--models", "floor,akt", "--jobs", "2"])  # fmt: skip
+    cmd = longtail.command("amazon-kitchen", opts)
+    args = dict(zip(cmd[4::2], cmd[5::2], strict=True))
+    assert args["--tune"] == "4" and args["--tuning.max_epochs"] == "3" and args["--jobs"] == "2"
+    assert json.loads(args["--seeds"]) == [0, 2] and json.loads(args["--only_models"]) == ["floor", "akt"]
+    assert "--jobs" not in longtail.command("amazon-kitchen", dataclasses.replace(opts, jobs=1))
+    with pytest.raises(SystemExit):
+        longtail.parse(["--jobs", "0"])

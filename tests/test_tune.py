@@ -88,6 +88,37 @@ def test_what_a_model_yaml_sets_is_held_while_tuning(config, held):
     }  # searched otherwise
 
 
+def test_config_params_reproduce_the_config_inside_the_search_space():
+    knobs = (
+        space.Knob("model.lr", 1e-4, 1e-2, log=True),
+        space.Knob("model.embedding_l2", 1e-8, 1e-3, log=True),
+        space.Knob("early_stopping.patience", 1, 4, integer=True),
+        space.Knob("early_stopping.min_delta", choices=(0.0, 1e-4)),
+        space.net_knob("embed_dim", choices=(8, 16, 32)),
+        space.net_knob("batch_norm", choices=(False, True)),
+        space.net_knob("dropout", 0.0, 0.5),
+        space.Knob("trainer.max_epochs", 3, 4, integer=True),
+    )
+    resolved = {
+        "model.lr": 1e-3,
+        "model.embedding_l2": 0.0,  # below the log range: its floor
+        "early_stopping.patience": 2,
+        "early_stopping.min_delta": 0,  # an int 0 is the choice 0.0
+        "model.net.init_args.embed_dim": 64,  # not a choice: sampled
+        "model.net.init_args.batch_norm": 1,  # never read 1 as True
+        "trainer.max_epochs": 10,  # above the budget: the budget
+    }  # dropout unknown: sampled
+    params = space.config_params(knobs, resolved.get)
+    assert params == {
+        "model.lr": 1e-3,
+        "model.embedding_l2": 1e-8,
+        "early_stopping.patience": 2,
+        "early_stopping.min_delta": 0.0,
+        "trainer.max_epochs": 4,
+    }
+    assert isinstance(params["early_stopping.min_delta"], float)
+
+
 def test_unknown_network_is_an_input_error():
     with pytest.raises(InputError, match="cannot import"):
         space.knobs_for("ctr.models.nope.Nope", max_epochs=3)
@@ -129,6 +160,12 @@ def test_three_trials_write_a_yaml_ctr_fit_accepts_deterministically(prepared_di
     assert tuned["model"]["net"]["init_args"]["mlp_dims"] == [8]  # the base is kept
     assert not (tmp_path / "a" / "tuned" / ".deepfm_small.work").exists()
     assert len(set(trials_a["model.lr"])) == 3  # three different draws
+    first = trials_a.row(0, named=True)  # trial 1 is the model's own config, moved into the search space
+    assert first["model.lr"] == pytest.approx(1e-3) and first["dropout"] == pytest.approx(0.1)
+    assert (
+        first["embed_dim"] == 16 and str(first["batch_norm"]) == "False" and first["trainer.max_epochs"] == 2
+    )
+    assert first["early_stopping.patience"] == 2 and first["model.embedding_l2"] == pytest.approx(1e-8)
 
     with plain_argv():
         c = cli(

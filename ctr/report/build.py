@@ -68,7 +68,16 @@ def read_tuned(run_dir: Path, models: list[str]) -> dict[str, Any]:
                     fix="re-run `semid run --tune N` to redo the tuning",
                 ) from None
             tuned[name] = {
-                k: record.get(k) for k in ("trials", "tpe_seed", "monitor", "tuned_config", "best")
+                k: record.get(k)
+                for k in (
+                    "trials",
+                    "tpe_seed",
+                    "monitor",
+                    "max_epochs",
+                    "start_from_config",
+                    "tuned_config",
+                    "best",
+                )
             }
     return tuned
 
