@@ -351,6 +351,45 @@ def test_knowledge_rows_are_the_projected_standardised_vectors():
     torch.testing.assert_close(k()[rows], k(rows))
 
 
+def test_meta_layers_compute_the_two_level_formula(files):
+    """The wrapped forward and its gradients equal the module docstring's equations written out sample by sample:
+    z = tanh(standardised(k) P + c); fields = e + e (W0 + A(z_u) B(z_u)) + b0; logit = the backbone's head on the
+    fields + the scenario tower (layers W0 + A(z_s) B(z_s)) on the flat fields. The oracle for any faster code."""
+    torch.manual_seed(0)
+    net = meta(files, BACKBONES["deepfm"](files))(SPEC).eval()
+    with torch.no_grad():  # away from the exact-start zeros, so every term of both levels counts
+        for name, p in net.named_parameters():
+            if not name.startswith("backbone."):
+                p.normal_(0.0, 0.3)
+    batch = make_batch()
+    s = batch.scenario
+
+    def codes(path: str, kind: str, n: int, proj: torch.nn.Linear) -> torch.Tensor:
+        v = torch.from_numpy(msr.read_vectors(path, kind=kind, n=n)[0])  # (n, K)
+        v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True)
+        return torch.tanh(v @ proj.weight.t() + proj.bias)  # (n, h)
+
+    def reference() -> torch.Tensor:
+        z_u = codes(files["user"], "user", SPEC.n_users, net.user_knowledge.proj)[batch.user]  # (B, h)
+        z_s = codes(files["scen"], "scenario", N_SCEN, net.scenario_knowledge.proj)  # (S, h)
+        e = net.backbone.embed(batch)  # (B, F, d)
+        fields = e + reference_meta_linear(net.user_layer, e, z_u)  # (B, F, d)
+        h = fields.flatten(1)  # (B, D)
+        for layer in net.tower:
+            h = torch.relu(reference_meta_linear(layer, h, z_s, s))  # (B, hidden)
+        tower = reference_meta_linear(net.tower_out, h, z_s, s).squeeze(-1)  # (B,)
+        assert tower.abs().min() > 1e-3  # the scenario level contributes
+        return net.backbone.head(fields, batch).logit + tower
+
+    outs, grads = [], []
+    for fn in (lambda: net(batch).logit, reference):
+        outs.append(fn())
+        grads.append(torch.autograd.grad(outs[-1].square().sum(), list(net.parameters())))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for (name, _), got, ref in zip(net.named_parameters(), *grads):  # every parameter, backbone included
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_checkpoint_round_trip_weights_only(files, tmp_path):
     torch.manual_seed(0)
     task = CTRTask(meta(files, BACKBONES["star"](files)), SPEC, lr=1e-2)

@@ -69,7 +69,9 @@ class Knowledge(nn.Module):
         self.act = nn.Tanh()
 
     def forward(self, rows: Tensor | None = None) -> Tensor:
-        """rows (R,) -> (R, h); None = every row."""
+        """rows (R,) -> (R, h); None = every row. Each step projects every row of the batch: the projection trains,
+        so no projected table can be cached, and torch.unique saves nothing when almost every user of a batch is
+        distinct (950 of 1024 in the benchmark)."""
         if self.table is not None:
             k = self.table.weight if rows is None else self.table(rows)  # (R, K)
         else:
@@ -88,6 +90,11 @@ class MetaLinear(nn.Module):
     multiplies x by every group's A in one matmul and keeps each sample's own group with a 0/1 mask before one
     matmul by the stacked B's: no per-sample gather of B (whose backward is a slow scatter) and no batched matmul
     of B tiny matrices (one CPU thread, batch 1024, 128 -> 64 layer, forward + backward: 4.8 -> 1.7 ms).
+    Measured and kept out (one CPU thread, batch 1024; numbers in benchmarks/results/msr_overhead.md): per-sample
+    broadcast multiply + sum instead of bmm (4x slower: inner dims of r = 4 or d = 16 do not vectorise), einsum
+    (the same bmm), a batch-last layout (its transposes cost what it saves), expanding x A(z) into shared matmuls
+    over (z, 1) (17x larger intermediates: 3-7x slower), one matmul for both generators, and x [W0 | A] as one
+    matmul in the grouped path (no gain, within noise).
     """
 
     def __init__(self, in_dim: int, out_dim: int, meta_dim: int, rank: int, *, zero: bool = False):
