@@ -40,6 +40,7 @@ SIDES = ("item", "user", "sample")
 """Bucket sides: the item's, the user's, and (absolute definition only) the sample's: cold if either side is cold,
 else tail if either side is tail (AKT-Rec), else head."""
 MIN_USERS = 50
+BUCKET_ORDER = ("head", "torso", "tail", "cold")
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,41 @@ def _report(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def target_lines(report: dict[str, Any]) -> list[str]:
+    """The target vs the best baseline by validation (`ctr report`'s deltas and user-bootstrap intervals, in
+    points), overall and per percentile bucket; [] when the report names no target or baseline."""
+    deltas, boot = report.get("deltas") or {}, (report.get("significance") or {}).get("bootstrap") or {}
+    if not deltas.get("baseline") or not report.get("target"):
+        return []
+    lines = [
+        "",
+        f"### `{report['target']}` - `{deltas['baseline']}` (best baseline by {report.get('monitor', 'validation')})",
+        "",
+        "Points (x100) of the seed means; GAUC 95% interval: users resampled, 1,000 draws (`ctr report`).",
+        "",
+        "| scope | bucket | rows | users | ΔAUC | ΔGAUC | 95% CI ΔGAUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    scopes = [("overall", "all", deltas.get("overall"), boot.get("overall"))]
+    for scope, key in (("item", "item_buckets"), ("user", "user_buckets")):
+        found = deltas.get(key) or {}
+        for bucket in sorted(found, key=lambda b: (BUCKET_ORDER.index(b) if b in BUCKET_ORDER else 99, b)):
+            scopes.append((scope, bucket, found[bucket], (boot.get(key) or {}).get(bucket)))
+
+    def pts(x: Any) -> str:
+        return "n/a" if x is None else f"{x:+.2f}"
+
+    for scope, bucket, d, b in scopes:
+        if not d or not d.get("n"):
+            continue
+        ci = "n/a" if not b or b.get("ci_low") is None else f"[{b['ci_low']:+.2f}, {b['ci_high']:+.2f}]"
+        lines.append(
+            f"| {scope} | {bucket} | {d['n']:,} | {_users(d.get('n_users') or 0)} | {pts(d.get('auc'))} "
+            f"| {pts(d.get('gauc'))} | {ci} |"
+        )
+    return lines
+
+
 def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
     lines = [
         f"## {run.protocol}",
@@ -295,6 +331,7 @@ def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
                         f"| {side} | {bucket} | {c.n:,} | {m} | {_ms(c.auc)} | {_ms(c.gauc)} | {_users(c.users)} "
                         f"| {_ms(c.logloss)} |"
                     )
+    lines += target_lines(report)
     tuned = report.get("tuned") or {}
     lines += ["", "### Tuned configurations", ""]
     if not tuned:

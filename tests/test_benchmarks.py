@@ -104,3 +104,27 @@ def test_longtail_passes_its_budget_to_semid_run():
     assert "--jobs" not in longtail.command("amazon-kitchen", dataclasses.replace(opts, jobs=1))
     with pytest.raises(SystemExit):
         longtail.parse(["--jobs", "0"])
+
+
+def test_longtail_target_table_reads_the_report_deltas_and_intervals():
+    from benchmarks import longtail
+
+    bucket = {"auc": 1.5, "gauc": 1.75, "n": 100, "n_users": 60}
+    report = {
+        "target": "akt",
+        "monitor": "val/auc",
+        "deltas": {
+            "baseline": "content_features",
+            "overall": {"auc": 1.19, "gauc": 1.27, "n": 1000, "n_users": 400},
+            "item_buckets": {"tail": bucket, "cold": {**bucket, "n_users": 10}, "head": bucket},
+            "user_buckets": {"cold": {"auc": None, "gauc": None, "n": 0, "n_users": 0}},
+        },
+        "significance": {"bootstrap": {"overall": {"ci_low": 1.08, "ci_high": 1.45}, "item_buckets": {}}},
+    }
+    lines = longtail.target_lines(report)
+    rows = [line for line in lines if line.startswith("| overall") or line.startswith("| item")]
+    assert rows[0] == "| overall | all | 1,000 | 400 | +1.19 | +1.27 | [+1.08, +1.45] |"
+    assert [r.split(" | ")[1] for r in rows[1:]] == ["head", "tail", "cold"]  # popularity order
+    assert rows[-1].endswith("| n/a |") and "10 †" in rows[-1]  # no interval; few users flagged
+    assert not any(line.startswith("| user") for line in lines)  # an empty bucket is left out
+    assert longtail.target_lines({"target": "akt"}) == []
