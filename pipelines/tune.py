@@ -145,6 +145,7 @@ def tune(
         "--checkpoint.monitor", MONITOR_KEY,
         "--early_stopping.monitor", MONITOR_KEY,
     ]  # fmt: skip
+    common_args = [arg for c in common or [] for arg in ("--config", str(c))]
     configs: dict[int, dict] = {}
 
     def objective(trial: optuna.Trial) -> float:
@@ -152,9 +153,8 @@ def tune(
         configs[trial.number] = config
         path = work / f"trial_{trial.number}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        args = [arg for c in common or [] for arg in ("--config", str(c))]
         with plain_argv():
-            c = cli([*args, "--config", str(path), *fixed], run=False)
+            c = cli([*common_args, "--config", str(path), *fixed], run=False)
         pruning = space.PruningCallback(trial)
         c.trainer.callbacks.append(pruning)
         try:
@@ -172,13 +172,12 @@ def tune(
     start = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = space.study(seed)
-    if start_from_config:
-        args = [arg for c in common or [] for arg in ("--config", str(c))]
-        with plain_argv():
-            resolved = cli([*args, "--config", str(model), *fixed], run=False).config
-        study.enqueue_trial(space.config_params(knobs, lambda key: resolved.get(key)))
     log = folder / f"{name}.log"
     with quiet_console(log, verbose=verbose):
+        if start_from_config:  # the model's own config, resolved by the CLI its trials train through
+            with plain_argv():
+                resolved = cli([*common_args, "--config", str(model), *fixed], run=False).config
+            study.enqueue_trial(space.config_params(knobs, resolved.get))
         for _ in range(n_trials):  # one line per trial on the console
             study.optimize(objective, n_trials=1)
             t = study.trials[-1]
