@@ -436,6 +436,22 @@ def test_bootstrap_interval_contains_the_estimate(built):
     assert boot["overall"]["p_le_0"] == 0.0  # akt is far better than the baseline on every user sample
 
 
+def test_ablation_intervals_are_the_bootstrap_of_ablation_minus_target(built):
+    run, report = built
+    boot = report["ablations"]["bootstrap"]["akt_no_gate"]
+    delta = report["ablations"]["delta_vs_target"]["akt_no_gate"]
+    assert close(boot["overall"]["estimate"], delta["overall"]["gauc"], 1e-7)
+    assert close(boot["item_buckets"]["tail"]["estimate"], delta["item_buckets"]["tail"]["gauc"], 1e-7)
+    assert boot["overall"]["ci_low"] < boot["overall"]["estimate"] < boot["overall"]["ci_high"]
+    tables = {m: [user_auc_table(predictions(run, m, s)) for s in SEEDS] for m in ("akt", "akt_no_gate")}
+    again = bootstrap_gauc_delta(tables["akt_no_gate"], tables["akt"], n_boot=300, seed=0)
+    # the report's draws: the same n_boot and seed as the main interval
+    assert again["overall"] == boot["overall"]
+    md = (run / "report" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith(f"| akt_no_gate | {len(SEEDS)} |"))
+    assert f"[{boot['overall']['ci_low']:+.4f}, {boot['overall']['ci_high']:+.4f}]" in row
+
+
 def test_bootstrap_is_seeded_and_centred_on_a_null_delta(built):
     run, _ = built
     tables = [user_auc_table(predictions(run, "dcnv2", s)) for s in SEEDS]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 
 from ctr.report.health import read_sid_table
@@ -211,11 +212,14 @@ def build_report(
             "(a GAUC undefined for either model is not held against it).",
             "models": floor_deltas(summaries, role.floor),
         }
+    tables_t: list[pl.DataFrame] = []
+    if selection.best is not None or role.ablations:
+        with _one_torch_thread():
+            tables_t = [user_auc_table(r.predictions) for r in runs[role.target]]
     if selection.best is not None:
         a, b = summaries[role.target], summaries[selection.best]
         report["deltas"] = {"units": "points (x100)", "baseline": selection.best, **mean_deltas(a, b)}
         with _one_torch_thread():
-            tables_t = [user_auc_table(r.predictions) for r in runs[role.target]]
             tables_b = [user_auc_table(r.predictions) for r in runs[selection.best]]
             boot = bootstrap_gauc_delta(tables_t, tables_b, n_boot=n_boot, seed=seed)
         report["significance"] = {
@@ -230,9 +234,15 @@ def build_report(
                 **boot,
             },
         }
+    ablation_boot: dict[str, Any] = {}
+    with _one_torch_thread():
+        for m in role.ablations:  # ablation - target: the same user draws as the target-vs-baseline interval
+            tables_a = [user_auc_table(r.predictions) for r in runs[m]]
+            ablation_boot[m] = bootstrap_gauc_delta(tables_a, tables_t, n_boot=n_boot, seed=seed)
     report["ablations"] = {
         "models": role.ablations,
         "delta_vs_target": {m: mean_deltas(summaries[m], summaries[role.target]) for m in role.ablations},
+        "bootstrap": ablation_boot,
     }
     report["tuned"] = read_tuned(run_dir, order)
     report["semid_health"] = {

@@ -265,28 +265,40 @@ def floor_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ci(cell: dict[str, Any] | None) -> str:
+    """ "[-0.42, +0.10]": a bootstrap percentile interval, n/a when none."""
+    if cell is None:
+        return "n/a"
+    return f"[{_signed(cell['ci_low'])}, {_signed(cell['ci_high'])}]"
+
+
 def ablation_table(report: dict[str, Any]) -> list[str]:
     target, models = report["target"], report["models"]
     names = [target, *report["ablations"]["models"]]
+    boots = report["ablations"].get("bootstrap", {})
     k = report["min_gauc_users"]
     lines = [
         "",
         "## Ablations",
         "",
-        f"Deltas vs `{target}` in points (x100) of the seed means.",
+        f"Deltas vs `{target}` in points (x100) of the seed means (ablation - `{target}`: negative = the removed "
+        "part helped). CI = users resampled with replacement, the same draws for both models and all seeds, "
+        "percentile 95% interval of the GAUC delta of the seed means.",
         "",
-        "| model | seeds | AUC | GAUC | logloss | tail-item GAUC | cold-item GAUC | ΔAUC | ΔGAUC | Δ tail GAUC "
-        "| Δ cold GAUC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | seeds | AUC | GAUC | logloss | tail-item GAUC | cold-item GAUC | ΔAUC | ΔGAUC | ΔGAUC 95% CI "
+        "| Δ tail GAUC | Δ tail GAUC 95% CI | Δ cold GAUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         m = models[name]
         dv = report["ablations"]["delta_vs_target"].get(name)
+        bs = boots.get(name)
         deltas = (
-            "| - | - | - | - |"
+            "| - | - | - | - | - | - |"
             if dv is None
             else f"| {_signed(dv['overall']['auc'])} | {_signed(dv['overall']['gauc'])} "
-            f"| {_signed(dv['item_buckets']['tail']['gauc'])} | {_signed(dv['item_buckets']['cold']['gauc'])} |"
+            f"| {_ci(bs and bs['overall'])} | {_signed(dv['item_buckets']['tail']['gauc'])} "
+            f"| {_ci(bs and bs['item_buckets']['tail'])} | {_signed(dv['item_buckets']['cold']['gauc'])} |"
         )
         lines.append(
             f"| {name} | {len(m['seeds'])} | {_ms(m['overall']['auc'])} | {_gauc(m['overall'], k)} "
