@@ -3,6 +3,7 @@
     python -m benchmarks.longtail                                  # ml-1m, ml-1m-coldstart, amazon-kitchen
     python -m benchmarks.longtail --trials 20 --seeds 0,1,2 --protocols ml-1m,amazon-kitchen
     python -m benchmarks.longtail --protocols ml-100k --trials 1 --seeds 0 --models floor,deepfm,akt   # smoke
+    python -m benchmarks.longtail --protocols ml-1m-coldstart --tuned_from ml-1m   # ml-1m's tuned configs, no tuning
 
 A protocol is a pipeline config, configs/pipeline/<protocol>.yaml. Each runs as one `semid run` (a subprocess, so a
 failed protocol does not stop the others) into <runs>/<protocol>: prepare -> semantic IDs -> every model tuned
@@ -57,6 +58,9 @@ class Options:
     out: Path = ROOT / "benchmarks" / "LONGTAIL.md"
     jobs: int = 1
     """`semid run --jobs`: the seeds' fits run this many at once (tuning trials always run one after another)."""
+    tuned_from: str | None = None
+    """Skip tuning: every model trains from the config tuned for it on this protocol's validation
+    (<runs>/<tuned_from>/tuned/<model>.yaml, from an earlier run of this benchmark), the same budget for all."""
 
 
 class ProtocolRun(NamedTuple):
@@ -85,18 +89,48 @@ def protocol_models(protocol: str, opts: Options) -> list[str]:
     return [m for m in opts.models if m in listed]
 
 
+def transferred_config_path(protocol: str, opts: Options) -> Path:
+    return opts.runs / f"{protocol}.tuned-from-{opts.tuned_from}.yaml"
+
+
+def transferred_config(protocol: str, opts: Options) -> dict[str, Any]:
+    """The protocol's pipeline config with every (selected) model's YAML replaced by the one tuned for it on
+    `opts.tuned_from`; SystemExit naming the missing files when a model was not tuned there."""
+    cfg = yaml.safe_load((opts.configs / f"{protocol}.yaml").read_text())
+    source = opts.runs / str(opts.tuned_from) / "tuned"
+    models = [m for m in cfg["models"] if not opts.models or m["name"] in opts.models]
+    missing = [
+        str(source / f"{m['name']}.yaml") for m in models if not (source / f"{m['name']}.yaml").is_file()
+    ]
+    if missing:
+        raise SystemExit(
+            f"--tuned_from {opts.tuned_from}: no tuned config {missing}; run that protocol first "
+            f"(python -m benchmarks.longtail --protocols {opts.tuned_from} --runs {opts.runs} ...)"
+        )
+    cfg["models"] = [
+        {"name": m["name"], "config": str((source / f"{m['name']}.yaml").resolve())} for m in models
+    ]
+    return cfg
+
+
 def command(protocol: str, opts: Options) -> list[str]:
-    """The `semid run` command line of one protocol."""
+    """The `semid run` command line of one protocol (with `tuned_from`: of its transferred config, no tuning)."""
+    config = (
+        opts.configs / f"{protocol}.yaml"
+        if opts.tuned_from is None
+        else transferred_config_path(protocol, opts)
+    )
     cmd = [
         sys.executable, "-m", "pipelines.semid_cli", "run",
-        "--config", str(opts.configs / f"{protocol}.yaml"),
+        "--config", str(config),
         "--run_dir", str(opts.runs / protocol),
-        "--tune", str(opts.trials),
         "--seeds", json.dumps(list(opts.seeds)),
     ]  # fmt: skip
+    if opts.tuned_from is None:
+        cmd += ["--tune", str(opts.trials)]
     if opts.models:
         cmd += ["--only_models", json.dumps(protocol_models(protocol, opts))]
-    if opts.max_epochs is not None:
+    if opts.max_epochs is not None and opts.tuned_from is None:
         cmd += ["--tuning.max_epochs", str(opts.max_epochs)]
     if opts.jobs != 1:
         cmd += ["--jobs", str(opts.jobs)]
@@ -104,6 +138,11 @@ def command(protocol: str, opts: Options) -> list[str]:
 
 
 def run_protocol(protocol: str, opts: Options) -> ProtocolRun:
+    from semid.io import write_text
+
+    if opts.tuned_from is not None:
+        config = transferred_config(protocol, opts)
+        write_text(yaml.safe_dump(config, sort_keys=False), transferred_config_path(protocol, opts))
     cmd = command(protocol, opts)
     print(f"[longtail] {protocol}: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
@@ -334,7 +373,12 @@ def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
     lines += target_lines(report)
     tuned = report.get("tuned") or {}
     lines += ["", "### Tuned configurations", ""]
-    if not tuned:
+    if opts.tuned_from is not None:
+        lines += [
+            f"Not tuned on this protocol: every model trained from the config tuned for it on `{opts.tuned_from}` "
+            f"(`{opts.runs / opts.tuned_from / 'tuned'}`; its trials and best values are in that protocol's table)."
+        ]
+    elif not tuned:
         lines += ["(not tuned)"]
     else:
         lines += [
@@ -368,8 +412,14 @@ def render(runs: list[ProtocolRun], opts: Options) -> str:
         "",
         f"Written by `python -m benchmarks.longtail` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.node() or 'this machine'} ({os.cpu_count()} CPUs, torch {torch.__version__}). "
-        f"Protocols {list(opts.protocols)}; {opts.trials} Optuna trials per model on validation (TPE, seeded; "
-        f"the same for every model), then seeds {list(opts.seeds)} of each tuned config."
+        f"Protocols {list(opts.protocols)}; "
+        + (
+            f"{opts.trials} Optuna trials per model on validation (TPE, seeded; the same for every model), then "
+            f"seeds {list(opts.seeds)} of each tuned config."
+            if opts.tuned_from is None
+            else f"no tuning here: each model's config tuned on `{opts.tuned_from}`'s validation, then seeds "
+            f"{list(opts.seeds)} of it."
+        )
         + (f" Models restricted to {list(opts.models)}." if opts.models else ""),
         "",
     ]
@@ -406,6 +456,11 @@ def parse(argv: list[str] | None = None) -> Options:
     p.add_argument(
         "--jobs", type=int, default=d.jobs, help="fits of the seeds run at once (semid run --jobs)"
     )
+    p.add_argument(
+        "--tuned_from",
+        default=None,
+        help="no tuning: every model trains from its config tuned on this protocol (<runs>/<it>/tuned/)",
+    )
     a = p.parse_args(argv)
     if a.jobs < 1:
         p.error("--jobs must be >= 1")
@@ -416,7 +471,13 @@ def parse(argv: list[str] | None = None) -> Options:
     missing = [x for x in a.protocols if not (a.configs / f"{x}.yaml").is_file()]
     if missing:
         p.error(f"no pipeline config for {missing} in {a.configs}")
-    opts = Options(a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out, a.jobs)
+    opts = Options(
+        a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out, a.jobs, a.tuned_from
+    )
+    if opts.tuned_from is not None and opts.tuned_from in opts.protocols:
+        p.error(
+            f"--tuned_from {opts.tuned_from} is one of --protocols: it is the protocol the configs come from"
+        )
     if opts.models:
         unknown = set(opts.models) - {m for p in opts.protocols for m in protocol_models(p, opts)}
         if unknown:

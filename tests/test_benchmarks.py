@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+import yaml
 
 from benchmarks import compare, peer_data, scaling
 from semid import schema as S
@@ -104,6 +105,32 @@ def test_longtail_passes_its_budget_to_semid_run():
     assert "--jobs" not in longtail.command("amazon-kitchen", dataclasses.replace(opts, jobs=1))
     with pytest.raises(SystemExit):
         longtail.parse(["--jobs", "0"])
+
+
+def test_longtail_tuned_from_trains_every_model_from_the_other_protocols_tuned_config(tmp_path):
+    from benchmarks import longtail
+
+    tuned = tmp_path / "ml-1m" / "tuned"
+    tuned.mkdir(parents=True)
+    (tuned / "floor.yaml").write_text("model: {lr: 0.01}\n")
+    argv = ["--protocols", "ml-1m-coldstart", "--tuned_from", "ml-1m", "--runs", str(tmp_path), "--seeds", "0",
+            "--models", "floor,akt", "--max_epochs", "3"]  # fmt: skip
+    opts = longtail.parse(argv)
+    with pytest.raises(SystemExit, match="akt.yaml"):  # akt was not tuned there: named before anything runs
+        longtail.transferred_config("ml-1m-coldstart", opts)
+    (tuned / "akt.yaml").write_text("model: {lr: 0.02}\n")
+    config = longtail.transferred_config("ml-1m-coldstart", opts)
+    base = yaml.safe_load((longtail.ROOT / "configs" / "pipeline" / "ml-1m-coldstart.yaml").read_text())
+    assert config["prepare"] == base["prepare"] and config["common"] == base["common"]
+    assert config["models"] == [
+        {"name": m, "config": str((tuned / f"{m}.yaml").resolve())} for m in ("floor", "akt")
+    ]
+    cmd = longtail.command("ml-1m-coldstart", opts)
+    args = dict(zip(cmd[4::2], cmd[5::2], strict=True))
+    assert args["--config"] == str(tmp_path / "ml-1m-coldstart.tuned-from-ml-1m.yaml")
+    assert "--tune" not in args and "--tuning.max_epochs" not in args
+    with pytest.raises(SystemExit):  # the source protocol cannot be one of the runs
+        longtail.parse(["--protocols", "ml-1m", "--tuned_from", "ml-1m"])
 
 
 def test_longtail_target_table_reads_the_report_deltas_and_intervals():
