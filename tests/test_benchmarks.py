@@ -155,3 +155,50 @@ def test_longtail_target_table_reads_the_report_deltas_and_intervals():
     assert rows[-1].endswith("| n/a |") and "10 †" in rows[-1]  # no interval; few users flagged
     assert not any(line.startswith("| user") for line in lines)  # an empty bucket is left out
     assert longtail.target_lines({"target": "akt"}) == []
+
+
+def test_akt_ablations_verdicts_read_the_bootstrap_interval_against_the_paper(tmp_path):
+    from benchmarks import akt_ablations as A
+
+    def cell(lo, hi):
+        return {"estimate": (lo + hi) / 2, "ci_low": lo, "ci_high": hi, "p_le_0": 0.5, "n_valid": 100}
+
+    def deltas(gauc, tail):
+        return {"overall": {"auc": gauc, "gauc": gauc}, "item_buckets": {"tail": {"auc": tail, "gauc": tail}}}
+
+    model = {"seeds": [0, 1, 2], "overall": {"auc": {"mean": 0.7}, "gauc": {"mean": 0.7}, "n_users": 1234}}
+    intervals = {  # (overall, tail items) of ablation - akt
+        "akt_no_cluster": ((0.1, 0.5), (-0.9, -0.2)),  # costs on tail items, the paper's scope for this part
+        "akt_no_transfer": ((0.1, 0.4), (-0.3, 0.3)),  # removing it gains: opposite to the paper
+        "akt_no_orth": ((-0.2, 0.2), (-0.2, 0.2)),
+        "akt_no_cold_dropout": ((0.2, 0.6), (0.0, 0.1)),  # ours: no paper direction
+    }
+    report = {
+        "run": "toy",
+        "run_dir": str(tmp_path),
+        "target": "akt",
+        "models": {"akt": model, **{m: model for m in intervals}},
+        "ablations": {
+            "models": list(intervals),
+            "delta_vs_target": {m: deltas(sum(o) / 2, sum(t) / 2) for m, (o, t) in intervals.items()},
+            "bootstrap": {
+                m: {"overall": cell(*o), "item_buckets": {"tail": cell(*t)}}
+                for m, (o, t) in intervals.items()
+            },
+        },
+    }
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "ablations.md"
+    A.main(["--runs", str(tmp_path), "--out", str(out)])
+    rows = {
+        line.split(" | ")[0][2:]: line for line in out.read_text().splitlines() if line.startswith("| akt_")
+    }
+    assert rows["akt_no_cluster"].endswith("| helps (removing it costs): as the paper |")
+    assert "| [-0.90, -0.20] |" in rows["akt_no_cluster"] and "| +0.30 |" in rows["akt_no_cluster"]
+    assert rows["akt_no_transfer"].endswith("| hurts (removing it gains): opposite to the paper |")
+    assert rows["akt_no_orth"].endswith("| no measurable effect |")
+    assert rows["akt_no_cold_dropout"].endswith("| ours | - | 3 | +0.40 | +0.40 | [+0.20, +0.60] | +0.05 "
+                                                "| [+0.00, +0.10] | hurts (removing it gains) |")  # fmt: skip
+    with pytest.raises(SystemExit, match="no report"):
+        A.main(["--runs", str(tmp_path / "missing"), "--out", str(out)])
