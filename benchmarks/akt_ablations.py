@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 TARGET = "akt"
+TITLE = "# AKT ablations against the paper (issue 14)"
 
 
 class Part(NamedTuple):
@@ -111,7 +112,7 @@ def run_section(run_dir: Path) -> list[str]:
 
 def render(run_dirs: list[Path]) -> str:
     lines = [
-        "# AKT ablations against the paper (issue 14)",
+        TITLE,
         "",
         "Written by `python -m benchmarks.akt_ablations`. Deltas are ablation - `akt` in points (x100) of the seed "
         "means; intervals: users resampled with replacement (`ctr.report`), percentile 95%. The paper's figures "
@@ -132,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="the Markdown file")
     a = p.parse_args(argv)
+    if a.out.exists() and not (a.out.is_file() and a.out.read_text().startswith(TITLE)):
+        raise SystemExit(
+            f"{a.out}: exists and is not an output of this script (it does not start with {TITLE!r}); "
+            "pass another --out or move that file away"
+        )
     text = render(a.runs)  # every report read before anything is written
     write_text(text, a.out)
     print(f"[akt_ablations] wrote {a.out}", flush=True)

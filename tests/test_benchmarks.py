@@ -202,3 +202,9 @@ def test_akt_ablations_verdicts_read_the_bootstrap_interval_against_the_paper(tm
                                                 "| [+0.00, +0.10] | hurts (removing it gains) |")  # fmt: skip
     with pytest.raises(SystemExit, match="no report"):
         A.main(["--runs", str(tmp_path / "missing"), "--out", str(out)])
+    A.main(["--runs", str(tmp_path), "--out", str(out)])  # replaces its own earlier output
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes\n")
+    with pytest.raises(SystemExit, match="not an output of this script"):
+        A.main(["--runs", str(tmp_path), "--out", str(notes)])
+    assert notes.read_text() == "my notes\n"
