@@ -125,7 +125,7 @@ def render(run_dirs: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from semid.io import write_text
+    from semid.io import replaceable, write_text
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="the Markdown file")
     a = p.parse_args(argv)
-    if a.out.exists() and not (a.out.is_file() and a.out.read_text().startswith(TITLE)):
+    if not replaceable(a.out, TITLE):
         raise SystemExit(
             f"{a.out}: exists and is not an output of this script (it does not start with {TITLE!r}); "
             "pass another --out or move that file away"

@@ -42,6 +42,10 @@ SIDES = ("item", "user", "sample")
 else tail if either side is tail (AKT-Rec), else head."""
 MIN_USERS = 50
 BUCKET_ORDER = ("head", "torso", "tail", "cold")
+TITLE = "# Long-tail benchmark (issue 13)"  # first line of --out: only such a file is replaced
+TRANSFER_HEADER = (
+    "# written by benchmarks.longtail --tuned_from"  # first line of a transferred pipeline config
+)
 
 
 @dataclass(frozen=True)
@@ -138,11 +142,6 @@ def command(protocol: str, opts: Options) -> list[str]:
 
 
 def run_protocol(protocol: str, opts: Options) -> ProtocolRun:
-    from semid.io import write_text
-
-    if opts.tuned_from is not None:
-        config = transferred_config(protocol, opts)
-        write_text(yaml.safe_dump(config, sort_keys=False), transferred_config_path(protocol, opts))
     cmd = command(protocol, opts)
     print(f"[longtail] {protocol}: {' '.join(cmd[1:])}", flush=True)
     start = time.perf_counter()
@@ -408,7 +407,7 @@ def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
 
 def render(runs: list[ProtocolRun], opts: Options) -> str:
     lines = [
-        "# Long-tail benchmark (issue 13)",
+        TITLE,
         "",
         f"Written by `python -m benchmarks.longtail` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.node() or 'this machine'} ({os.cpu_count()} CPUs, torch {torch.__version__}). "
@@ -488,10 +487,32 @@ def parse(argv: list[str] | None = None) -> Options:
     return opts
 
 
+def check_outputs(opts: Options) -> dict[Path, dict[str, Any]]:
+    """Before anything runs: --out and every transferred config may be (re)written (SystemExit naming the file
+    otherwise), and every model of every protocol was tuned on `tuned_from`. -> {config path: transferred config}."""
+    from semid.io import replaceable
+
+    transferred = (
+        {transferred_config_path(p, opts): transferred_config(p, opts) for p in opts.protocols}
+        if opts.tuned_from is not None
+        else {}
+    )
+    owned = [(opts.out, TITLE), *((path, TRANSFER_HEADER) for path in transferred)]
+    for path, first_line in owned:
+        if not replaceable(path, first_line):
+            raise SystemExit(
+                f"{path}: exists and is not an output of this benchmark (it does not start with {first_line!r}); "
+                "move it away or pass other --out / --runs (nothing was run or written)"
+            )
+    return transferred
+
+
 def main(argv: list[str] | None = None) -> None:
     from semid.io import write_text
 
     opts = parse(argv)
+    for path, config in check_outputs(opts).items():
+        write_text(f"{TRANSFER_HEADER}\n{yaml.safe_dump(config, sort_keys=False)}", path)
     runs = [run_protocol(protocol, opts) for protocol in opts.protocols]
     write_text(render(runs, opts), opts.out)
     print(f"[longtail] wrote {opts.out}", flush=True)

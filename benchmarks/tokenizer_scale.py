@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import yaml
 
-from semid.io import write_text
+from semid.io import replaceable, write_text
 
 if TYPE_CHECKING:
     from semid.rqvae import RQVAEConfig
@@ -493,7 +493,7 @@ def main(args: list[str] | None = None) -> None:
         or opts.assign_n < 1
     ):
         p.error("--epochs, --encode_sample and --assign_n must be >= 1 and every size >= 2")
-    if a.out.is_dir() or (a.out.exists() and not a.out.read_text(errors="replace").startswith(TITLE)):
+    if not replaceable(a.out, TITLE):
         p.error(
             f"--out {a.out} is not an earlier report of this benchmark: pick a new path (nothing was written)"
         )

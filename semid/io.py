@@ -77,6 +77,15 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+def replaceable(path: str | Path, first_line: str) -> bool:
+    """Whether a command that writes files starting with `first_line` may write `path`: nothing is there yet,
+    or a file is that starts with it (an earlier output of the same command). A folder or any other file: no."""
+    path = Path(path)
+    if not path.exists():
+        return True
+    return path.is_file() and path.read_text(errors="replace").startswith(first_line)
+
+
 def write_json(obj: Any, path: str | Path) -> None:
     """Write `obj` as indented, key-sorted JSON to `path` atomically."""
     write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)

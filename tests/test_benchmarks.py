@@ -131,6 +131,17 @@ def test_longtail_tuned_from_trains_every_model_from_the_other_protocols_tuned_c
     assert "--tune" not in args and "--tuning.max_epochs" not in args
     with pytest.raises(SystemExit):  # the source protocol cannot be one of the runs
         longtail.parse(["--protocols", "ml-1m", "--tuned_from", "ml-1m"])
+    # nothing runs over a file this benchmark did not write: --out, or a transferred config's path
+    out = tmp_path / "LONGTAIL.md"
+    assert longtail.check_outputs(dataclasses.replace(opts, out=out)) == {
+        tmp_path / "ml-1m-coldstart.tuned-from-ml-1m.yaml": config
+    }
+    for path in (out, tmp_path / "ml-1m-coldstart.tuned-from-ml-1m.yaml"):
+        path.write_text("my notes\n")
+        with pytest.raises(SystemExit, match="not an output of this benchmark"):
+            longtail.check_outputs(dataclasses.replace(opts, out=out))
+        path.write_text(f"{longtail.TITLE if path == out else longtail.TRANSFER_HEADER}\nold\n")
+    assert longtail.check_outputs(dataclasses.replace(opts, out=out))
 
 
 def test_longtail_target_table_reads_the_report_deltas_and_intervals():
