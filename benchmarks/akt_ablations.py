@@ -40,12 +40,19 @@ PARTS: dict[str, Part] = {
     "akt_no_cluster_view": Part("cluster view (SIM hard search)", "paper", NO_FIGURE, "overall"),
     "akt_no_fusion": Part("view fusion gate (views averaged)", "paper", NO_FIGURE, "overall"),
     "akt_no_gate": Part("activity gate (e = c + v)", "paper", NO_FIGURE, "overall"),
-    "akt_no_transfer": Part("head -> tail transfer loss", "paper", NO_FIGURE, "overall"),
-    "akt_no_asymmetry": Part("asymmetry (lambda_t2h = lambda_h2t)", "paper", NO_FIGURE, "overall"),
     "akt_no_orth": Part("orthogonality term", "paper", NO_FIGURE, "overall"),
     "akt_convex_gate": Part("our residual gate (the paper's convex gate instead)", "ours", "-", "overall"),
     "akt_no_cold_dropout": Part("cold-path dropout (p_cold = 0)", "ours", "-", "overall"),
     "akt_no_content": Part("content fields and content tower", "ours", "-", "overall"),
+    "akt_transfer": Part(
+        "no transfer loss (the paper's head -> tail loss turned on instead)", "ours", "-", "overall"
+    ),
+    "akt_transfer_symmetric": Part(
+        "no transfer loss (the paper's loss turned on, symmetric: lambda_t2h = lambda_h2t)",
+        "ours",
+        "-",
+        "overall",
+    ),
 }
 
 

@@ -95,6 +95,7 @@ FAMILY_KNOBS: dict[str, tuple[Knob, ...]] = {
     "ctr.models.content_features.ContentFeatures": (EMBED_DIM, net_knob("batch_norm", choices=(False, True))),
     "ctr.models.akt.AKT": (
         EMBED_DIM,
+        net_knob("use_transfer", choices=(False, True)),
         net_knob("lambda_h2t", 1e-3, 1.0, log=True),
         net_knob("lambda_t2h", 1e-4, 0.1, log=True),
         net_knob("lambda_orth", 1e-4, 0.1, log=True),

@@ -167,7 +167,7 @@ def test_asymmetric_transfer_value_matches_the_formula():
 
 @pytest.mark.parametrize("lambda_t2h", [0.0, 0.05])
 def test_transfer_moves_tail_rows_and_shared_clusters_head_rows_only_by_lambda_t2h(lambda_t2h):
-    model = akt(lambda_h2t=1.0, lambda_t2h=lambda_t2h, lambda_orth=0.0, p_cold=0.0).train()
+    model = akt(use_transfer=True, lambda_h2t=1.0, lambda_t2h=lambda_t2h, lambda_orth=0.0, p_cold=0.0).train()
     batch = shared_clusters_batch()
     out = model(batch)
     assert float(out.aux["trans_item"]) > 0 and float(out.aux["trans_user"]) > 0
@@ -189,7 +189,9 @@ def test_transfer_moves_tail_rows_and_shared_clusters_head_rows_only_by_lambda_t
 
 
 def test_head_min_count_defines_head_instead_of_buckets():
-    model = akt(lambda_h2t=1.0, lambda_t2h=0.0, lambda_orth=0.0, p_cold=0.0, head_min_count=50.0).train()
+    model = akt(
+        use_transfer=True, lambda_h2t=1.0, lambda_t2h=0.0, lambda_orth=0.0, p_cold=0.0, head_min_count=50.0
+    ).train()
     batch = shared_clusters_batch()._replace(item_bucket=torch.full((12,), 2))  # every bucket tail
     model(batch).aux_loss.backward()
     grad = model.item_emb.individual.weight.grad[batch.item + 1]
@@ -320,8 +322,8 @@ def ablation_configs() -> dict[str, dict]:
 
 def test_every_paper_ablation_has_a_config():
     names = set(ablation_configs())
-    want = {"no_cluster", "no_individual", "no_instance_view", "no_cluster_view", "no_asymmetry", "no_gate"}
-    want |= {"no_orth", "no_cold_dropout"}
+    want = {"no_cluster", "no_individual", "no_instance_view", "no_cluster_view", "no_gate", "transfer"}
+    want |= {"transfer_symmetric", "no_orth", "no_cold_dropout"}
     assert {f"akt_{n}" for n in want} <= names and "akt" in names
 
 
@@ -356,7 +358,7 @@ def test_every_ablation_builds_and_trains_one_batch(name):
     )
     opt.step()
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-    assert ("trans_item" in out.aux) == flags.get("use_transfer", True)
+    assert ("trans_item" in out.aux) == flags.get("use_transfer", False)
     assert ("gate/item_head" in out.aux) == (
         flags.get("use_gate", True) and flags.get("use_cluster", True) and flags.get("use_individual", True)
     )

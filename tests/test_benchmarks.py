@@ -180,7 +180,7 @@ def test_akt_ablations_verdicts_read_the_bootstrap_interval_against_the_paper(tm
     model = {"seeds": [0, 1, 2], "overall": {"auc": {"mean": 0.7}, "gauc": {"mean": 0.7}, "n_users": 1234}}
     intervals = {  # (overall, tail items) of ablation - akt
         "akt_no_cluster": ((0.1, 0.5), (-0.9, -0.2)),  # costs on tail items, the paper's scope for this part
-        "akt_no_transfer": ((0.1, 0.4), (-0.3, 0.3)),  # removing it gains: opposite to the paper
+        "akt_no_gate": ((0.1, 0.4), (-0.3, 0.3)),  # removing it gains: opposite to the paper
         "akt_no_orth": ((-0.2, 0.2), (-0.2, 0.2)),
         "akt_no_cold_dropout": ((0.2, 0.6), (0.0, 0.1)),  # ours: no paper direction
     }
@@ -207,7 +207,7 @@ def test_akt_ablations_verdicts_read_the_bootstrap_interval_against_the_paper(tm
     }
     assert rows["akt_no_cluster"].endswith("| helps (removing it costs): as the paper |")
     assert "| [-0.90, -0.20] |" in rows["akt_no_cluster"] and "| +0.30 |" in rows["akt_no_cluster"]
-    assert rows["akt_no_transfer"].endswith("| hurts (removing it gains): opposite to the paper |")
+    assert rows["akt_no_gate"].endswith("| hurts (removing it gains): opposite to the paper |")
     assert rows["akt_no_orth"].endswith("| no measurable effect |")
     assert rows["akt_no_cold_dropout"].endswith("| ours | - | 3 | +0.40 | +0.40 | [+0.20, +0.60] | +0.05 "
                                                 "| [+0.00, +0.10] | hurts (removing it gains) |")  # fmt: skip

@@ -70,7 +70,7 @@ def test_trial_config_sets_dotted_keys_without_touching_the_base():
         ("deepfm_bn.yaml", {"batch_norm": True}),
         ("akt_no_cold_dropout.yaml", {"p_cold": 0.0}),
         ("akt_no_orth.yaml", {"lambda_orth": 0.0}),
-        ("akt_no_asymmetry.yaml", {"lambda_h2t": 0.01, "lambda_t2h": 0.01}),
+        ("akt_transfer_symmetric.yaml", {"use_transfer": True, "lambda_h2t": 0.01, "lambda_t2h": 0.01}),
     ],
 )
 def test_what_a_model_yaml_sets_is_held_while_tuning(config, held):

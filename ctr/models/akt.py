@@ -30,8 +30,11 @@ codes c_1..c_L and train count n_e:
                 cold id has) towards their cluster's head centroid: it is the head -> tail direction and gets
                 the larger weight. With lambda_t2h = 0 no head row receives any gradient from L_trans.
                 "head" = the data's head bucket, or n_e >= `head_min_count` when set.
-                Defaults lambda_h2t = 0.01, lambda_t2h = 0.001: at 0.1 / 0.01 the term cost 0.7-0.8 pt validation
-                GAUC on ML-1M temporal and item cold start (benchmarks/results/akt_ml1m_transfer.md).
+                Off by default (use_transfer = False) [ours]: at its tuned weights (lambda_h2t = 0.01,
+                lambda_t2h = 0.001; at 0.1 / 0.01 it cost 0.7-0.8 pt validation GAUC, benchmarks/results/
+                akt_ml1m_transfer.md) removing it raised test GAUC by 0.28 pt on ML-1M and 0.18 pt on Amazon
+                Kitchen (3 seeds each, CIs above 0) and validation on both (benchmarks/results/akt_ablations.md).
+                Tuning may turn it on (ctr.tune).
   cold path     [ours, DropoutNet] in training, each sample's user and item independently, with probability
                 p_cold, is presented as cold: n_e := 0 (so v_e := 0, a_e := 0, bucket := cold), which trains the
                 gate, the fusion and the cluster rows for the cold case that no train row otherwise shows.
@@ -47,9 +50,10 @@ codes c_1..c_L and train count n_e:
 
 Deviations from the paper, each switchable: the residual gate (gate_mode), deep prefixes in the individual part
 (deep_prefixes), zeroed individual rows and cold-path dropout (p_cold), the content tower (content_tower), the
-content vectors as input fields (content_fields: the paper feeds content only through the semantic IDs). The
-paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view, use_gate, use_transfer,
-lambda_t2h = lambda_h2t (no asymmetry), lambda_orth = 0; ours: use_view_gate (beta fixed at 1/2), p_cold = 0.
+content vectors as input fields (content_fields: the paper feeds content only through the semantic IDs), no transfer
+loss (use_transfer). The paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view,
+use_gate, lambda_orth = 0, and its transfer loss turned on (use_transfer), with lambda_t2h = lambda_h2t (no
+asymmetry); ours: use_view_gate (beta fixed at 1/2), p_cold = 0.
 
 Logged in ModelOutput.aux: gate means per bucket ("gate/item_tail", "gate/user_cold", ...; buckets as presented,
 so dropped samples count as cold), the instance-view weight beta per item and user bucket ("views/instance_item_
@@ -109,7 +113,7 @@ class AKT(nn.Module):
         use_view_gate: bool = True,
         cluster_pool: Literal["mean", "attention"] = "mean",
         attention_dims: tuple[int, ...] = (32,),
-        use_transfer: bool = True,
+        use_transfer: bool = False,
         lambda_h2t: float = 0.01,
         lambda_t2h: float = 0.001,
         tau: float = 0.2,
