@@ -2,7 +2,8 @@
 (an ID table's metadata and health).
 
 `assign` encodes the new items with the build's aligned encoder (enriched with the build's LLM facets when the build
-was, see semid.knowledge.enriched) and quantises them with its item RQ-VAE; the table gets a new version.
+was, see semid.knowledge.enriched; with the popularity word "new" when the build had `align_config.item_stats`,
+see semid.align.popularity) and quantises them with its item RQ-VAE; the table gets a new version.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import polars as pl
 from pipelines.build_semids import BUILD_FILE
 from semid import data
 from semid import schema as S
-from semid.align import load_aligned_encoder, usable_images
+from semid.align import load_aligned_encoder, usable_images, with_popularity
 from semid.encoder import EncoderConfig
 from semid.errors import InputError
 from semid.ids import assign_new, format_health, health, read_table, write_table
@@ -107,6 +108,8 @@ def assign(semids: str, items: str, out: str | None = None, llm_cache: str | Non
             print(f"[assign] {summary.line(task)}", flush=True)
         print(f"[assign] knowledge: {n_enriched(texts, result.enriched)} of {len(texts)} new items enriched")
         texts = result.enriched
+    if (meta.get("align") or {}).get("item_stats"):  # as `align` rendered items without train positives
+        texts = with_popularity(texts)
     emb = encoder.encode_items(texts, usable_images(encoder.encoder, images))  # (N_new, D)
     model = load_rqvae(root / S.ITEM_RQVAE_FILE)
     codes = model.encode(emb)  # (N_new, L)

@@ -35,7 +35,8 @@ import torch
 
 from semid import data
 from semid import schema as S
-from semid.align import AlignConfig, align, user_texts
+from semid.align import AlignConfig, align, item_categories, user_texts
+from semid.align import fingerprint_settings as align_settings
 from semid.encoder import EncoderConfig, fingerprint_settings
 from semid.errors import InputError
 from semid.ids import assign_new, check_health, health, make_table, write_table
@@ -177,6 +178,7 @@ def _aligned(
     encoder: EncoderConfig,
     cfg: AlignConfig,
     cache: str | None,
+    categories: list[list[str]] | None = None,
 ) -> Aligned:
     done = folder / "align.json"
     if stage_done(done, key):
@@ -201,6 +203,7 @@ def _aligned(
         work_dir=folder / "align_work",
         images=images,
         cache=Path(cache) if cache is not None else None,
+        item_categories=categories,
     )
     Path(result.state_path).replace(folder / S.ALIGN_STATE_FILE)
     shutil.rmtree(folder / "align_work", ignore_errors=True)
@@ -327,6 +330,12 @@ def build(
     """
     out_path = check_output_dir(out, COMMAND, legacy=LEGACY_FILES)  # before any work
     prepared = data.load(data_dir)
+    # the user category objective's column (InputError when unusable), read before any work
+    categories = (
+        item_categories(prepared.items, align_config.category_column)
+        if align_config.user_category_weight > 0
+        else None
+    )
     data_hash = prepared.meta.get("data_hash")
     backend: Backend | None = None
     answers = answer_cache(knowledge, cache)
@@ -336,7 +345,12 @@ def build(
         know = {"knowledge": knowledge_fingerprint(knowledge, backend)}
     knowledge_key = sha256_json({"data": data_hash, **know})
     align_key = sha256_json(
-        {"data": data_hash, "encoder": fingerprint_settings(encoder), "align": asdict(align_config), **know}
+        {
+            "data": data_hash,
+            "encoder": fingerprint_settings(encoder),
+            "align": align_settings(align_config),
+            **know,
+        }
     )
     held_out = held_out_mask(prepared, assign_held_out)
     n_held = 0 if held_out is None else int(held_out.sum())
@@ -347,7 +361,7 @@ def build(
         {
             "data": data_hash,
             "encoder": fingerprint_settings(encoder),
-            "align": asdict(align_config),
+            "align": align_settings(align_config),
             "item_rqvae": asdict(item_rqvae),
             "user_rqvae": asdict(user_rqvae),
             **held,
@@ -380,7 +394,9 @@ def build(
         assert backend is not None
         enriched = _enriched(folders["knowledge"], knowledge_key, prepared, knowledge, backend, answers)
     item_texts = enriched.texts if enriched else prepared.items[S.TEXT].cast(pl.String).to_list()
-    aligned = _aligned(folders["align"], align_key, prepared, item_texts, encoder, align_config, cache)
+    aligned = _aligned(
+        folders["align"], align_key, prepared, item_texts, encoder, align_config, cache, categories
+    )
     item_ids = prepared.items[S.ITEM].to_numpy()
     user_ids = prepared.users[S.USER].to_numpy()
     items = _quantise(

@@ -3,6 +3,7 @@ on synthetic data where two groups of users co-engage two groups of items."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 from semid import align as al
 from semid.align import ANCHOR, NEXT_ITEM, POSITIVE, AlignConfig
+from semid.align.categories import multi_hot
 from semid.align.training import AlignModule
 from semid.encoder import ContentEncoder, EncoderConfig, encode
 from semid.errors import InputError
@@ -340,3 +342,224 @@ def test_heads_only_trains_on_cached_frozen_vectors(bert_dir: Path, groups: Grou
     assert loaded.mode == "head"
     torch.testing.assert_close(loaded.encode_items(items_text), result.item_emb, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(loaded.encode_users(users_text), result.user_emb, atol=1e-5, rtol=1e-4)
+
+
+# -- optional objectives: user categories, item popularity (AKT-Rec, issue 14) ---------------------------------
+
+
+def _group_categories(n_items: int) -> list[list[str]]:
+    """Item i: its group ("g0" / "g1", predictable from the users who like it) and "even" for even ids (not)."""
+    return [[f"g{i // N_GROUP_ITEMS}"] + (["even"] if i % 2 == 0 else []) for i in range(n_items)]
+
+
+def test_popularity_levels_are_terciles_of_positive_train_counts() -> None:
+    # item i has i positives (i = 1..6); item 0 none; item 7 only a negative: both "new"
+    rows = [(u, i, 1, u) for i in range(1, 7) for u in range(i)] + [(0, 7, 0, 9)]
+    train = _frame(*map(list, zip(*rows)))
+    counts = torch.bincount(train.filter(pl.col(LABEL) == 1)[ITEM].to_torch().long(), minlength=8)
+    # terciles of 1..6 (linear): 2.67 and 4.33
+    expected = ["new", "low", "low", "medium", "medium", "high", "high", "new"]
+    assert al.popularity_levels(counts) == expected
+    assert al.popularity_levels(torch.zeros(3, dtype=torch.long)) == ["new"] * 3
+    assert al.with_popularity(["a.", "b"], ["high", "new"]) == [
+        "a. | popularity: high",
+        "b | popularity: new",
+    ]
+    assert al.with_popularity(["a new item"]) == ["a new item | popularity: new"]
+
+
+def test_item_stats_the_encoder_sees_the_popularity_words(
+    bert_dir: Path, groups: Groups, tmp_path: Path
+) -> None:
+    items_text, users_text, train, _ = groups
+    enc_cfg = EncoderConfig(model=str(bert_dir), batch_size=8)
+    cfg = replace(CFG, enabled=False, item_stats=True)
+    result = al.align(items_text, users_text, train, enc_cfg, cfg, work_dir=tmp_path, progress=False)
+    counts = torch.bincount(
+        train.filter(pl.col(LABEL) == 1)[ITEM].to_torch().long(), minlength=len(items_text)
+    )
+    levels = al.popularity_levels(counts)
+    assert {"low", "high"} <= set(levels)  # the toy catalogue has popular and unpopular items
+    expected = encode(al.with_popularity(items_text, levels), enc_cfg, progress=False)
+    torch.testing.assert_close(result.item_emb, expected, atol=1e-6, rtol=1e-5)
+    plain = encode(items_text, enc_cfg, progress=False)
+    assert (result.item_emb - plain).abs().max() > 1e-3
+
+
+def test_category_weight_zero_is_inert(aligned_run: Run, groups: Groups, tmp_path: Path) -> None:
+    """Weight 0 with a category column and categories given: the very vectors and probes of the plain run."""
+    result, enc_cfg = aligned_run
+    items_text, users_text, train, _ = groups
+    cfg = replace(CFG, user_category_weight=0.0, category_column="genre")
+    again = al.align(
+        items_text,
+        users_text,
+        train,
+        enc_cfg,
+        cfg,
+        work_dir=tmp_path,
+        progress=False,
+        item_categories=_group_categories(len(items_text)),
+    )
+    assert torch.equal(again.item_emb, result.item_emb) and torch.equal(again.user_emb, result.user_emb)
+    assert "val_category_best" not in again.probe
+    assert again.probe["val_loss_best"] == result.probe["val_loss_best"]
+
+
+def test_category_head_learns_predictable_categories(
+    aligned_run: Run, groups: Groups, tmp_path: Path
+) -> None:
+    """The group category of a user's next item is predictable from the user's aligned vector: the held-out
+    category loss falls well below the prior's (where the head starts), and the objective moves the encoder."""
+    result, enc_cfg = aligned_run
+    items_text, users_text, train, _ = groups
+    cfg = replace(CFG, user_category_weight=1.0, category_column="genre")
+    run = al.align(
+        items_text,
+        users_text,
+        train,
+        enc_cfg,
+        cfg,
+        work_dir=tmp_path,
+        progress=False,
+        item_categories=_group_categories(len(items_text)),
+    )
+    before, best = run.probe["val_category_before"], run.probe["val_category_best"]
+    assert 0.5 < before < 0.75, before  # ~ln 2 per category: the prior of two near-balanced categories
+    assert best < 0.8 * before, (before, best)
+    assert (run.user_emb - result.user_emb).abs().max() > 1e-3
+    assert run.probe["val_loss_best"] < run.probe["val_loss_before"]
+
+
+def test_item_categories_errors_name_items_parquet_and_the_column(
+    bert_dir: Path, groups: Groups, tmp_path: Path
+) -> None:
+    items = pl.DataFrame({ITEM: [0, 1], TEXT: ["a", "b"], "genre": [["x", "y"], None], "flat": ["x", "y"]})
+    assert al.item_categories(items, "genre") == [["x", "y"], []]
+    vocabulary, targets = multi_hot([["y", "x"], [], ["y"]])  # sorted vocabulary, one row per item
+    assert vocabulary == ["x", "y"] and targets.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 1.0]]
+    for column, problem in [("nope", "missing"), ("flat", "list\\[str\\]"), (None, "no category column")]:
+        with pytest.raises(InputError, match=problem) as err:
+            al.item_categories(items, column)
+        assert err.value.file == "items.parquet" and err.value.column == column
+        assert "category_column" in err.value.fix
+    with pytest.raises(InputError, match="holds no category"):
+        al.item_categories(items.with_columns(pl.lit([], dtype=pl.List(pl.String)).alias("genre")), "genre")
+    # align itself refuses before any work (no state written)
+    items_text, users_text, train, _ = groups
+    cfg = replace(CFG, user_category_weight=0.5, category_column="genre")
+    with pytest.raises(InputError, match="categories of all 16 items") as err:
+        al.align(
+            items_text, users_text, train, EncoderConfig(model=str(bert_dir)), cfg, work_dir=tmp_path / "w"
+        )
+    assert err.value.file == "items.parquet" and not (tmp_path / "w").exists()
+
+
+# -- through `semid build` and `semid assign` ------------------------------------------------------------------
+
+TINY_RQ = {"levels": 2, "codebook_size": 4, "max_epochs": 2, "batch_size": 32, "min_level0_utilization": 0.0}
+
+
+@pytest.fixture(scope="module")
+def cold_prepared(synthetic_raw: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic data with 10% of the items held out (no train rows): they read "popularity: new"."""
+    from semid import data, synthetic
+
+    files = data.RawFiles(synthetic_raw["inter"], synthetic_raw["item"], synthetic_raw["user"])
+    cfg = data.PrepareConfig(split=data.SplitConfig(cold_items=0.1, cold_item_mode="random", seed=0))
+    prepared = data.build(files, synthetic.columns(), cfg, name="synthetic")
+    return data.write(prepared, tmp_path_factory.mktemp("cold") / "synthetic")
+
+
+def test_build_refuses_a_missing_category_column_before_any_output(
+    prepared_dir: Path, tmp_path: Path
+) -> None:
+    import pipelines.build_semids as B
+
+    cfg = AlignConfig(user_category_weight=0.5, category_column="nope")
+    with pytest.raises(InputError, match="missing") as err:
+        B.build(data_dir=str(prepared_dir), out=str(tmp_path / "semids"), align_config=cfg)
+    assert err.value.column == "nope" and not (tmp_path / "semids").exists()
+
+
+def test_assign_renders_new_items_as_popularity_new(
+    cold_prepared: Path, bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build with item_stats (and the category objective on `genre`); a new item with the text of a held-out
+    item is encoded from "<text> | popularity: new" -- the text the build encoded that item from, so its vector
+    is the build's."""
+    import pipelines.assign as A
+    import pipelines.build_semids as B
+    from semid import data
+    from semid import schema as S
+    from semid.rqvae import RQVAEConfig
+
+    cfg = AlignConfig(
+        max_epochs=1,
+        max_pairs=200,
+        batch_size=64,
+        user_max_length=32,
+        item_stats=True,
+        user_category_weight=0.5,
+        category_column="genre",
+    )
+    out, _ = B.build(
+        data_dir=str(cold_prepared),
+        out=str(tmp_path / "semids"),
+        encoder=EncoderConfig(model=str(bert_dir), batch_size=32, max_length=32),
+        align_config=cfg,
+        item_rqvae=RQVAEConfig(**TINY_RQ),
+        user_rqvae=RQVAEConfig(**TINY_RQ),
+    )
+    assert "val_category_best" in json.loads((out / "build.json").read_text())["probe"]
+    prepared = data.load(cold_prepared)
+    held = prepared.meta["held_out_items"][0]
+    text = prepared.items.filter(pl.col(ITEM) == held)[TEXT].item()
+    seen: list[tuple[list[str], torch.Tensor]] = []
+    original = al.AlignedEncoder.encode_items
+
+    def spy(self: al.AlignedEncoder, texts: list[str], images=None) -> torch.Tensor:
+        emb = original(self, texts, images)
+        seen.append((list(texts), emb))
+        return emb
+
+    monkeypatch.setattr(al.AlignedEncoder, "encode_items", spy)
+    new = tmp_path / "new.csv"
+    pl.DataFrame({ITEM: [prepared.items.height], TEXT: [text]}).write_csv(new)
+    A.assign(semids=str(out), items=str(new), out=str(tmp_path / "item_sids.parquet"))
+    assert [t for t, _ in seen] == [[f"{text} | popularity: new"]]
+    built = pl.read_parquet(out / S.ITEM_EMB_FILE).filter(pl.col(ITEM) == held)[S.EMBEDDING].to_numpy()
+    torch.testing.assert_close(seen[0][1], torch.tensor(built, dtype=torch.float32), atol=1e-5, rtol=1e-4)
+
+
+def test_align_objectives_benchmark_writes_its_table(
+    prepared_dir: Path, bert_dir: Path, tmp_path: Path
+) -> None:
+    """benchmarks/align_objectives.py on the tiny data: one row per variant, and a foreign --out is refused."""
+    import yaml
+
+    from benchmarks import align_objectives as bench
+
+    config = tmp_path / "semid.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "encoder": {"model": str(bert_dir), "batch_size": 32, "max_length": 32},
+                "align_config": {"max_epochs": 1, "batch_size": 64, "user_max_length": 32},
+            }
+        )
+    )
+    out = tmp_path / "table.md"
+    args = ["--prepared", str(prepared_dir), "--config", str(config), "--max-pairs", "200", "--out", str(out)]
+    bench.main(args)
+    text = out.read_text()
+    assert text.startswith(bench.TITLE) and "reduced for time" in text
+    rows = [
+        line for line in text.splitlines() if line.startswith("| ") and "→" in line and "variant" not in line
+    ]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(bench.VARIANTS)
+    assert "n/a → n/a" in rows[0] and "n/a → n/a" not in rows[1]  # category BCE only where it is on
+    out.write_text("my notes\n")
+    with pytest.raises(SystemExit, match="not an earlier output"):
+        bench.main(args)
+    assert out.read_text() == "my notes\n"

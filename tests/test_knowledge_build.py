@@ -19,6 +19,7 @@ import pipelines.build_semids as B
 from semid import data
 from semid import schema as S
 from semid.align import AlignConfig, AlignResult
+from semid.align import fingerprint_settings as align_settings
 from semid.encoder import EncoderConfig, fingerprint_settings
 from semid.errors import InputError
 from semid.ids import read_table, write_table
@@ -163,6 +164,12 @@ OLD_ENCODER_CONFIG = {
     "normalize": True,
 }
 """`asdict(EncoderConfig())` before the knowledge switch and the multi-device fields existed."""
+OLD_ALIGN_CONFIG = {
+    k: v
+    for k, v in asdict(AlignConfig()).items()
+    if k not in {"user_category_weight", "category_column", "category_lr", "item_stats"}
+}
+"""`asdict(AlignConfig())` before the user category and item stats objectives existed."""
 
 
 def test_the_switch_enters_the_fingerprint_only_when_on(enriched_build, prepared_dir, tmp_path, monkeypatch):
@@ -182,13 +189,20 @@ def test_the_switch_enters_the_fingerprint_only_when_on(enriched_build, prepared
         {
             "data": read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"],
             "encoder": OLD_ENCODER_CONFIG,  # the placement fields (devices, ...) came later and are not hashed
-            "align": asdict(AlignConfig()),
+            "align": OLD_ALIGN_CONFIG,
             "item_rqvae": asdict(rq),
             "user_rqvae": asdict(rq),
         }
     )
     assert fp_plain == fp_off == before != fp_on
     assert fingerprint_settings(EncoderConfig(devices=4, strategy="ddp_spawn")) == OLD_ENCODER_CONFIG
+    on = align_settings(AlignConfig(user_category_weight=0.5, category_column="genre", item_stats=True))
+    assert on.keys() - OLD_ALIGN_CONFIG.keys() == {
+        "user_category_weight",
+        "category_column",
+        "category_lr",
+        "item_stats",
+    }
     assert json.loads((tmp_path / "a" / "build.json").read_text())["knowledge"] == {"enabled": False}
     assert not (tmp_path / "a" / "facets.parquet").exists()
 
