@@ -386,21 +386,27 @@ def test_item_stats_the_encoder_sees_the_popularity_words(
     assert (result.item_emb - plain).abs().max() > 1e-3
 
 
-def test_category_weight_zero_is_inert(aligned_run: Run, groups: Groups, tmp_path: Path) -> None:
-    """Weight 0 with a category column and categories given: the very vectors and probes of the plain run."""
-    result, enc_cfg = aligned_run
+def _align_with_categories(groups: Groups, enc_cfg, weight: float, work_dir: Path):
+    """`align` on the toy groups with the category objective at `weight` (categories: the item's group)."""
     items_text, users_text, train, _ = groups
-    cfg = replace(CFG, user_category_weight=0.0, category_column="genre")
-    again = al.align(
+    cfg = replace(CFG, user_category_weight=weight, category_column="genre")
+    categories = _group_categories(len(items_text))
+    return al.align(
         items_text,
         users_text,
         train,
         enc_cfg,
         cfg,
-        work_dir=tmp_path,
+        work_dir=work_dir,
         progress=False,
-        item_categories=_group_categories(len(items_text)),
+        item_categories=categories,
     )
+
+
+def test_category_weight_zero_is_inert(aligned_run: Run, groups: Groups, tmp_path: Path) -> None:
+    """Weight 0 with a category column and categories given: the very vectors and probes of the plain run."""
+    result, enc_cfg = aligned_run
+    again = _align_with_categories(groups, enc_cfg, 0.0, tmp_path)
     assert torch.equal(again.item_emb, result.item_emb) and torch.equal(again.user_emb, result.user_emb)
     assert "val_category_best" not in again.probe
     assert again.probe["val_loss_best"] == result.probe["val_loss_best"]
@@ -412,18 +418,7 @@ def test_category_head_learns_predictable_categories(
     """The group category of a user's next item is predictable from the user's aligned vector: the held-out
     category loss falls well below the prior's (where the head starts), and the objective moves the encoder."""
     result, enc_cfg = aligned_run
-    items_text, users_text, train, _ = groups
-    cfg = replace(CFG, user_category_weight=1.0, category_column="genre")
-    run = al.align(
-        items_text,
-        users_text,
-        train,
-        enc_cfg,
-        cfg,
-        work_dir=tmp_path,
-        progress=False,
-        item_categories=_group_categories(len(items_text)),
-    )
+    run = _align_with_categories(groups, enc_cfg, 1.0, tmp_path)
     before, best = run.probe["val_category_before"], run.probe["val_category_best"]
     assert 0.5 < before < 0.75, before  # ~ln 2 per category: the prior of two near-balanced categories
     assert best < 0.8 * before, (before, best)
