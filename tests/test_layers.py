@@ -259,3 +259,25 @@ def test_mlp_batch_norm_and_unnormalised_attention():
     )
     torch.testing.assert_close(doubled[0], 2 * pooled[0])  # raw weights: a repeated history counts twice
     assert torch.equal(pooled[1], torch.zeros(4))
+
+
+def test_embedding_dense_lookup_matches_nn_embedding():
+    """`Embedding`'s index_add backward gives nn.Embedding's gradients (padding row excluded) and the same outputs,
+    with and without autograd; a sparse table keeps torch's sparse gradient."""
+    torch.manual_seed(0)
+    ref = torch.nn.Embedding(50, 8, padding_idx=0)
+    ours = layers.Embedding(50, 8, padding_idx=0)
+    ours.load_state_dict(ref.state_dict())
+    idx = torch.randint(0, 50, (64, 20))
+    idx[:, -3:] = 0  # padded history slots
+    grad = torch.randn(64, 20, 8)
+    ref(idx).backward(grad)
+    ours(idx).backward(grad)
+    assert torch.equal(ref(idx), ours(idx))
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+    assert ours.weight.grad[0].abs().max() == 0
+    with torch.no_grad():
+        assert torch.equal(ref(idx), ours(idx))
+    sparse = layers.Embedding(50, 8, padding_idx=0, sparse=True)
+    sparse(idx).sum().backward()
+    assert sparse.weight.grad.is_sparse

@@ -1,6 +1,6 @@
 """Reusable CTR building blocks, one kind per file.
 
-- `functional`: table init, activity level a = log(1 + count) / log(1 + count_max), masked mean, the L2 term,
+- `functional`: `Embedding` (`nn.Embedding` with a faster dense backward on CPU), table init, activity level a = log(1 + count) / log(1 + count_max), masked mean, the L2 term,
   id helpers (`distinct`: the distinct ids of a history).
 - `embedding`: `FeatureBags`, `FieldEmbedding` (the fields every model shares), `SIDPrefixEmbedding`.
 - `interaction`: `MLP` (optional BatchNorm), POSO's `GatedMLP`, `FMInteraction`, DCN-V2's `CrossNetV2`.
@@ -10,8 +10,8 @@
 
 Conventions: B = batch, F = fields, M = tokens per multi-valued feature, H = history length, L = semantic-ID
 levels, d = embedding dim. Id tables have one extra row 0 for padding and are indexed with `id + 1`, so the
-history (already shifted by one, 0 = pad) and targets share one table. Every table here is an `nn.Embedding` /
-`nn.EmbeddingBag` built with `sparse=...`, so `CTRTask` can hand their weights to `torch.optim.SparseAdam`;
+history (already shifted by one, 0 = pad) and targets share one table. Every table here is an `nn.Embedding` (or
+its subclass `Embedding`) / `nn.EmbeddingBag` built with `sparse=...`, so `CTRTask` can hand their weights to `torch.optim.SparseAdam`;
 embeddings are always looked up through the module (never `weight[idx]`), which keeps their gradients sparse.
 """
 
@@ -24,6 +24,7 @@ from ctr.layers.functional import (
     EMBED_INIT_STD,
     HEAD_BUCKET,
     Distinct,
+    Embedding,
     activity,
     distinct,
     first_occurrence,
@@ -39,6 +40,7 @@ from ctr.layers.views import ClusterView, ViewFusion
 
 __all__ = [
     "EMBED_INIT_STD",
+    "Embedding",
     "HEAD_BUCKET",
     "MLP",
     "ActivityGate",

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.layers.embedding import SIDPrefixEmbedding
-from ctr.layers.functional import activity, distinct, init_table
+from ctr.layers.functional import Embedding, activity, distinct, init_table
 from ctr.layers.gates import ActivityGate, ResidualGate
 
 
@@ -67,7 +67,7 @@ class ClusterGuidedEmbedding(nn.Module):
             if use_cluster or self.deep
             else None
         )
-        self.individual = nn.Embedding(n + 1, dim, padding_idx=0) if use_individual else None
+        self.individual = Embedding(n + 1, dim, padding_idx=0) if use_individual else None
         if self.individual is not None:
             init_table(self.individual)
         self.gate: nn.Module | None = None

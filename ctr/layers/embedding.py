@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.batch import Batch, DataSpec
-from ctr.layers.functional import init_table, largest_prime_at_most, masked_mean
+from ctr.layers.functional import Embedding, init_table, largest_prime_at_most, masked_mean
 
 
 class FeatureBags(nn.Module):
@@ -46,8 +46,8 @@ class FieldEmbedding(nn.Module):
 
     def __init__(self, spec: DataSpec, dim: int, *, sparse: bool = False):
         super().__init__()
-        self.user = nn.Embedding(spec.n_users + 1, dim, padding_idx=0, sparse=sparse)
-        self.item = nn.Embedding(spec.n_items + 1, dim, padding_idx=0, sparse=sparse)
+        self.user = Embedding(spec.n_users + 1, dim, padding_idx=0, sparse=sparse)
+        self.item = Embedding(spec.n_items + 1, dim, padding_idx=0, sparse=sparse)
         init_table(self.user)
         init_table(self.item)
         self.user_feats = FeatureBags(spec.user_feature_vocab, dim, sparse=sparse)
@@ -126,7 +126,7 @@ class SIDPrefixEmbedding(nn.Module):
         )  # sorted per depth
         self.register_buffer("vocab_set", torch.tensor(False))
         self._ready = False  # mirrors vocab_set on the host: no device sync per forward
-        self.table = nn.Embedding(1 + sum(rows), dim, padding_idx=0, sparse=sparse)
+        self.table = Embedding(1 + sum(rows), dim, padding_idx=0, sparse=sparse)
         init_table(self.table)
 
     @property
