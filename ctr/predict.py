@@ -1,5 +1,6 @@
-"""Predictions to parquet: `predictions_frame` (predict_step outputs -> `semid.schema.PREDICTIONS`) and the
-`PredictionWriter` callback (atomic; under DDP one part per rank, merged by rank 0)."""
+"""Predictions to parquet: `predictions_frame` (predict_step outputs -> `semid.schema.PREDICTIONS`), the
+`PredictionWriter` callback (atomic; under DDP one part per rank, merged by rank 0) and `predict_split` (one split of
+a CTRDataModule through a checkpoint into one file)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,25 @@ class PredictionWriter(BasePredictionWriter):
             for p in parts:
                 p.unlink()
         trainer.strategy.barrier("prediction_writer_done")
+
+
+def predict_split(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: Any,
+    *,
+    split: str,
+    output: str | Path,
+    ckpt_path: str | None,
+) -> None:
+    """Predict `split` ("val" or "test") of a CTRDataModule with the weights of `ckpt_path` into `output`: the data
+    module serves it as its `predict_split` for this one call, and the trainer's callbacks and the data module's
+    `predict_split` are left as they were."""
+    writer, before = PredictionWriter(output), datamodule.predict_split
+    datamodule.predict_split = split
+    trainer.callbacks.append(writer)
+    try:
+        trainer.predict(model, datamodule=datamodule, ckpt_path=ckpt_path, return_predictions=False)
+    finally:
+        trainer.callbacks.remove(writer)
+        datamodule.predict_split = before

@@ -107,9 +107,11 @@ def fit_one(
     """Fit, validate, test and predict one (model, seed) from exactly the config texts that were hashed.
     `extra_args`: more `ctr fit` arguments, last (the scenario table and knowledge vectors of pipelines/scenarios.py,
     the imagined behaviours of pipelines/imagine_stage.py; their contents are in `stage_hash`). `record` and
-    `predictions`: the names of the metrics JSON (written last) and the predictions file in `out` (a refit run names
-    this first fit's files apart: pipelines/refit.py)."""
-    from ctr.module import PredictionWriter
+    `predictions`: the names of the metrics JSON (written last) and the test predictions file in `out` (a refit run
+    names this first fit's files apart: pipelines/refit.py). The best checkpoint predicts the validation split too,
+    into `<out>/val_predictions.parquet` (semid.schema.VAL_PREDICTIONS_FILE, under that name in a refit run as well):
+    the report's calibration is fitted on it."""
+    from ctr.predict import predict_split
     from pipelines.console import plain_argv
     from pipelines.train import cli, default_loggers
 
@@ -130,8 +132,8 @@ def fit_one(
     best = c.trainer.checkpoint_callback.best_model_path or None
     val = c.trainer.validate(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
     test = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
-    c.trainer.callbacks.append(PredictionWriter(out / predictions))
-    c.trainer.predict(c.model, datamodule=c.datamodule, ckpt_path=best, return_predictions=False)
+    for split, path in (("test", out / predictions), ("val", out / S.VAL_PREDICTIONS_FILE)):
+        predict_split(c.trainer, c.model, c.datamodule, split=split, output=path, ckpt_path=best)
     metrics = {
         "model": name,
         "seed": seed,

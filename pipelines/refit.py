@@ -12,6 +12,7 @@ split. The seed folder then holds
     checkpoints/, logs/                the selection fit's
     selection_metrics.json             the selection fit's metrics (val, test, best checkpoint); marks it done
     selection_predictions.parquet      the selection fit's test predictions
+    val_predictions.parquet            the selection fit's validation predictions (its best checkpoint)
     refit/checkpoints/refit-<e>.ckpt   the refit's last weights (the checkpoint the test numbers come from)
     refit/logs/
     predictions.parquet                the refit's test predictions: what the report scores
@@ -19,6 +20,12 @@ split. The seed folder then holds
                                        test, refit = how the refit ran; written last, marks the (model, seed) done
 
 A run killed during the refit resumes at the refit: the selection fit is kept when its record holds the stage hash.
+
+Calibration (ctr.calibration, fitted by the report): the refit has no held-out rows -- its validation predictions
+would be predictions on its own training data, and a map fitted on them would be fitted on training data. So a refit
+(model, seed) is calibrated with the map fitted on its *selection* fit's validation predictions
+(`val_predictions.parquet` above; same configs, seed and epoch count, trained on train only) and applied to the
+refit's test predictions. The report says so beside the calibrated numbers.
 """
 
 from __future__ import annotations
@@ -96,7 +103,7 @@ def refit_one(
     metrics."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from ctr.module import PredictionWriter
+    from ctr.predict import predict_split
     from pipelines.console import plain_argv
     from pipelines.train import cli, default_loggers
 
@@ -125,8 +132,9 @@ def refit_one(
         )
     last = c.trainer.checkpoint_callback.best_model_path
     test = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=last, verbose=False)[0]
-    c.trainer.callbacks.append(PredictionWriter(seed_dir / S.PREDICTIONS_FILE))
-    c.trainer.predict(c.model, datamodule=c.datamodule, ckpt_path=last, return_predictions=False)
+    predict_split(
+        c.trainer, c.model, c.datamodule, split="test", output=seed_dir / S.PREDICTIONS_FILE, ckpt_path=last
+    )
     return {
         "test": {k.removeprefix("test/"): float(v) for k, v in test.items()},
         "refit": {

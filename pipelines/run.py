@@ -21,6 +21,9 @@ rgcd_ids_no_routing) say which cross-domain inputs its fits and trials read, and
 With `refit_train_val: true` (pipelines/refit.py) every (model, seed) is fitted as usual for model selection, then
 refitted from scratch on train + val for the epochs its best checkpoint had seen; the report reads the refit's test
 predictions and the selection fit's validation numbers.
+
+Before the report, every finished (model, seed) without validation predictions (a fit from before they were written)
+gets them from its checkpoint (pipelines/calibrate.py), so the report calibrates every model on validation.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.calibrate import backfill_run
 from pipelines.crossdomain_stage import (
     CrossDomainStage,
     CrossInput,
@@ -419,6 +423,7 @@ def _run_stages(
         )
 
     run_fits(tasks, jobs=jobs, log_file=out / RUN_LOG, verbose=verbose, done=fitted)
+    backfill_run(out)  # fits finished before validation predictions were written: calibrated without a re-fit
 
     start = time.perf_counter()
     build_report(

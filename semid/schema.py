@@ -100,6 +100,9 @@ PREDICTIONS = pl.Schema(
     }
 )
 PREDICTIONS_FILE = "predictions.parquet"
+VAL_PREDICTIONS_FILE = "val_predictions.parquet"
+"""The same schema on the validation split, from the checkpoint that predicted the test split (the fit's best; for a
+refit, its selection fit's): what the report fits each (model, seed)'s calibration map on (ctr.calibration)."""
 
 
 # -- run directory layout (semid run; read by the report) ------------------------------------------------

@@ -168,6 +168,29 @@ def test_longtail_target_table_reads_the_report_deltas_and_intervals():
     assert longtail.target_lines({"target": "akt"}) == []
 
 
+def test_longtail_calibrated_logloss_uses_the_seeds_validation_map():
+    from benchmarks import longtail
+    from ctr import metrics
+    from ctr.calibration import fit_platt
+
+    rng = np.random.default_rng(0)
+    label = (rng.random(2_000) < 0.3).astype(np.int8)
+
+    def frame(noise_seed: int) -> pl.DataFrame:  # over-confident scores of one model
+        x = 4 * (label - 0.5) + np.random.default_rng(noise_seed).normal(size=label.size)
+        return pl.DataFrame(
+            {S.USER: np.arange(label.size) % 50, S.LABEL: label, S.SCORE: 1 / (1 + np.exp(-2 * x))}
+        ).cast({S.USER: pl.Int32, S.LABEL: pl.Int8, S.SCORE: pl.Float32})
+
+    test, val = frame(1), frame(2)
+    got = longtail.score(longtail.with_calibrated(test, val))
+    platt = fit_platt(torch.tensor(val[S.SCORE].to_numpy()), torch.tensor(val[S.LABEL].to_numpy()))
+    p, y = torch.tensor(test[S.SCORE].to_numpy()), torch.tensor(test[S.LABEL].to_numpy())
+    assert got["logloss_cal"] == pytest.approx(metrics.logloss(platt.apply(p), y), abs=1e-12)
+    assert got["logloss_cal"] < got["logloss"]  # over-confident: calibration helps
+    assert np.isnan(longtail.score(longtail.with_calibrated(test, None))["logloss_cal"])  # no val: no map
+
+
 def test_akt_ablations_verdicts_read_the_bootstrap_interval_against_the_paper(tmp_path):
     from benchmarks import akt_ablations as A
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from ctr.module import DEFAULT_MONITOR
+from pipelines.calibrate import backfill_run
 from pipelines.cli import check_checkpoint
 from pipelines.run import main as run_main
 from semid import schema as S
@@ -127,6 +129,14 @@ def test_every_artifact(finished_run):
         check_checkpoint(metrics["best_checkpoint"])  # a real checkpoint passes the CLI's pre-check
         frozen = sorted((run / "models" / name / "seed0" / "config").iterdir())
         assert [p.name for p in frozen] == ["00_common.yaml", f"01_{name}.yaml"]
+        val = pl.read_parquet(
+            run / "models" / name / "seed0" / S.VAL_PREDICTIONS_FILE
+        )  # the calibration's input
+        assert (
+            val.schema == S.PREDICTIONS
+            and val.height
+            == pl.scan_parquet(run / "prepared" / S.split_file("val")).select(pl.len()).collect().item()
+        )
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["schema_version"] == 1 and report["target"] == "akt"
     assert set(report["models"]) == set(MODELS)
@@ -134,6 +144,23 @@ def test_every_artifact(finished_run):
     for png in report["plots"]:
         assert (run / "report" / png).stat().st_size > 1000
     assert "| deepfm" in (run / "report" / "report.md").read_text()
+    assert all(report["models"][m]["calibration"]["seeds"] == [0] for m in MODELS)
+    assert "| logloss (cal.) |" in (run / "report" / "report.md").read_text()
+
+
+def test_backfill_predicts_validation_from_the_checkpoint_and_touches_nothing_else(finished_run, tmp_path):
+    run = Path(shutil.copytree(finished_run, tmp_path / "old"))
+    seed_dir = run / "models" / "deepfm" / "seed0"
+    written = pl.read_parquet(seed_dir / S.VAL_PREDICTIONS_FILE)
+    (seed_dir / S.VAL_PREDICTIONS_FILE).unlink()  # a fit from before validation predictions were written
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert backfill_run(run) == [seed_dir]
+    assert {p for p in run.rglob("*") if p.is_file()} - set(before) == {seed_dir / S.VAL_PREDICTIONS_FILE}
+    assert all(p.read_bytes() == data for p, data in before.items())  # no other file written
+    again = pl.read_parquet(seed_dir / S.VAL_PREDICTIONS_FILE)
+    assert again.drop(S.SCORE).equals(written.drop(S.SCORE))  # the fit's own validation rows, in order
+    assert again[S.SCORE].to_list() == pytest.approx(written[S.SCORE].to_list(), abs=1e-6)  # same checkpoint
+    assert backfill_run(run) == []  # nothing left to do
 
 
 def test_rerun_skips_every_stage(finished_run, pipeline_config, capsys):

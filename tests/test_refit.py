@@ -24,6 +24,7 @@ from pipelines.run import main as run_main
 from semid import data, synthetic
 from semid import schema as S
 from semid.errors import InputError
+from semid.io import read_meta
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -179,6 +180,11 @@ def test_the_report_scores_the_refits_test_predictions_and_the_selections_val(pl
         assert cell["overall"]["auc"]["values"][0] == pytest.approx(_auc(pred), abs=1e-6)
         assert cell["val_monitor"]["values"][0] == pytest.approx(metrics["val"]["auc"], abs=1e-9)
         assert cell["epochs"]["values"][0] == metrics["epochs"]  # the selection fit's epochs
+        # calibrated on the selection fit's validation predictions: the refit trained on val
+        val_meta = read_meta(seed_dir / S.VAL_PREDICTIONS_FILE)
+        assert val_meta["checkpoint"] == metrics["selection_checkpoint"]
+        assert cell["calibration"]["fitted_on"] == "val_of_selection_fit"
+        assert cell["calibration"]["seeds"] == [0]
 
 
 def test_a_rerun_skips_and_a_killed_refit_resumes_at_the_refit(plain_and_refit, pipeline, tmp_path, capsys):

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from ctr import metrics
+from ctr.calibration import fit_platt
 from ctr.module import DEFAULT_MONITOR
 from ctr.report import build_report
 from ctr.report.health import merge_health, read_sid_table, sid_health
@@ -105,6 +106,11 @@ def make_run(root: Path, *, n_users: int = 100, per_user: int = 20, n_items: int
                 }
             ).cast(dict(schema.PREDICTIONS))
             write_parquet(frame, d / schema.PREDICTIONS_FILE)
+            # validation predictions of the same model, over-confident: what each seed's calibration is fitted on
+            val_noise = np.random.default_rng(7 + 100 * s_i + len(m)).normal(size=n)
+            val_score = np.round(1 / (1 + np.exp(-(3 * k * (label - 0.5) + val_noise))), 2)
+            val = frame.with_columns(pl.Series(schema.SCORE, val_score, dtype=pl.Float32))
+            write_parquet(val, d / schema.VAL_PREDICTIONS_FILE)
             write_fit_record(d, m, seed, MONITOR)
     sizes = [16, 8, 4]
     for key, n_ent, file in (
@@ -264,6 +270,41 @@ def test_per_seed_values_equal_ctr_metrics(built):
                 assert close(cell["auc"]["values"][i], metrics.auc(p, y))
                 assert close(cell["gauc"]["values"][i], metrics.gauc(p, y, u))
                 assert close(cell["logloss"]["values"][i], metrics.logloss(p, y))
+
+
+def test_calibrated_logloss_is_each_seeds_own_validation_map_on_its_test_predictions(built, tmp_path):
+    run, report = built
+    for model in STRENGTH:
+        summary = report["models"][model]
+        assert summary["calibration"]["seeds"] == list(SEEDS) and summary["calibration"]["fitted_on"] == "val"
+        for i, seed in enumerate(SEEDS):
+            val = pl.read_parquet(run / "models" / model / f"seed{seed}" / schema.VAL_PREDICTIONS_FILE)
+            platt = fit_platt(*tensors(val)[:2])  # fitted on validation only
+            assert close(summary["calibration"]["a"]["values"][i], platt.a) and platt.a > 0
+            frame = predictions(run, model, seed)
+            for cell, rows in (
+                (summary["overall"], frame),
+                (summary["item_buckets"]["cold"], frame.filter(pl.col(schema.ITEM_BUCKET) == "cold")),
+            ):
+                p, y, _ = tensors(rows)
+                assert close(cell["logloss_cal"]["values"][i], metrics.logloss(platt.apply(p), y))
+    d = report["floor"]["models"]["akt"]
+    want = 100 * (
+        report["models"]["akt"]["overall"]["logloss_cal"]["mean"]
+        - report["models"]["floor"]["overall"]["logloss_cal"]["mean"]
+    )
+    assert close(d["logloss_cal"], want) and d["beats_floor_logloss_cal"] == (want < 0)
+    md = (run / "report" / "report.md").read_text()
+    assert "| logloss (cal.) |" in md and "Calibration: " in md and "validation predictions" in md
+    main_row = next(line for line in md.splitlines() if line.startswith("| akt | target | 2 |"))
+    assert f"{report['models']['akt']['overall']['logloss_cal']['mean']:.4f} ± " in main_row
+    # a seed without validation predictions is uncalibrated, and the mean says over how many seeds it is
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+    (copy / "models" / "deepfm" / "seed1" / schema.VAL_PREDICTIONS_FILE).unlink()
+    partial = build_report(copy, n_boot=10)
+    assert partial["models"]["deepfm"]["calibration"]["seeds"] == [0]
+    assert partial["models"]["deepfm"]["overall"]["logloss_cal"]["values"][1] is None
+    assert "(1/2 seeds)" in (copy / "report" / "report.md").read_text()
 
 
 def test_mean_and_std_over_seeds(built):

@@ -29,6 +29,7 @@ from ctr.report.stats import (
     floor_deltas,
     mean_deltas,
     paired_deltas,
+    platt_of,
     roles,
     run_monitor,
     scenario_deltas,
@@ -48,6 +49,14 @@ REPORT_COMMAND = "report"
 """The command name in the report folder's OUTPUT_MARKER (semid.io.owned_output_dir)."""
 REPORT_FILES: tuple[str, ...] = ("report.md", "report.json", *PLOTS)
 """What a report folder written before the marker existed may hold (it may still be replaced)."""
+CALIBRATION_TEXT = (
+    "logloss (cal.) is the test log loss after Platt scaling p' = sigmoid(a * logit(p) + b), one map per (model, "
+    f"seed) -- the floor's included -- fitted by least log loss on that seed's own validation predictions "
+    f"({schema.VAL_PREDICTIONS_FILE}, from the checkpoint that predicted the test split; a model refit on train + "
+    "val uses its selection fit's, which never trained on val) and never on test. The map is increasing (a > 0), so "
+    "AUC and GAUC are unchanged; n/a = a seed without validation predictions."
+)
+"""How the calibrated log loss was obtained, in report.json (`calibration`) and report.md."""
 TUNED_DIR = "tuned"
 """<run>/tuned/<model>.json: what `semid run --tune N` found for a model (pipelines.run writes it)."""
 
@@ -160,8 +169,13 @@ def build_report(
     sid_tables = {name: read_sid_table(p, key) for name, (p, key) in semid_paths.items() if p.is_file()}
 
     with _one_torch_thread():
-        scores = {m: [score_predictions(r.predictions) for r in rs] for m, rs in runs.items()}
-    summaries = {m: summarise_model(runs[m], scores[m]) for m in runs}
+        platts = {
+            m: [platt_of(r.val_predictions) for r in rs] for m, rs in runs.items()
+        }  # on validation only
+        scores = {
+            m: [score_predictions(r.predictions, c) for r, c in zip(rs, platts[m])] for m, rs in runs.items()
+        }
+    summaries = {m: summarise_model(runs[m], scores[m], platts[m]) for m in runs}
     scen = read_scenarios(run_dir)
     if scen is not None:  # a multi-scenario run: AUC and log loss per scenario too
         with _one_torch_thread():
@@ -200,6 +214,7 @@ def build_report(
             **{m: "ablation" for m in role.ablations},
         },
         "min_gauc_users": min_gauc_users,
+        "calibration": CALIBRATION_TEXT,
         "models": summaries,
         "floor": None,
         "deltas": None,
@@ -209,7 +224,8 @@ def build_report(
         report["floor"] = {
             "model": role.floor,
             "rule": "A model beats the floor when its overall AUC and GAUC (seed means) are both above the floor's "
-            "(a GAUC undefined for either model is not held against it).",
+            "(a GAUC undefined for either model is not held against it). Calibrated log loss (each model and the "
+            "floor calibrated on their own validation predictions) is compared separately.",
             "models": floor_deltas(summaries, role.floor),
         }
     tables_t: list[pl.DataFrame] = []

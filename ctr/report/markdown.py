@@ -22,6 +22,15 @@ def _ms(s: dict[str, Any] | None, digits: int = 4, sign: str = "") -> str:
     return f"{s['mean']:{sign}.{digits}f} ± {s['std']:.{digits}f}"
 
 
+def _cal(s: dict[str, Any] | None) -> str:
+    """A calibrated log loss: mean ± std, and "(k/n seeds)" when only k of the n seeds had a calibration map."""
+    text = _ms(s)
+    if s is None or text == "n/a":
+        return text
+    k = sum(v is not None and math.isfinite(v) for v in s["values"])
+    return text if k == len(s["values"]) else f"{text} ({k}/{len(s['values'])} seeds)"
+
+
 def _users(cell: dict[str, Any], min_users: int) -> str:
     """ " (u=85)" or " (u=12 †)": the users a GAUC rests on (fewest over seeds), marked below `min_users`."""
     n = cell.get("n_users")
@@ -67,14 +76,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Mean ± std over seeds (std with ddof = 1; no std with one seed). "
         f"n = {models[target]['overall']['n']:,} test rows per seed.",
         "",
-        f"| model | role | seeds | AUC | GAUC | logloss | {_monitor_header(report)} | fit s |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | role | seeds | AUC | GAUC | logloss | logloss (cal.) | {_monitor_header(report)} | fit s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in order:
         m = models[name]
         lines.append(
             f"| {name} | {report['roles'][name]} | {len(m['seeds'])} | {_ms(m['overall']['auc'])} "
-            f"| {_gauc(m['overall'], k)} | {_ms(m['overall']['logloss'])} | {_ms(m['val_monitor'])} "
+            f"| {_gauc(m['overall'], k)} | {_ms(m['overall']['logloss'])} | {_cal(m['overall'].get('logloss_cal'))} "
+            f"| {_ms(m['val_monitor'])} "
             f"| {_ms(m['fit_seconds'], 1)} |"
         )
     lines += _users_note(k, _any_marked([models[n]["overall"] for n in order], k))
@@ -83,20 +93,22 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_monitor_header(report)}: the validation number every model was early-stopped and tuned on (the run's "
         "`model.monitor`, from metrics.json); the best baseline is chosen by it, never by a test number.",
     ]
+    if report.get("calibration"):
+        lines += ["", f"Calibration: {report['calibration']}"]
     for kind in BUCKET_KINDS:
         lines += [
             "",
             f"## By {BUCKET_TITLES[kind]} bucket",
             "",
-            "| bucket | n | model | AUC | GAUC | logloss |",
-            "|---|---|---|---|---|---|",
+            "| bucket | n | model | AUC | GAUC | logloss | logloss (cal.) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for b in schema.BUCKETS:
             for name in order:
                 cell = models[name][kind][b]
                 lines.append(
                     f"| {b} | {cell['n']:,} | {name} | {_ms(cell['auc'])} | {_gauc(cell, k)} "
-                    f"| {_ms(cell['logloss'])} |"
+                    f"| {_ms(cell['logloss'])} | {_cal(cell.get('logloss_cal'))} |"
                 )
         lines += _users_note(k, _any_marked([models[n][kind][b] for n in order for b in schema.BUCKETS], k))
     lines += scenario_table(report)
@@ -252,17 +264,23 @@ def floor_table(report: dict[str, Any]) -> list[str]:
         "",
         f"Deltas of the seed means vs the floor. {floor['rule']}",
         "",
-        "| model | role | ΔAUC | ΔGAUC | Δ tail-item GAUC | Δ cold-item GAUC | beats the floor |",
-        "|---|---|---|---|---|---|---|",
+        "| model | role | ΔAUC | ΔGAUC | Δ tail-item GAUC | Δ cold-item GAUC | beats the floor "
+        "| Δ logloss (cal.) | cal. logloss below the floor's |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in floor["models"].items():
         tail, cold = d["item_buckets"]["tail"], d["item_buckets"]["cold"]
         lines.append(
             f"| {name} | {report['roles'][name]} | {_signed(d['overall']['auc'])} "
             f"| {_signed(d['overall']['gauc'])}{_users(d['overall'], k)} | {_signed(tail['gauc'])}{_users(tail, k)} "
-            f"| {_signed(cold['gauc'])}{_users(cold, k)} | {'yes' if d['beats_floor'] else '**NO** ⚠'} |"
+            f"| {_signed(cold['gauc'])}{_users(cold, k)} | {'yes' if d['beats_floor'] else '**NO** ⚠'} "
+            f"| {_signed(d.get('logloss_cal'))} | {_verdict(d.get('beats_floor_logloss_cal'))} |"
         )
     return lines
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("yes" if ok else "no")
 
 
 def _ci(cell: dict[str, Any] | None) -> str:
@@ -285,9 +303,9 @@ def ablation_table(report: dict[str, Any]) -> list[str]:
         "part helped). CI = users resampled with replacement, the same draws for both models and all seeds, "
         "percentile 95% interval of the GAUC delta of the seed means.",
         "",
-        "| model | seeds | AUC | GAUC | logloss | tail-item GAUC | cold-item GAUC | ΔAUC | ΔGAUC | ΔGAUC 95% CI "
-        "| Δ tail GAUC | Δ tail GAUC 95% CI | Δ cold GAUC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | seeds | AUC | GAUC | logloss | logloss (cal.) | tail-item GAUC | cold-item GAUC | ΔAUC | ΔGAUC "
+        "| ΔGAUC 95% CI | Δ tail GAUC | Δ tail GAUC 95% CI | Δ cold GAUC |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         m = models[name]
@@ -302,7 +320,8 @@ def ablation_table(report: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"| {name} | {len(m['seeds'])} | {_ms(m['overall']['auc'])} | {_gauc(m['overall'], k)} "
-            f"| {_ms(m['overall']['logloss'])} | {_gauc(m['item_buckets']['tail'], k)} "
+            f"| {_ms(m['overall']['logloss'])} | {_cal(m['overall'].get('logloss_cal'))} "
+            f"| {_gauc(m['item_buckets']['tail'], k)} "
             f"| {_gauc(m['item_buckets']['cold'], k)} {deltas}"
         )
     cells = [

@@ -2,7 +2,7 @@
 and the model-selection monitor each seed was fitted with.
 
 Layout (names from semid.schema): <run>/MODELS_DIR/<model>/seed<k>/PREDICTIONS_FILE [+ METRICS_FILE]
-[+ config/*.yaml (semid.schema.FIT_CONFIG_DIR), the configs `semid run` froze for the fit]; optional
+[+ VAL_PREDICTIONS_FILE, the calibration's input] [+ config/*.yaml (semid.schema.FIT_CONFIG_DIR), the configs `semid run` froze for the fit]; optional
 <run>/scenarios.parquet (semid.scenarios, written by the `scenarios:` stage of `semid run`).
 """
 
@@ -38,8 +38,8 @@ def seed_of(name: str) -> int | None:
 @dataclass(frozen=True)
 class SeedRun:
     """One trained model at one seed: its validated predictions, (optional) metrics.json, the monitor its fit
-    selected the checkpoint on (None when the seed has no frozen config to say so) and that monitor's validation
-    value from metrics.json (None when unknown or absent)."""
+    selected the checkpoint on (None when the seed has no frozen config to say so), that monitor's validation
+    value from metrics.json (None when unknown or absent) and its validation predictions (None when absent)."""
 
     model: str
     seed: int
@@ -47,6 +47,7 @@ class SeedRun:
     metrics: dict[str, Any] | None
     monitor: str | None
     val_monitor: float | None
+    val_predictions: pl.DataFrame | None = None
 
 
 def discover(run_dir: Path) -> dict[str, dict[int, Path]]:
@@ -183,8 +184,21 @@ def read_seed(model: str, seed: int, seed_dir: Path) -> SeedRun:
     monitor = read_monitor(seed_dir)
     value = None if monitor is None else monitor_value(metrics_json, monitor, metrics_path)
     return SeedRun(
-        model, seed, read_predictions(seed_dir / schema.PREDICTIONS_FILE), metrics_json, monitor, value
+        model,
+        seed,
+        read_predictions(seed_dir / schema.PREDICTIONS_FILE),
+        metrics_json,
+        monitor,
+        value,
+        read_val_predictions(seed_dir),
     )
+
+
+def read_val_predictions(seed_dir: Path) -> pl.DataFrame | None:
+    """A seed's validation predictions (semid.schema.VAL_PREDICTIONS_FILE, checked as `read_predictions` checks the
+    test ones), None when the seed has none (a fit from before they were written: pipelines/calibrate.py)."""
+    path = seed_dir / schema.VAL_PREDICTIONS_FILE
+    return read_predictions(path) if path.is_file() else None
 
 
 def _val_number(metrics_json: dict[str, Any] | None, name: str) -> float | None:

@@ -1,6 +1,7 @@
 """The report's numbers: per-seed scores (ctr.metrics), mean ± std over seeds, model roles and the best-baseline
 rule (the run's model-selection monitor on validation, never test), deltas (mean, paired per seed, vs the floor)
-and the user bootstrap of the GAUC delta.
+and the user bootstrap of the GAUC delta. Log loss is reported raw and calibrated: each (model, seed)'s own Platt map
+(ctr.calibration), fitted on its validation predictions, applied to its test predictions.
 
 Every AUC / GAUC comes from ctr.metrics (`user_auc` + `gauc_from_users` are the one GAUC implementation); the
 bootstrap re-weights the per-user AUCs computed once per model and seed.
@@ -18,11 +19,13 @@ import polars as pl
 import torch
 
 from ctr import metrics
+from ctr.calibration import Platt, fit_platt
 from ctr.report.runs import SeedRun, val_gauc
 from semid import schema
 from semid.errors import InputError
 
-METRIC_NAMES: tuple[str, ...] = ("auc", "gauc", "logloss")
+METRIC_NAMES: tuple[str, ...] = ("auc", "gauc", "logloss", "logloss_cal")
+"""logloss_cal: the test log loss after the seed's Platt map (NaN for a seed without validation predictions)."""
 DELTA_METRICS: tuple[str, ...] = ("auc", "gauc")
 BUCKET_KINDS: dict[str, str] = {"item_buckets": schema.ITEM_BUCKET, "user_buckets": schema.USER_BUCKET}
 BUCKET_TITLES: dict[str, str] = {"item_buckets": "item popularity", "user_buckets": "user activity"}
@@ -49,17 +52,32 @@ def _masks(frame: pl.DataFrame) -> list[tuple[str, str, torch.Tensor | None]]:
     return out
 
 
-def score_predictions(frame: pl.DataFrame) -> dict[str, Any]:
-    """AUC, GAUC (groups = user), log loss, n, positives and GAUC users: overall and per item / user bucket."""
+def platt_of(frame: pl.DataFrame | None) -> Platt | None:
+    """A seed's calibration map, fitted on its validation predictions `frame` only (never on test); None without
+    them or when they hold a single label class."""
+    if frame is None or frame[schema.LABEL].n_unique() < 2:
+        return None
+    preds, target, _ = _tensors(frame)
+    return fit_platt(preds, target)
+
+
+def score_predictions(frame: pl.DataFrame, platt: Platt | None = None) -> dict[str, Any]:
+    """AUC, GAUC (groups = user), log loss raw and after `platt` (NaN without one), n, positives and GAUC users:
+    overall and per item / user bucket. The map is increasing, so AUC and GAUC are the raw scores' either way."""
     preds, target, user = _tensors(frame)
+    calibrated = None if platt is None else platt.apply(preds)  # (n,) float64
     out: dict[str, Any] = {}
     for scope, bucket, mask in _masks(frame):
         p, y, u = (preds, target, user) if mask is None else (preds[mask], target[mask], user[mask])
         parts = metrics.user_auc(p, y, u)
+        cal = math.nan
+        if calibrated is not None:
+            cal = metrics.logloss(calibrated if mask is None else calibrated[mask], y)
         cell = {
             "auc": metrics.auc(p, y),
             "gauc": float(metrics.gauc_from_users(parts.auc, parts.n)),
             "logloss": metrics.logloss(p, y),
+            "logloss_cal": cal,
             "n": int(p.numel()),
             "n_pos": int(y.sum()),
             "n_users": int(torch.isfinite(parts.auc).sum()),
@@ -161,8 +179,24 @@ def stat(values: Sequence[float | None]) -> dict[str, Any]:
     return {"mean": mean, "std": std, "values": vals}
 
 
-def summarise_model(runs: Sequence[SeedRun], scores: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per-seed scores of one model folded into {mean, std, values} per metric, overall and per bucket."""
+def calibration_summary(runs: Sequence[SeedRun], platts: Sequence[Platt | None]) -> dict[str, Any]:
+    """What a model's calibration was fitted on, its seeds with a map, and the maps' a, b and validation rows."""
+    refit = any("refit" in (r.metrics or {}) for r in runs)
+    return {
+        "method": "platt",
+        "fitted_on": "val_of_selection_fit" if refit else "val",
+        "seeds": [r.seed for r, c in zip(runs, platts) if c is not None],
+        "a": stat([None if c is None else c.a for c in platts]),
+        "b": stat([None if c is None else c.b for c in platts]),
+        "n_val": [None if c is None else c.n for c in platts],
+    }
+
+
+def summarise_model(
+    runs: Sequence[SeedRun], scores: Sequence[dict[str, Any]], platts: Sequence[Platt | None] | None = None
+) -> dict[str, Any]:
+    """Per-seed scores of one model folded into {mean, std, values} per metric, overall and per bucket, with the
+    seeds' calibration maps (`platts`, one per run; default none)."""
 
     def fold(cells: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {m: stat([c[m] for c in cells]) for m in METRIC_NAMES}
@@ -188,6 +222,7 @@ def summarise_model(runs: Sequence[SeedRun], scores: Sequence[dict[str, Any]]) -
     for key in ("fit_seconds", "epochs"):
         got = [(r.metrics or {}).get(key) for r in runs]
         summary[key] = stat(got) if any(isinstance(v, (int, float)) for v in got) else None
+    summary["calibration"] = calibration_summary(runs, platts or [None] * len(runs))
     return summary
 
 
@@ -370,7 +405,9 @@ def paired_deltas(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 def floor_deltas(summaries: dict[str, dict[str, Any]], floor: str) -> dict[str, Any]:
     """Every other model vs the floor: `mean_deltas` plus `beats_floor` = overall ΔAUC > 0 and ΔGAUC > 0 (a GAUC
-    that is undefined for either model is not held against it)."""
+    that is undefined for either model is not held against it), `logloss_cal` = 100 x (model - floor) of the mean
+    calibrated log loss overall (< 0: better) and `beats_floor_logloss_cal` = that delta < 0 (None when either model
+    is uncalibrated)."""
     out: dict[str, Any] = {}
     for name, summary in summaries.items():
         if name == floor:
@@ -379,6 +416,11 @@ def floor_deltas(summaries: dict[str, dict[str, Any]], floor: str) -> dict[str, 
         auc_ok = math.isfinite(d["overall"]["auc"]) and d["overall"]["auc"] > 0
         g = d["overall"]["gauc"]
         d["beats_floor"] = bool(auc_ok and (not math.isfinite(g) or g > 0))
+        ll = 100.0 * (
+            summary["overall"]["logloss_cal"]["mean"] - summaries[floor]["overall"]["logloss_cal"]["mean"]
+        )
+        d["logloss_cal"] = ll
+        d["beats_floor_logloss_cal"] = bool(ll < 0) if math.isfinite(ll) else None
         out[name] = d
     return out
 
