@@ -16,7 +16,9 @@ import torch
 from semid import align as al
 from semid.align import ANCHOR, NEXT_ITEM, POSITIVE, AlignConfig
 from semid.align.categories import multi_hot
+from semid.align.model import build_store
 from semid.align.training import AlignModule
+from semid.determinism import seeded
 from semid.encoder import ContentEncoder, EncoderConfig, encode
 from semid.errors import InputError
 from semid.schema import ITEM, LABEL, RATING, TEXT, TIMESTAMP, USER
@@ -276,6 +278,40 @@ def test_same_seed_same_vectors_whatever_the_thread_count(
     assert torch.equal(again.item_emb, result.item_emb) and torch.equal(again.user_emb, result.user_emb)
     assert seen and set(seen) == {CFG.threads}
     assert after == 2 and torch.equal(draw, expected)
+
+
+def test_two_thread_gradients_are_bit_identical_run_to_run(bert_dir: Path, groups: Groups) -> None:
+    """The ids of a step repeat (an item in several pairs and as a user's next item); their vectors' gradients
+    are summed. Summed with parallel float atomics (the backward of `z[inverse]`), the sum's order -- and the
+    trained vectors' last bits, then the IDs -- changed run to run at 2 threads; every repeat here must give the
+    same bits. (Heavy repetition makes such a race show in a few backward passes of a tiny model.)"""
+    items_text = groups[0]
+    enc_cfg = EncoderConfig(model=str(bert_dir), batch_size=8)
+    aligned = al.AlignedEncoder(ContentEncoder(enc_cfg), train_layers=1, user_max_length=32)
+    store = build_store(aligned, items_text, enc_cfg.max_length, progress=False)
+    none = torch.empty(0, 2, dtype=torch.long)
+    module = AlignModule(
+        aligned,
+        store,
+        n_items=len(items_text),
+        cfg=CFG,
+        train_pairs=none,
+        val_pairs=none,
+        train_users=none,
+        val_users=none,
+    ).eval()  # no dropout: the same input every repeat
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(len(items_text), (4096,), generator=generator)  # each item ~256 times
+    weights = torch.randn(4096, aligned.dim, generator=generator)  # (B, D) an arbitrary loss
+    grads = []
+    with seeded(0, 2):
+        for _ in range(8):
+            aligned.trainable.zero_grad(set_to_none=True)
+            (module._vectors(ids, "item") * weights).sum().backward()
+            grads.append(
+                torch.cat([p.grad.flatten() for p in aligned.trainable.parameters() if p.grad is not None])
+            )
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
 def test_malicious_state_is_refused(aligned_run: Run, tmp_path: Path) -> None:

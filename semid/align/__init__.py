@@ -49,7 +49,9 @@ repeated items in a batch are not pushed apart.
 - Reproducible without touching the caller's state: `align` runs in `semid.determinism.seeded(cfg.seed,
   cfg.threads)` -- torch's RNG forked and seeded (dropout), a fixed thread count (`AlignConfig.threads`, default 1,
   part of the build fingerprint) because reductions split across threads change the vectors and then the IDs.
-  So a build is thread-count invariant: the same config gives the same IDs whatever torch.get_num_threads() is.
+  So a build is thread-count invariant: the same config gives the same IDs whatever torch.get_num_threads() is,
+  and bit-identical run to run (checked at 1 and 2 threads: the gradients of ids repeated in a step are summed in index
+  order, not with parallel atomics: `AlignModule._vectors`).
 - `load_aligned_encoder` rebuilds the aligned encoder from the saved state so `semid assign` can embed new items
   exactly as `align` embedded the known ones.
 

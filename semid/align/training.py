@@ -94,9 +94,10 @@ class AlignConfig:
     threads: int = 1
     """torch intra-op threads for the whole alignment (and for `semid assign` embedding new items with the saved
     state). Fixed, not the machine's count: float reductions split across threads change the vectors (~1e-4 for
-    1 vs 2 threads), and then the IDs. At 1 thread two builds are bit-identical; at 2 they are not: two ML-100K
-    builds on one machine differed by up to 3e-7 in the vectors and 1.84% vs 2.08% in item collisions (2026-12-01),
-    so only threads = 1 makes the IDs depend on the config alone (the value is in the fingerprint)."""
+    1 vs 2 threads), and then the IDs; the value is in the fingerprint. At a given count two builds on one machine
+    are bit-identical, 2 threads included (`AlignModule._vectors` sums the gradients of repeated ids in a fixed
+    order; before, two 2-thread ML-100K builds differed by up to 3e-7 in the vectors and 1.84% vs 2.08% in item
+    collisions)."""
     user_category_weight: float = 0.0
     """Weight of the user category objective (semid.align.categories): a linear head on the user's aligned vector
     predicts the categories of the user's next item (BCE), added to the InfoNCE loss on train and validation.
@@ -175,7 +176,12 @@ class AlignModule(L.LightningModule):
         self._val_losses: list[float] = []
         self._val_categories: list[float] = []
 
-    # vectors of a set of texts: unique ids, length-sorted sub-batches (little padding), scattered back
+    # vectors of a set of texts: unique ids, length-sorted sub-batches (little padding), scattered back.
+    # Rows are picked with index_select, not `z[inverse]`: the backward of advanced indexing is
+    # index_put_(accumulate=True), which on CPU adds the gradients of repeated ids with parallel float atomics
+    # (pytorch#29705), in an order that changes run to run at > 1 thread (vectors 1e-7 apart, other IDs).
+    # index_select's backward (index_add_) splits the work over columns and adds each column's rows in index
+    # order -- the order a single thread uses, so threads-1 results are unchanged.
     def _vectors(self, ids: Tensor, side: Literal["item", "user"]) -> Tensor:
         offset = 0 if side == "item" else self.n_items
         uniq, inverse = torch.unique(ids, return_inverse=True)  # (U,), (len(ids),)
@@ -186,8 +192,8 @@ class AlignModule(L.LightningModule):
                 self.aligned.head(self.aligned.upper(*gather(self.store, uniq[chunk] + offset)), side)
             )
             index.append(chunk)
-        z = torch.cat(parts)[torch.argsort(torch.cat(index))]  # (U, D) back in uniq order, differentiable
-        return z[inverse]
+        z = torch.cat(parts).index_select(0, torch.argsort(torch.cat(index)))  # (U, D) back in uniq order
+        return z.index_select(0, inverse)  # (len(ids), D)
 
     def _loss(self, pairs: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
         """(total loss, unweighted L_cat -- NaN when the category objective is off or the batch has no user)."""
