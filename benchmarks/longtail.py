@@ -4,6 +4,8 @@
     python -m benchmarks.longtail --trials 20 --seeds 0,1,2 --protocols ml-1m,amazon-kitchen
     python -m benchmarks.longtail --protocols ml-100k --trials 1 --seeds 0 --models floor,deepfm,akt   # smoke
     python -m benchmarks.longtail --protocols ml-1m-coldstart --tuned_from ml-1m   # ml-1m's tuned configs, no tuning
+    python -m benchmarks.longtail --protocols ml-1m,ml-1m-coldstart,amazon-kitchen --tuned_from ml-1m-coldstart=ml-1m
+                                                    # all three in one table; cold start from ml-1m's tuned configs
 
 A protocol is a pipeline config, configs/pipeline/<protocol>.yaml. Each runs as one `semid run` (a subprocess, so a
 failed protocol does not stop the others) into <runs>/<protocol>: prepare -> semantic IDs -> every model tuned
@@ -26,6 +28,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,7 +68,9 @@ class Options:
     """`semid run --jobs`: the seeds' fits run this many at once (tuning trials always run one after another)."""
     tuned_from: str | None = None
     """Skip tuning: every model trains from the config tuned for it on this protocol's validation
-    (<runs>/<tuned_from>/tuned/<model>.yaml, from an earlier run of this benchmark), the same budget for all."""
+    (<runs>/<tuned_from>/tuned/<model>.yaml, from an earlier run of this benchmark), the same budget for all. Or,
+    per protocol, "P=SOURCE[,P2=SOURCE2]": only P trains from SOURCE's tuned configs; SOURCE may be an earlier
+    protocol of the same invocation (see `source`)."""
 
 
 class ProtocolRun(NamedTuple):
@@ -96,48 +101,64 @@ def protocol_models(protocol: str, opts: Options) -> list[str]:
     return [m for m in opts.models if m in listed]
 
 
+def sources(tuned_from: str | None, protocols: Sequence[str]) -> dict[str, str]:
+    """`--tuned_from` -> {protocol: the protocol whose tuned configs it trains from}: a bare name applies to every
+    protocol; "P=SOURCE,..." to the named ones only."""
+    if not tuned_from:
+        return {}
+    if "=" not in tuned_from:
+        return dict.fromkeys(protocols, tuned_from)
+    pairs = [part.split("=", 1) for part in tuned_from.split(",") if part.strip()]
+    if any(len(pair) != 2 or not all(x.strip() for x in pair) for pair in pairs):
+        raise ValueError(f"--tuned_from {tuned_from!r}: give SOURCE or P=SOURCE[,P2=SOURCE2]")
+    return {target.strip(): src.strip() for target, src in pairs}
+
+
+def source(protocol: str, opts: Options) -> str | None:
+    """The protocol whose tuned configs `protocol` trains from (no tuning of its own), or None: it is tuned."""
+    return sources(opts.tuned_from, opts.protocols).get(protocol)
+
+
 def transferred_config_path(protocol: str, opts: Options) -> Path:
-    return opts.runs / f"{protocol}.tuned-from-{opts.tuned_from}.yaml"
+    return opts.runs / f"{protocol}.tuned-from-{source(protocol, opts)}.yaml"
 
 
 def transferred_config(protocol: str, opts: Options) -> dict[str, Any]:
     """The protocol's pipeline config with every (selected) model's YAML replaced by the one tuned for it on
-    `opts.tuned_from`; SystemExit naming the missing files when a model was not tuned there."""
+    its source protocol (`source`); SystemExit naming the missing files when a model was not tuned there."""
     cfg = yaml.safe_load((opts.configs / f"{protocol}.yaml").read_text())
-    source = opts.runs / str(opts.tuned_from) / "tuned"
+    origin = source(protocol, opts)
+    tuned = opts.runs / str(origin) / "tuned"
     models = [m for m in cfg["models"] if not opts.models or m["name"] in opts.models]
     missing = [
-        str(source / f"{m['name']}.yaml") for m in models if not (source / f"{m['name']}.yaml").is_file()
+        str(tuned / f"{m['name']}.yaml") for m in models if not (tuned / f"{m['name']}.yaml").is_file()
     ]
     if missing:
         raise SystemExit(
             f"--tuned_from {opts.tuned_from}: no tuned config {missing}; run that protocol first "
-            f"(python -m benchmarks.longtail --protocols {opts.tuned_from} --runs {opts.runs} ...)"
+            f"(python -m benchmarks.longtail --protocols {origin} --runs {opts.runs} ...)"
         )
     cfg["models"] = [
-        {"name": m["name"], "config": str((source / f"{m['name']}.yaml").resolve())} for m in models
+        {"name": m["name"], "config": str((tuned / f"{m['name']}.yaml").resolve())} for m in models
     ]
     return cfg
 
 
 def command(protocol: str, opts: Options) -> list[str]:
     """The `semid run` command line of one protocol (with `tuned_from`: of its transferred config, no tuning)."""
-    config = (
-        opts.configs / f"{protocol}.yaml"
-        if opts.tuned_from is None
-        else transferred_config_path(protocol, opts)
-    )
+    tuned_here = source(protocol, opts) is None
+    config = opts.configs / f"{protocol}.yaml" if tuned_here else transferred_config_path(protocol, opts)
     cmd = [
         sys.executable, "-m", "pipelines.semid_cli", "run",
         "--config", str(config),
         "--run_dir", str(opts.runs / protocol),
         "--seeds", json.dumps(list(opts.seeds)),
     ]  # fmt: skip
-    if opts.tuned_from is None:
+    if tuned_here:
         cmd += ["--tune", str(opts.trials)]
     if opts.models:
         cmd += ["--only_models", json.dumps(protocol_models(protocol, opts))]
-    if opts.max_epochs is not None and opts.tuned_from is None:
+    if opts.max_epochs is not None and tuned_here:
         cmd += ["--tuning.max_epochs", str(opts.max_epochs)]
     if opts.jobs != 1:
         cmd += ["--jobs", str(opts.jobs)]
@@ -407,10 +428,11 @@ def protocol_section(run: ProtocolRun, opts: Options) -> list[str]:
     lines += target_lines(report)
     tuned = report.get("tuned") or {}
     lines += ["", "### Tuned configurations", ""]
-    if opts.tuned_from is not None:
+    origin = source(run.protocol, opts)
+    if origin is not None:
         lines += [
-            f"Not tuned on this protocol: every model trained from the config tuned for it on `{opts.tuned_from}` "
-            f"(`{opts.runs / opts.tuned_from / 'tuned'}`; its trials and best values are in that protocol's table)."
+            f"Not tuned on this protocol: every model trained from the config tuned for it on `{origin}` "
+            f"(`{opts.runs / origin / 'tuned'}`; its trials and best values are in that protocol's table)."
         ]
     elif not tuned:
         lines += ["(not tuned)"]
@@ -447,13 +469,15 @@ def render(runs: list[ProtocolRun], opts: Options) -> str:
         f"Written by `python -m benchmarks.longtail` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"{platform.node() or 'this machine'} ({os.cpu_count()} CPUs, torch {torch.__version__}). "
         f"Protocols {list(opts.protocols)}; "
-        + (
-            f"{opts.trials} Optuna trials per model on validation (TPE, seeded; the same for every model), then "
-            f"seeds {list(opts.seeds)} of each tuned config."
-            if opts.tuned_from is None
-            else f"no tuning here: each model's config tuned on `{opts.tuned_from}`'s validation, then seeds "
-            f"{list(opts.seeds)} of it."
+        + "; ".join(
+            f"{p}: {opts.trials} Optuna trials per model on validation (TPE, seeded; the same for every model), "
+            f"then seeds {list(opts.seeds)} of each tuned config"
+            if source(p, opts) is None
+            else f"{p}: no tuning, each model's config tuned on `{source(p, opts)}`'s validation, then seeds "
+            f"{list(opts.seeds)} of it"
+            for p in opts.protocols
         )
+        + "."
         + (f" Models restricted to {list(opts.models)}." if opts.models else ""),
         "",
     ]
@@ -508,10 +532,22 @@ def parse(argv: list[str] | None = None) -> Options:
     opts = Options(
         a.protocols, a.trials, a.seeds, a.models, a.max_epochs, a.runs, a.configs, a.out, a.jobs, a.tuned_from
     )
-    if opts.tuned_from is not None and opts.tuned_from in opts.protocols:
-        p.error(
-            f"--tuned_from {opts.tuned_from} is one of --protocols: it is the protocol the configs come from"
-        )
+    try:
+        mapping = sources(opts.tuned_from, opts.protocols)
+    except ValueError as err:
+        p.error(str(err))
+    for target, origin in mapping.items():
+        if target not in opts.protocols:
+            p.error(f"--tuned_from {opts.tuned_from}: {target} is not one of --protocols")
+        if origin in opts.protocols and (
+            origin == target
+            or opts.protocols.index(origin) > opts.protocols.index(target)
+            or origin in mapping
+        ):
+            p.error(
+                f"--tuned_from {opts.tuned_from}: {target}'s configs come from {origin}, which must be tuned "
+                "earlier in --protocols (or in an earlier run)"
+            )
     if opts.models:
         unknown = set(opts.models) - {m for p in opts.protocols for m in protocol_models(p, opts)}
         if unknown:
@@ -524,15 +560,17 @@ def parse(argv: list[str] | None = None) -> Options:
 
 def check_outputs(opts: Options) -> dict[Path, dict[str, Any]]:
     """Before anything runs: --out and every transferred config may be (re)written (SystemExit naming the file
-    otherwise), and every model of every protocol was tuned on `tuned_from`. -> {config path: transferred config}."""
+    otherwise), and every model of a protocol whose source ran before this invocation was tuned there.
+    -> {config path: transferred config} for those; a source tuned in this invocation is read after it ran."""
     from semid.io import replaceable
 
-    transferred = (
-        {transferred_config_path(p, opts): transferred_config(p, opts) for p in opts.protocols}
-        if opts.tuned_from is not None
-        else {}
-    )
-    owned = [(opts.out, TITLE), *((path, TRANSFER_HEADER) for path in transferred)]
+    later = [p for p in opts.protocols if source(p, opts) is not None]
+    transferred = {
+        transferred_config_path(p, opts): transferred_config(p, opts)
+        for p in later
+        if source(p, opts) not in opts.protocols
+    }
+    owned = [(opts.out, TITLE), *((transferred_config_path(p, opts), TRANSFER_HEADER) for p in later)]
     for path, first_line in owned:
         if not replaceable(path, first_line):
             raise SystemExit(
@@ -548,7 +586,20 @@ def main(argv: list[str] | None = None) -> None:
     opts = parse(argv)
     for path, config in check_outputs(opts).items():
         write_text(f"{TRANSFER_HEADER}\n{yaml.safe_dump(config, sort_keys=False)}", path)
-    runs = [run_protocol(protocol, opts) for protocol in opts.protocols]
+    runs: list[ProtocolRun] = []
+    for protocol in opts.protocols:
+        origin = source(protocol, opts)
+        if origin in opts.protocols:  # tuned earlier in this invocation: its configs exist now
+            if next(r for r in runs if r.protocol == origin).returncode != 0:
+                print(f"[longtail] {protocol}: skipped, {origin} (its tuned configs) failed", flush=True)
+                runs.append(ProtocolRun(protocol, opts.runs / protocol, 0.0, 1, []))
+                continue
+            config = transferred_config(protocol, opts)
+            write_text(
+                f"{TRANSFER_HEADER}\n{yaml.safe_dump(config, sort_keys=False)}",
+                transferred_config_path(protocol, opts),
+            )
+        runs.append(run_protocol(protocol, opts))
     write_text(render(runs, opts), opts.out)
     print(f"[longtail] wrote {opts.out}", flush=True)
     if any(r.returncode != 0 for r in runs):

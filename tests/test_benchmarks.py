@@ -107,6 +107,29 @@ def test_longtail_passes_its_budget_to_semid_run():
         longtail.parse(["--jobs", "0"])
 
 
+def test_longtail_tuned_from_per_protocol_in_one_invocation(tmp_path):
+    """`--tuned_from P=SOURCE`: only P skips tuning, from SOURCE's tuned configs; SOURCE may be tuned earlier in the
+    same invocation (its configs are read after it ran, so they need not exist yet), never later."""
+    from benchmarks import longtail
+
+    argv = ["--protocols", "ml-1m,ml-1m-coldstart", "--tuned_from", "ml-1m-coldstart=ml-1m", "--runs", str(tmp_path),
+            "--seeds", "0", "--trials", "2", "--models", "floor"]  # fmt: skip
+    opts = longtail.parse(argv)
+    assert longtail.source("ml-1m", opts) is None and longtail.source("ml-1m-coldstart", opts) == "ml-1m"
+    tuned = dict(
+        zip(longtail.command("ml-1m", opts)[4::2], longtail.command("ml-1m", opts)[5::2], strict=True)
+    )
+    cold = longtail.command("ml-1m-coldstart", opts)
+    assert tuned["--tune"] == "2" and "--tune" not in cold
+    assert str(tmp_path / "ml-1m-coldstart.tuned-from-ml-1m.yaml") in cold
+    assert (
+        longtail.check_outputs(dataclasses.replace(opts, out=tmp_path / "LONGTAIL.md")) == {}
+    )  # nothing tuned yet
+    for bad in ("ml-1m=ml-1m-coldstart", "ml-1m-coldstart=ml-1m-coldstart", "amazon-kitchen=ml-1m", "x="):
+        with pytest.raises(SystemExit):  # a source tuned later, itself, a protocol not run, no source
+            longtail.parse([*argv[:3], bad, *argv[4:]])
+
+
 def test_longtail_tuned_from_trains_every_model_from_the_other_protocols_tuned_config(tmp_path):
     from benchmarks import longtail
 
