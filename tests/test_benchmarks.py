@@ -265,3 +265,21 @@ def test_akt_ablations_verdicts_read_the_bootstrap_interval_against_the_paper(tm
     with pytest.raises(SystemExit, match="not an output of this script"):
         A.main(["--runs", str(tmp_path), "--out", str(notes)])
     assert notes.read_text() == "my notes\n"
+
+
+def test_readme_time_reads_the_readmes_first_command_and_the_run_log():
+    """benchmarks/readme_time.py times exactly the README's first command, split into set-up and `semid run`."""
+    from benchmarks import readme_time
+
+    command = readme_time.readme_command((readme_time.ROOT / "README.md").read_text())
+    setup, run = readme_time.split_command(command)
+    assert setup.startswith("python3 -m venv .venv") and "pip install" in setup
+    assert run.startswith(".venv/bin/semid run --config configs/pipeline/")
+    with pytest.raises(SystemExit):
+        readme_time.split_command("pip install -e .")
+    log = "[prepare] ml-100k: ...\n[semids] runs/ml-100k/semids (131.2s)\n[fit] floor seed 0: ...\n[fit] akt seed 0: ...\n"
+    assert readme_time.stage_seconds(log) == (131.2, 2)
+    assert readme_time.stage_seconds("") == (None, 0)
+    line = readme_time.row("abc1234", 191.0, 473.0, 131.2, 24)
+    assert "| 191 | 473 | 664 | 131 | 24 | **missed** |" in line
+    assert readme_time.row("x", 100.0, 200.0, None, 0).endswith("| 100 | 200 | 300 | n/a | 0 | met |")
