@@ -135,6 +135,12 @@ def calibrate_run(run_dir: str, report: bool = True) -> None:
     from semid.io import dir_lock
 
     run = Path(run_dir)
+    if not (run / S.MODELS_DIR).is_dir():
+        raise InputError(
+            "not a `semid run` directory (it has no models/ folder)",
+            file=run,
+            fix="pass the --run_dir of a finished `semid run`",
+        )
     previous = run / S.REPORT_DIR / "report.json"
     if report and not previous.is_file():
         raise InputError(

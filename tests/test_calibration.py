@@ -59,3 +59,14 @@ def test_refuses_what_has_no_finite_map():
         fit_platt(torch.tensor([0.2, 0.7]), torch.tensor([1.0, 1.0]))
     with pytest.raises(ValueError):
         fit_platt(torch.tensor([]), torch.tensor([]))
+
+
+def test_calibrate_refuses_a_folder_that_is_not_a_run_and_creates_nothing(tmp_path):
+    from pipelines.calibrate import calibrate_run
+    from semid.errors import InputError
+
+    missing = tmp_path / "typo"
+    for report in (True, False):
+        with pytest.raises(InputError, match="not a `semid run` directory"):
+            calibrate_run(str(missing), report=report)
+    assert not missing.exists()
