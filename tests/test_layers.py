@@ -281,3 +281,33 @@ def test_embedding_dense_lookup_matches_nn_embedding():
     sparse = layers.Embedding(50, 8, padding_idx=0, sparse=True)
     sparse(idx).sum().backward()
     assert sparse.weight.grad.is_sparse
+
+
+def test_dropout_keeps_1_minus_p_scaled_and_its_gradient_is_the_mask():
+    """`Dropout` keeps each element with probability 1 - p (to 1/65,536), scales kept ones by 1 / (1 - p), passes the
+    same mask to the gradient, repeats itself under a seed, and is the identity in eval mode."""
+    x = torch.randn(512, 300, requires_grad=True)
+    for p in (0.1, 0.5, 0.9):
+        drop = layers.Dropout(p)
+        torch.manual_seed(1)
+        y = drop(x)
+        kept = y != 0
+        rate = kept.float().mean().item()
+        sd = math.sqrt(p * (1 - p) / x.numel())
+        assert abs(rate - (1 - p)) < 5 * sd, (p, rate)
+        torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(grad, kept.float() / (1 - p))
+        torch.manual_seed(1)
+        assert torch.equal(drop(x), y)  # seeded: same mask
+        assert not torch.equal(drop(x), y)  # the stream moves on
+    rows = (
+        layers.Dropout(0.5)(torch.ones(4, 1000)).ne(0).float().mean(1)
+    )  # no pattern tied to the row or column
+    assert rows.min() > 0.4 and rows.max() < 0.6
+    drop = layers.Dropout(0.3).eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(layers.Dropout(0.0)(x), x)
+    assert torch.equal(layers.Dropout(1.0)(x), torch.zeros_like(x))
+    odd = layers.Dropout(0.5)(torch.ones(3, 7))  # numel not a multiple of 4
+    assert odd.shape == (3, 7) and set(odd.unique().tolist()) <= {0.0, 2.0}

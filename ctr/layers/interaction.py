@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ctr.layers.functional import Dropout
+
 
 class MLP(nn.Sequential):
     """Linear -> [BatchNorm] -> ReLU -> Dropout per hidden layer, then an optional linear output layer.
@@ -28,7 +30,7 @@ class MLP(nn.Sequential):
             layers.append(nn.Linear(in_dim, dim))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(dim))
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.ReLU(), Dropout(dropout)]
             in_dim = dim
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
@@ -89,7 +91,7 @@ class GatedMLP(nn.Module):
             nn.init.zeros_(gate[-1].bias)
             self.gates.append(gate)
             in_dim = dim
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.out = nn.Linear(in_dim, 1)
 
     def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, list[Tensor]]:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.batch import Batch, DataSpec, ModelOutput
-from ctr.layers import MLP, FieldEmbedding, squared_norm
+from ctr.layers import MLP, Dropout, FieldEmbedding, squared_norm
 from ctr.scenario import n_scenarios, scenario_of
 
 
@@ -110,7 +110,7 @@ class STAR(nn.Module):
             dim = hidden
         self.out = StarLinear(dim, 1, n_s)
         self.act = nn.ReLU()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.scenario_embed = nn.Embedding(n_s, embed_dim)
         self.aux = MLP(embed_dim + self.fields.n_fields * embed_dim, aux_dims, dropout=dropout, out_dim=1)
 
