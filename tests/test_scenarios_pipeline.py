@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from ctr.calibration import Platt
 from ctr.report.stats import score_scenarios
 from pipelines.run import main as run_main
 from pipelines.scenarios import NO_INPUTS, ScenarioOutputs, VectorFiles, fit_inputs, knowledge_source
@@ -153,6 +154,7 @@ def test_the_report_shows_every_scenario(finished):
             oracle = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()  # pairwise
             cell = report["models"][model]["scenarios"][name]
             assert cell["auc"]["mean"] == pytest.approx(oracle, abs=1e-6) and cell["n"] == scen["n"][name]
+            assert np.isfinite(cell["logloss_cal"]["mean"])  # each seed's validation map on the scenario's rows
             # the fit's own per-scenario test AUC (same predictions, best checkpoint) agrees
             assert _metrics(run, model)["test"][f"scenario/{name}/auc"] == pytest.approx(oracle, abs=1e-4)
     deltas = scen["deltas"]
@@ -165,6 +167,7 @@ def test_the_report_shows_every_scenario(finished):
         )
     md = (run / "report" / "report.md").read_text()
     assert "## By scenario (test)" in md and all(f"{n} AUC" in md for n in NAMES) and "(smallest)" in md
+    assert all(f"{n} logloss (cal.)" in md for n in NAMES)
     assert "auc_by_scenario.png" in report["plots"]
     section = DOCS.read_text().split("## report.json keys of a multi-scenario run", 1)[1].split("\n## ", 1)[0]
     documented = re.findall(r"^\| `([^`]+)` \|", section, flags=re.M)
@@ -172,7 +175,7 @@ def test_the_report_shows_every_scenario(finished):
     for path in documented:  # every documented key is in this run's report
         node: list = [report]
         for part in path.split("."):
-            keys = {"<model>": None, "<scenario>": scen["names"], "<smetric>": ("auc", "logloss")}
+            keys = {"<model>": None, "<scenario>": scen["names"], "<smetric>": ("auc", "logloss", "logloss_cal")}
             node = [
                 child
                 for n in node
@@ -278,3 +281,9 @@ def test_score_scenarios_counts_rows_and_leaves_undefined_auc_nan():
     assert got["a"]["auc"] == 1.0 and got["b"]["auc"] == 0.0 and np.isnan(got["c"]["auc"])
     assert [got[n]["n"] for n in "abc"] == [2, 2, 1]
     assert got["c"]["logloss"] == pytest.approx(-np.log(np.float32(0.6)), rel=1e-5)
+    assert all(np.isnan(got[n]["logloss_cal"]) for n in "abc")  # no calibration map
+    platt = Platt(a=2.0, b=-0.5, n=5)
+    cal = score_scenarios(frame, np.array([0, 0, 1, 1, 2]), ["a", "b", "c"], platt)
+    p = platt.apply(torch.tensor([0.6])).item()
+    assert cal["c"]["logloss_cal"] == pytest.approx(-np.log(p), rel=1e-6)
+    assert cal["a"]["auc"] == got["a"]["auc"] and cal["a"]["logloss"] == got["a"]["logloss"]

@@ -185,8 +185,9 @@ def build_report(
                         r.predictions,
                         scenario_codes(r.predictions, scen, found[m][r.seed] / schema.PREDICTIONS_FILE),
                         scen.names,
+                        platt,
                     )
-                    for r in rs
+                    for r, platt in zip(rs, platts[m])
                 ]
                 summaries[m]["scenarios"] = summarise_scenarios(per_seed)
     selection = select_best(role.baselines, summaries, monitor)

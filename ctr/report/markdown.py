@@ -211,25 +211,28 @@ def scenario_table(report: dict[str, Any]) -> list[str]:
         return []
     models, names, k = report["models"], scen["names"], report["min_gauc_users"]
     sizes = ", ".join(f"`{n}` {scen['n'][n]:,}" for n in names)
-    head = "".join(f" {n} AUC | {n} logloss |" for n in names)
+    head = "".join(f" {n} AUC | {n} logloss | {n} logloss (cal.) |" for n in names)
     lines = [
         "",
         "## By scenario (test)",
         "",
         f"Each test row's scenario from its `{scen['key']}`; test rows: {sizes} (smallest: `{scen['smallest']}`). "
-        "Mean ± std over seeds; GAUC overall only (a scenario's users are few in the small scenarios).",
+        "Mean ± std over seeds; GAUC overall only (a scenario's users are few in the small scenarios). Calibrated: "
+        "each seed's Platt map, fitted on its whole validation split, applied to the scenario's test rows.",
         "",
-        f"| model | role | AUC | GAUC | logloss |{head}",
-        "|---|---|---|---|---|" + "---|---|" * len(names),
+        f"| model | role | AUC | GAUC | logloss | logloss (cal.) |{head}",
+        "|---|---|---|---|---|---|" + "---|---|---|" * len(names),
     ]
     for name in report["model_order"]:
         m = models[name]
         cells = "".join(
-            f" {_ms(m['scenarios'][n]['auc'])} | {_ms(m['scenarios'][n]['logloss'])} |" for n in names
+            f" {_ms(m['scenarios'][n]['auc'])} | {_ms(m['scenarios'][n]['logloss'])} "
+            f"| {_cal(m['scenarios'][n].get('logloss_cal'))} |"
+            for n in names
         )
         lines.append(
             f"| {name} | {report['roles'][name]} | {_ms(m['overall']['auc'])} | {_gauc(m['overall'], k)} "
-            f"| {_ms(m['overall']['logloss'])} |{cells}"
+            f"| {_ms(m['overall']['logloss'])} | {_cal(m['overall'].get('logloss_cal'))} |{cells}"
         )
     d = scen.get("deltas")
     if d is None:
@@ -239,15 +242,16 @@ def scenario_table(report: dict[str, Any]) -> list[str]:
         f"`{report['target']}` - `{d['baseline']}` (the best baseline) in points (x100): delta of the seed means, "
         "and paired per-seed deltas (mean ± std, seeds with delta > 0). Log loss: lower is better.",
         "",
-        "| scope | n | ΔAUC | paired ΔAUC | AUC > 0 | Δlogloss | paired Δlogloss |",
-        "|---|---|---|---|---|---|---|",
+        "| scope | n | ΔAUC | paired ΔAUC | AUC > 0 | Δlogloss | paired Δlogloss | Δlogloss (cal.) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for scope, cell in (("overall", d["overall"]), *d["scenarios"].items()):
-        a, ll = cell["auc"], cell["logloss"]
+        a, ll, cal = cell["auc"], cell["logloss"], cell.get("logloss_cal")
         lines.append(
             f"| {scope}{' (smallest)' if scope == scen['smallest'] else ''} | {cell['n']:,} "
             f"| {_signed(a['mean_delta'])} | {_ms(a['paired'], sign='+')} | {a['paired']['positive']}/"
-            f"{a['paired']['n_seeds']} | {_signed(ll['mean_delta'])} | {_ms(ll['paired'], sign='+')} |"
+            f"{a['paired']['n_seeds']} | {_signed(ll['mean_delta'])} | {_ms(ll['paired'], sign='+')} "
+            f"| {_signed(cal['mean_delta'] if cal else None)} |"
         )
     return lines
 

@@ -86,19 +86,27 @@ def score_predictions(frame: pl.DataFrame, platt: Platt | None = None) -> dict[s
     return out
 
 
-SCENARIO_METRICS: tuple[str, ...] = ("auc", "logloss")
-"""Per scenario: AUC and log loss (GAUC overall only: ctr.metrics.scenario_scores)."""
+SCENARIO_METRICS: tuple[str, ...] = ("auc", "logloss", "logloss_cal")
+"""Per scenario: AUC, log loss and calibrated log loss (GAUC overall only: ctr.metrics.scenario_scores)."""
 
 
 def score_scenarios(
-    frame: pl.DataFrame, codes: np.ndarray, names: Sequence[str]
+    frame: pl.DataFrame, codes: np.ndarray, names: Sequence[str], platt: Platt | None = None
 ) -> dict[str, dict[str, Any]]:
-    """AUC, log loss and rows of every scenario (ctr.metrics.scenario_scores); `codes` (n,) per prediction row."""
+    """AUC, log loss raw and after the seed's `platt` map (NaN without one; the map is the one fitted on the whole
+    validation split, as overall) and rows of every scenario (ctr.metrics.scenario_scores); `codes` (n,) per
+    prediction row."""
     preds, target, _ = _tensors(frame)
-    got = metrics.scenario_scores(preds, target, torch.from_numpy(codes), names)
+    scenario = torch.from_numpy(codes)
+    got = metrics.scenario_scores(preds, target, scenario, names)
+    cal = {} if platt is None else metrics.scenario_scores(platt.apply(preds), target, scenario, names)
     return {
-        name: {m: got[f"scenario/{name}/{m}"] for m in SCENARIO_METRICS}
-        | {"n": int(got[f"scenario/{name}/n"])}
+        name: {
+            "auc": got[f"scenario/{name}/auc"],
+            "logloss": got[f"scenario/{name}/logloss"],
+            "logloss_cal": cal.get(f"scenario/{name}/logloss", math.nan),
+            "n": int(got[f"scenario/{name}/n"]),
+        }
         for name in names
     }
 
