@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,8 @@ def test_the_report_shows_every_scenario(finished):
             oracle = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()  # pairwise
             cell = report["models"][model]["scenarios"][name]
             assert cell["auc"]["mean"] == pytest.approx(oracle, abs=1e-6) and cell["n"] == scen["n"][name]
-            assert np.isfinite(cell["logloss_cal"]["mean"])  # each seed's validation map on the scenario's rows
+            # each seed's validation map on the scenario's rows
+            assert np.isfinite(cell["logloss_cal"]["mean"])
             # the fit's own per-scenario test AUC (same predictions, best checkpoint) agrees
             assert _metrics(run, model)["test"][f"scenario/{name}/auc"] == pytest.approx(oracle, abs=1e-4)
     deltas = scen["deltas"]
@@ -175,7 +177,11 @@ def test_the_report_shows_every_scenario(finished):
     for path in documented:  # every documented key is in this run's report
         node: list = [report]
         for part in path.split("."):
-            keys = {"<model>": None, "<scenario>": scen["names"], "<smetric>": ("auc", "logloss", "logloss_cal")}
+            keys = {
+                "<model>": None,
+                "<scenario>": scen["names"],
+                "<smetric>": ("auc", "logloss", "logloss_cal"),
+            }
             node = [
                 child
                 for n in node
@@ -277,7 +283,11 @@ def test_score_scenarios_counts_rows_and_leaves_undefined_auc_nan():
         {S.SCORE: [0.9, 0.1, 0.8, 0.3, 0.6], S.LABEL: [1, 0, 0, 1, 1], S.USER: [0, 0, 1, 1, 2]},
         schema={S.SCORE: pl.Float32, S.LABEL: pl.Int8, S.USER: pl.Int32},
     )
-    got = score_scenarios(frame, np.array([0, 0, 1, 1, 2]), ["a", "b", "c"])
+    codes = np.array([0, 0, 1, 1, 2])
+    codes.flags.writeable = False  # as polars' to_numpy() gives them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on a read-only array: the report must not print that
+        got = score_scenarios(frame, codes, ["a", "b", "c"])
     assert got["a"]["auc"] == 1.0 and got["b"]["auc"] == 0.0 and np.isnan(got["c"]["auc"])
     assert [got[n]["n"] for n in "abc"] == [2, 2, 1]
     assert got["c"]["logloss"] == pytest.approx(-np.log(np.float32(0.6)), rel=1e-5)

@@ -97,7 +97,7 @@ def score_scenarios(
     validation split, as overall) and rows of every scenario (ctr.metrics.scenario_scores); `codes` (n,) per
     prediction row."""
     preds, target, _ = _tensors(frame)
-    scenario = torch.from_numpy(codes)
+    scenario = torch.tensor(codes)  # a copy: the codes may be a read-only view of a polars column
     got = metrics.scenario_scores(preds, target, scenario, names)
     cal = {} if platt is None else metrics.scenario_scores(platt.apply(preds), target, scenario, names)
     return {
