@@ -129,6 +129,7 @@ def fit_one(
         c = cli(args, run=False)
     c.trainer.fit(c.model, datamodule=c.datamodule)
     fit_seconds = time.perf_counter() - start
+    budget = budget_record(c.trainer)  # before validate / test touch the trainer's state
     best = c.trainer.checkpoint_callback.best_model_path or None
     val = c.trainer.validate(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
     test = c.trainer.test(c.model, datamodule=c.datamodule, ckpt_path=best, verbose=False)[0]
@@ -143,9 +144,22 @@ def fit_one(
         "fit_seconds": fit_seconds,
         "epochs": int(c.trainer.current_epoch),
         "best_checkpoint": best,
+        **budget,
     }
     write_json(metrics, out / record)  # written last: its presence marks the stage done
     return metrics
+
+
+def budget_record(trainer: Any) -> dict[str, Any]:
+    """How the fit ended, for the report's under-training check: `max_epochs` (the epoch budget) and
+    `epochs_since_best` (epochs after the monitor's last improvement by early stopping's min_delta; 0 = the last epoch
+    was the best; None without early stopping). A fit that used its whole budget with `epochs_since_best == 0` was
+    still improving when it was cut off."""
+    stopper = trainer.early_stopping_callback
+    return {
+        "max_epochs": trainer.max_epochs,
+        "epochs_since_best": int(stopper.wait_count) if stopper is not None else None,
+    }
 
 
 def net_class(configs: Sequence[Any]) -> str | None:

@@ -126,6 +126,13 @@ def test_every_artifact(finished_run):
         metrics = json.loads((run / "models" / name / "seed0" / "metrics.json").read_text())
         assert {"val", "test", "stage_hash", "fit_seconds", "best_checkpoint"} <= set(metrics)
         assert 0 <= metrics["test"]["auc"] <= 1
+        # how the epoch budget ended (the report's still-improving check): a budget, the epochs run within it, and
+        # the epochs since the monitor's last improvement, which early stopping caps at its patience
+        assert 1 <= metrics["epochs"] <= metrics["max_epochs"]
+        assert (
+            isinstance(metrics["epochs_since_best"], int)
+            and 0 <= metrics["epochs_since_best"] < metrics["epochs"]
+        )
         check_checkpoint(metrics["best_checkpoint"])  # a real checkpoint passes the CLI's pre-check
         frozen = sorted((run / "models" / name / "seed0" / "config").iterdir())
         assert [p.name for p in frozen] == ["00_common.yaml", f"01_{name}.yaml"]

@@ -21,8 +21,10 @@ from ctr.calibration import fit_platt
 from ctr.module import DEFAULT_MONITOR
 from ctr.report import build_report
 from ctr.report.health import merge_health, read_sid_table, sid_health
+from ctr.report.markdown import render_markdown
 from ctr.report.runs import monitor_value, read_monitor
 from ctr.report.stats import BUCKET_KINDS, bootstrap_gauc_delta, roles, select_best, user_auc_table
+from pipelines.fit import budget_record
 from pipelines.report import main
 from semid import ids, schema
 from semid.errors import InputError
@@ -707,6 +709,47 @@ def test_models_are_shown_against_the_floor_and_losers_flagged(built):
     assert roles(list(models), "akt", None, run, floor="bias_only").floor is None
     with pytest.raises(InputError, match="also the floor"):
         roles(list(models), "floor", None, run)
+
+
+def test_fits_cut_off_while_still_improving_are_named(built, tmp_path):
+    """A fit that ran all its epochs and was best at the last one may be under-trained: the report names it, and a
+    floor in that state gets a warning (a floor that had not converged flatters every model shown against it)."""
+    run, report = built
+    assert all(m["still_improving"] is None for m in report["models"].values())  # records without the fields
+    assert "Still improving when the epoch budget ended" not in render_markdown(report)
+    copy = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("report"))
+
+    def record(model: str, seed: int, **fields: int) -> None:
+        path = copy / "models" / model / f"seed{seed}" / "metrics.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | fields))
+
+    record("floor", 0, epochs=3, max_epochs=3, epochs_since_best=0)  # cut off while improving
+    record("floor", 1, epochs=3, max_epochs=3, epochs_since_best=1)  # its best was an epoch earlier
+    record("akt", 0, epochs=2, max_epochs=3, epochs_since_best=0)  # early stopping ended it before the budget
+    again = build_report(copy, n_boot=20)
+    models = again["models"]
+    assert models["floor"]["still_improving"] == {"seeds": [0], "known": 2}
+    assert models["akt"]["still_improving"] == {"seeds": [], "known": 1}
+    assert models["deepfm"]["still_improving"] is None
+    md = render_markdown(again)
+    assert "its best): `floor` 1/2 seeds. Such a model may be under-trained" in md
+    assert "**The floor was still improving when its epoch budget ended (1/2 seeds)**" in md
+    floor_section = md.split("## Against the floor", 1)[1].split("\n## ", 1)[0]
+    assert "⚠ The floor was still improving when its epoch budget ended (1/2 seeds)" in floor_section
+
+
+def test_a_fit_records_how_its_epoch_budget_ended():
+    """pipelines.fit.budget_record reads the trainer after fit: the budget and the epochs since the last improvement."""
+
+    class Stopper:
+        wait_count = 2
+
+    class Trainer:
+        max_epochs, early_stopping_callback = 5, Stopper()
+
+    assert budget_record(Trainer()) == {"max_epochs": 5, "epochs_since_best": 2}
+    Trainer.early_stopping_callback = None
+    assert budget_record(Trainer()) == {"max_epochs": 5, "epochs_since_best": None}
 
 
 # -- bad inputs (issue 11) ---------------------------------------------------------------------------------------

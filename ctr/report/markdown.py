@@ -93,6 +93,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{_monitor_header(report)}: the validation number every model was early-stopped and tuned on (the run's "
         "`model.monitor`, from metrics.json); the best baseline is chosen by it, never by a test number.",
     ]
+    lines += _still_improving_note(report)
     if report.get("calibration"):
         lines += ["", f"Calibration: {report['calibration']}"]
     for kind in BUCKET_KINDS:
@@ -130,6 +131,26 @@ def _monitor_header(report: dict[str, Any]) -> str:
     return report.get("monitor") or "val monitor"
 
 
+def _cut_off(report: dict[str, Any], name: str) -> str | None:
+    """ "2/3 seeds" when some seeds of `name` ran out of epochs while still improving, else None."""
+    cut = report["models"][name].get("still_improving")
+    return f"{len(cut['seeds'])}/{cut['known']} seeds" if cut and cut["seeds"] else None
+
+
+def _still_improving_note(report: dict[str, Any]) -> list[str]:
+    """Models whose fits used their whole epoch budget and were best at its last epoch: maybe under-trained."""
+    cut = [(name, _cut_off(report, name)) for name in report["model_order"]]
+    cut = [f"`{name}` {seeds}" for name, seeds in cut if seeds]
+    if not cut:
+        return []
+    return [
+        "",
+        "Still improving when the epoch budget ended (the fit ran all `trainer.max_epochs` and its last epoch was "
+        f"its best): {', '.join(cut)}. Such a model may be under-trained; more epochs or a larger `model.lr` (knobs "
+        "of every model's tuning budget) may change its numbers.",
+    ]
+
+
 def summary_paragraph(report: dict[str, Any]) -> str:
     target, best = report["target"], report["best_baseline"]
     floor = report["floor"]
@@ -141,6 +162,9 @@ def summary_paragraph(report: dict[str, Any]) -> str:
             if losers
             else "every model beats it."
         )
+        floor_cut = _cut_off(report, floor["model"])
+        if floor_cut:
+            floor_text += f" **The floor was still improving when its epoch budget ended ({floor_cut})**."
     if best is None and not report["baselines"]:
         return f"Target model `{target}`; the run has no baseline, so no deltas are reported.{floor_text}"
     if best is None:
@@ -268,6 +292,16 @@ def floor_table(report: dict[str, Any]) -> list[str]:
         "",
         f"Deltas of the seed means vs the floor. {floor['rule']}",
         "",
+    ]
+    floor_cut = _cut_off(report, floor["model"])
+    if floor_cut:
+        lines += [
+            f"⚠ The floor was still improving when its epoch budget ended ({floor_cut}): every model here is "
+            "compared with a floor that had not converged, which flatters them. Give the floor more epochs or a "
+            "larger `model.lr` (configs/ctr/floor.yaml trains at 1e-2).",
+            "",
+        ]
+    lines += [
         "| model | role | ΔAUC | ΔGAUC | Δ tail-item GAUC | Δ cold-item GAUC | beats the floor "
         "| Δ logloss (cal.) | cal. logloss below the floor's |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -231,7 +231,28 @@ def summarise_model(
         got = [(r.metrics or {}).get(key) for r in runs]
         summary[key] = stat(got) if any(isinstance(v, (int, float)) for v in got) else None
     summary["calibration"] = calibration_summary(runs, platts or [None] * len(runs))
+    summary["still_improving"] = still_improving(runs)
     return summary
+
+
+def cut_off_improving(metrics: Mapping[str, Any] | None) -> bool | None:
+    """Whether a fit was still improving when its epoch budget ended: it ran all `max_epochs` and its last epoch
+    was its best (`epochs_since_best` 0; pipelines.fit.budget_record). None when metrics.json predates those
+    fields or the fit had no early stopping."""
+    m = metrics or {}
+    budget, since, ran = m.get("max_epochs"), m.get("epochs_since_best"), m.get("epochs")
+    if not all(isinstance(v, int) for v in (budget, since, ran)) or budget < 1:
+        return None
+    return ran >= budget and since == 0
+
+
+def still_improving(runs: Sequence[SeedRun]) -> dict[str, Any] | None:
+    """{"seeds": the seeds cut off while still improving, "known": how many seeds record it}; None when none does."""
+    known = [(r.seed, cut_off_improving(r.metrics)) for r in runs]
+    known = [(seed, cut) for seed, cut in known if cut is not None]
+    if not known:
+        return None
+    return {"seeds": [seed for seed, cut in known if cut], "known": len(known)}
 
 
 # -- roles and the best baseline ---------------------------------------------------------------------------------
