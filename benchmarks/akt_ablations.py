@@ -44,6 +44,9 @@ PARTS: dict[str, Part] = {
     "akt_convex_gate": Part("our residual gate (the paper's convex gate instead)", "ours", "-", "overall"),
     "akt_no_cold_dropout": Part("cold-path dropout (p_cold = 0)", "ours", "-", "overall"),
     "akt_no_content": Part("content fields and content tower", "ours", "-", "overall"),
+    "akt_no_first_order": Part(
+        "first-order biases (DeepFM's per-id / per-feature bias)", "ours", "-", "overall"
+    ),
     "akt_transfer": Part(
         "no transfer loss (the paper's head -> tail loss turned on instead)", "ours", "-", "overall"
     ),

@@ -219,6 +219,50 @@ def test_cluster_view_pools_only_history_in_the_target_cluster():
     assert torch.equal(s[1], attn.empty)
 
 
+def test_mean_instance_view_is_attention_with_constant_scores():
+    """instance_pool="mean" (DeepFM's history field) equals the paper's softmax attention whose scores are all
+    equal: the same model with a zeroed score MLP gives the same logits, an empty history included."""
+    mean = akt(instance_pool="mean").eval()
+    attention = akt().eval()
+    assert mean.instance is None
+    missing, unexpected = attention.load_state_dict(mean.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("instance.") for k in missing) and missing
+    with torch.no_grad():
+        for p in attention.instance.parameters():
+            p.zero_()
+        batch = make_batch()
+        torch.testing.assert_close(mean(batch).logit, attention(batch).logit)
+        other = batch._replace(hist_item_count=batch.hist_item_count.flip(0))  # other history embeddings
+        assert not torch.allclose(mean(other).logit, mean(batch).logit)
+    with pytest.raises(InputError, match="instance_pool"):
+        akt(instance_pool="max")
+
+
+def test_first_order_biases_are_added_and_a_cold_id_drops_its_own():
+    model = akt(first_order=True).eval()
+    plain = akt().eval()
+    plain.load_state_dict(model.state_dict(), strict=False)
+    batch = make_batch()
+    batch = batch._replace(item_count=batch.item_count.index_fill(0, torch.tensor([0]), 0.0))  # sample 0 cold
+    with torch.no_grad():
+        first = model.first_order(batch).squeeze(-1)  # (B, F1)
+        first[0, 1] = 0.0  # the cold item's bias is dropped
+        torch.testing.assert_close(model(batch).logit, plain(batch).logit + first.sum(1))
+        before = model(batch).logit - plain(batch).logit  # (B,) the first-order term
+        bump = torch.zeros_like(model.first_order.item.weight)  # (n_items + 1, 1)
+        bump[batch.item + 1] = 1.0  # every target item's bias + 1; some are also history items
+        model.first_order.item.weight += bump
+        after = model(batch).logit - plain(batch).logit
+    real = batch.hist_item > 0  # (B, H)
+    # the history's mean bias moves by the share of its items that are bumped
+    hist = (bump[batch.hist_item, 0] * real).sum(1) / real.sum(1).clamp_min(1)
+    warm = (batch.item_count > 0).float()  # the cold item's own bias is not read
+    torch.testing.assert_close(after - before, hist + warm)
+    with torch.no_grad():
+        model.admit(batch)  # a new item's bias starts at the value it had while cold
+    assert torch.all(model.first_order.item.weight[batch.item + 1] == 0)
+
+
 def test_view_gate_starts_even_and_is_logged_per_bucket():
     model = akt().eval()
     batch = make_batch()
@@ -323,7 +367,7 @@ def ablation_configs() -> dict[str, dict]:
 def test_every_paper_ablation_has_a_config():
     names = set(ablation_configs())
     want = {"no_cluster", "no_individual", "no_instance_view", "no_cluster_view", "no_gate", "transfer"}
-    want |= {"transfer_symmetric", "no_orth", "no_cold_dropout"}
+    want |= {"transfer_symmetric", "no_orth", "no_cold_dropout", "no_first_order"}
     assert {f"akt_{n}" for n in want} <= names and "akt" in names
 
 
@@ -333,10 +377,12 @@ def test_every_ablation_is_the_shipped_akt_plus_its_own_switches():
     assert base == {
         "content_tower": True,
         "content_fields": True,
+        "first_order": True,
     }  # chosen on validation (configs/ctr/akt.yaml)
+    own = {"akt_no_content": {"content_tower", "content_fields"}, "akt_no_first_order": {"first_order"}}
     for name, flags in configs.items():
         changed = {k for k in base if flags.get(k) != base[k]}
-        assert changed == ({"content_tower", "content_fields"} if name == "akt_no_content" else set()), name
+        assert changed == own.get(name, set()), name
 
 
 @pytest.mark.parametrize("name", sorted(ablation_configs()))

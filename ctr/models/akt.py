@@ -15,6 +15,7 @@ codes c_1..c_L and train count n_e:
   orthogonality L_orth = mean_e cos^2(c_e, v_e) over users and items with a trained individual row
 
   instance view s_I = DIN attention of e_item over the history's adaptive embeddings                     (B, d)
+                s_I = mean_{h real} e_h   (instance_pool="mean" [ours]: DeepFM's / SIDFeatures' history field)
   cluster view  S   = {h in history : c_1..c_k(h) = c_1..c_k(item)}   (SIM hard search)
                 s_C = mean_{h in S} e_h  (or attention over S; a learned vector z where S is empty)     (B, d)
   view fusion   beta = sigmoid(w . [a_u, a_i, a_u a_i] + b)  (1/2 at init);  s = beta s_I + (1 - beta) s_C
@@ -22,6 +23,8 @@ codes c_1..c_L and train count n_e:
                 (content_fields [ours]: + W_u x_user + b_u, W_i x_item + b_i, the frozen aligned content
                 vectors projected to d, as ContentFeatures feeds them)
                 logit = b0 + FM(fields) + MLP(flatten(fields))
+                (first_order [ours]: + DeepFM's first-order term, a learned bias per user id, item id and
+                feature token and the history's mean item bias; an id presented cold drops its bias)
 
   transfer      per side, over the unique ids of the batch grouped by their level-1..k cluster:
                 c_head,k / c_tail,k = mean of e over the head / non-head ids of cluster k (clusters with both)
@@ -53,7 +56,7 @@ Deviations from the paper, each switchable: the residual gate (gate_mode), deep 
 content vectors as input fields (content_fields: the paper feeds content only through the semantic IDs), no transfer
 loss (use_transfer). The paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view,
 use_gate, lambda_orth = 0, and its transfer loss turned on (use_transfer), with lambda_t2h = lambda_h2t (no
-asymmetry); ours: use_view_gate (beta fixed at 1/2), p_cold = 0.
+asymmetry); ours: use_view_gate (beta fixed at 1/2), p_cold = 0, instance_pool = "mean", first_order.
 
 Logged in ModelOutput.aux: gate means per bucket ("gate/item_tail", "gate/user_cold", ...; buckets as presented,
 so dropped samples count as cold), the instance-view weight beta per item and user bucket ("views/instance_item_
@@ -76,6 +79,7 @@ from ctr.layers import (
     ClusterGuidedEmbedding,
     ClusterView,
     FeatureBags,
+    FieldEmbedding,
     FMInteraction,
     TargetAttention,
     ViewFusion,
@@ -83,6 +87,7 @@ from ctr.layers import (
     asymmetric_transfer,
     cluster_key,
     first_occurrence,
+    masked_mean,
     orthogonality,
     squared_norm,
 )
@@ -111,6 +116,8 @@ class AKT(nn.Module):
         use_instance_view: bool = True,
         use_cluster_view: bool = True,
         use_view_gate: bool = True,
+        instance_pool: Literal["attention", "mean"] = "attention",
+        first_order: bool = False,
         cluster_pool: Literal["mean", "attention"] = "mean",
         attention_dims: tuple[int, ...] = (32,),
         use_transfer: bool = False,
@@ -170,7 +177,17 @@ class AKT(nn.Module):
         self.user_feats = FeatureBags(spec.user_feature_vocab, d)
         self.item_feats = FeatureBags(spec.item_feature_vocab, d)
 
-        self.instance = TargetAttention(d, hidden=attention_dims) if use_instance_view else None
+        if instance_pool not in ("attention", "mean"):
+            raise InputError(
+                f"instance_pool={instance_pool!r} is not one of 'attention', 'mean'",
+                fix="set model.net.instance_pool to attention (the paper's) or mean",
+            )
+        self.use_instance_view = use_instance_view
+        self.instance = (
+            TargetAttention(d, hidden=attention_dims)
+            if use_instance_view and instance_pool == "attention"
+            else None
+        )  # None with instance_pool="mean": the masked mean has no parameters
         self.cluster_view = (
             ClusterView(d, depth=cluster_depth, pool=cluster_pool, attention_dims=attention_dims)
             if use_cluster_view
@@ -191,6 +208,7 @@ class AKT(nn.Module):
         self.fm = FMInteraction()
         self.mlp = MLP(n_fields * d, mlp_dims, dropout=dropout, out_dim=1, batch_norm=batch_norm)
         self.bias = nn.Parameter(torch.zeros(()))
+        self.first_order = FieldEmbedding(spec, 1) if first_order else None
 
         self.use_orth = lambda_orth > 0 and self.item_emb.use_cluster and self.item_emb.use_individual
         self.lambda_orth = lambda_orth
@@ -241,13 +259,15 @@ class AKT(nn.Module):
         """Warm start [ours, Meta-Embedding's use of its generator]: the batch's target items are new ids about to
         get their first trained rows (`ctr.warmup`). Each one's individual part is set to what it was while cold,
         f(x_item) with the content tower, else 0, so the first reveal continues from the cold prediction instead
-        of the row's random init (which no train row ever moved)."""
+        of the row's random init (which no train row ever moved). With first_order, its bias starts at 0."""
         value = (
             self.content(batch.item_content)
             if self.content is not None
             else torch.zeros(batch.item.shape[0], self.item_emb.dim, device=batch.item.device)
         )  # (B, d)
         self.item_emb.admit(batch.item + 1, batch.item_sid, value)
+        if self.first_order is not None:
+            self.first_order.item.weight[batch.item + 1] = 0.0  # the bias it had while cold (dropped)
 
     # -- content tower -------------------------------------------------------------------------------------
     def fallback(self, content: Tensor, count: Tensor, bucket: Tensor) -> Tensor | None:
@@ -291,8 +311,10 @@ class AKT(nn.Module):
         # two views of the history
         mask = batch.hist_item > 0  # (B, H)
         views = []
-        if self.instance is not None:
-            views.append(self.instance(hist, item.e, mask))  # (B, d)
+        if self.use_instance_view:
+            views.append(
+                self.instance(hist, item.e, mask) if self.instance is not None else masked_mean(hist, mask)
+            )  # (B, d)
         if self.cluster_view is not None:
             s_c, same = self.cluster_view(hist, batch.hist_item_sid, mask, item.e, batch.item_sid)  # (B, d)
             views.append(s_c)
@@ -321,6 +343,10 @@ class AKT(nn.Module):
             1,
         )  # (B, F, d)
         logit = self.bias + self.fm(fields) + self.mlp(fields.flatten(1)).squeeze(-1)  # (B, F, d) -> (B,)
+        if self.first_order is not None:
+            first = self.first_order(batch).squeeze(-1)  # (B, F1): user, item, features..., history mean
+            warm = torch.stack([user_count > 0, item_count > 0], 1).to(first.dtype)  # (B, 2)
+            logit = logit + (first[:, :2] * warm).sum(1) + first[:, 2:].sum(1)  # (B,)
 
         if item.gate is not None:
             aux |= bucket_means(item.gate.mean(-1), item_bucket, "gate/item_")
