@@ -37,6 +37,9 @@ PARTS: dict[str, Part] = {
     ),
     "akt_no_individual": Part("individual (per-id) embedding", "paper", "AUC -0.46%", "overall"),
     "akt_no_instance_view": Part("instance view (target attention)", "paper", "AUC -1.14%", "overall"),
+    "akt_mean_instance": Part(
+        "target attention of the instance view (a masked mean instead)", "paper", NO_FIGURE, "overall"
+    ),
     "akt_no_cluster_view": Part("cluster view (SIM hard search)", "paper", NO_FIGURE, "overall"),
     "akt_no_fusion": Part("view fusion gate (views averaged)", "paper", NO_FIGURE, "overall"),
     "akt_no_gate": Part("activity gate (e = c + v)", "paper", NO_FIGURE, "overall"),

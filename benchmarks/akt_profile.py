@@ -100,9 +100,11 @@ def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -
     return out
 
 
-def make_task(name: str) -> CTRTask:
-    """The task of `configs/ctr/<name>.yaml`'s `model.net` (class_path and init_args, as `ctr fit` builds it)."""
+def make_task(name: str, overrides: dict | None = None) -> CTRTask:
+    """The task of `configs/ctr/<name>.yaml`'s `model.net` (class_path and init_args, as `ctr fit` builds it), with
+    `overrides` replacing init_args (`--akt_set`)."""
     net = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["model"]["net"]
+    net["init_args"] = {**net.get("init_args", {}), **(overrides or {})}
     torch.manual_seed(0)
     task = CTRTask(net, SPEC)
     index_sid_tables(task.net, *sid_tables(SPEC))  # as CTRTask.setup does from the data's ID tables
@@ -170,9 +172,11 @@ def top_ops(task: CTRTask, batches: list[Batch], n_ops: int = 15) -> list[tuple[
     return [(k, med[k], calls[k]) for k in sorted(keys, key=med.__getitem__, reverse=True)[:n_ops]]
 
 
-def measure(steps: int, batch_size: int, repeats: int, profile_steps: int) -> dict:
+def measure(
+    steps: int, batch_size: int, repeats: int, profile_steps: int, akt_set: dict | None = None
+) -> dict:
     batches = consistent_batches(SPEC, steps, batch_size)
-    tasks = {"AKT": make_task("akt"), "DeepFM": make_task("deepfm")}
+    tasks = {"AKT": make_task("akt", akt_set), "DeepFM": make_task("deepfm")}
     optimisers = {name: task.configure_optimizers() for name, task in tasks.items()}
     for name, task in tasks.items():  # warm-up: allocator, the optimiser's state
         train_run(task, optimisers[name], batches[:3]), predict_run(task, batches[:3])
@@ -185,7 +189,7 @@ def measure(steps: int, batch_size: int, repeats: int, profile_steps: int) -> di
             ):
                 runs.setdefault(f"{name} {kind}", []).append(rates[0])  # wall
                 runs.setdefault(f"{name} {kind} cpu", []).append(rates[1])
-    ops = top_ops(make_task("akt"), batches[:profile_steps])
+    ops = top_ops(make_task("akt", akt_set), batches[:profile_steps])
     return {"runs": runs, "ops": ops}
 
 
@@ -196,7 +200,8 @@ def section(label: str, result: dict, opts: argparse.Namespace, load: tuple[floa
         f"## {label}",
         "",
         f"Command: `{env}python -m benchmarks.akt_profile --label {label} --steps {opts.steps} --batch-size "
-        f"{opts.batch_size} --repeats {opts.repeats}`; {time.strftime('%Y-%m-%d %H:%M')}, "
+        f"{opts.batch_size} --repeats {opts.repeats}{''.join(f' --akt_set {a}' for a in opts.akt_set)}`; "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after.{' ' + opts.note if opts.note else ''}",
         "",
         "| model | train samples/s (runs) | train samples/CPU-s | predict samples/s (runs) | predict samples/CPU-s |",
@@ -288,11 +293,19 @@ def main(args: list[str] | None = None) -> dict:
     parser.add_argument("--profile-steps", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/akt_profile.md"))
     parser.add_argument("--note", default="", help="said in the section, e.g. which code was measured")
+    parser.add_argument(
+        "--akt_set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace one of AKT's init_args (a YAML value), e.g. instance_pool=mean; repeatable",
+    )
     opts = parser.parse_args(args)
+    opts.akt = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in opts.akt_set)}
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     load_before = os.getloadavg()[0]
-    result = measure(opts.steps, opts.batch_size, opts.repeats, opts.profile_steps)
+    result = measure(opts.steps, opts.batch_size, opts.repeats, opts.profile_steps, opts.akt)
     text = section(opts.label, result, opts, (load_before, os.getloadavg()[0]))
     write(opts.out, opts.label, text)
     print(text)

@@ -367,7 +367,7 @@ def ablation_configs() -> dict[str, dict]:
 def test_every_paper_ablation_has_a_config():
     names = set(ablation_configs())
     want = {"no_cluster", "no_individual", "no_instance_view", "no_cluster_view", "no_gate", "transfer"}
-    want |= {"transfer_symmetric", "no_orth", "no_cold_dropout", "no_first_order"}
+    want |= {"transfer_symmetric", "no_orth", "no_cold_dropout", "no_first_order", "mean_instance"}
     assert {f"akt_{n}" for n in want} <= names and "akt" in names
 
 
@@ -383,6 +383,7 @@ def test_every_ablation_is_the_shipped_akt_plus_its_own_switches():
     for name, flags in configs.items():
         changed = {k for k in base if flags.get(k) != base[k]}
         assert changed == own.get(name, set()), name
+    assert configs["akt_mean_instance"]["instance_pool"] == "mean"  # its own switch, off in the shipped AKT
 
 
 @pytest.mark.parametrize("name", sorted(ablation_configs()))
