@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import platform
@@ -41,9 +42,11 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.train_loop import ML1M, synthetic_batches
 from ctr.batch import Batch, DataSpec
-from ctr.layers import index_sid_tables
+from ctr.layers import ClusterGuidedEmbedding, index_sid_tables
+from ctr.models.akt import AKT
 from ctr.module import CTRTask
 
+TITLE = "# AKT vs DeepFM throughput and AKT's costliest ops (issue 18)"
 RECORD = re.compile(r"<!-- akt_profile (\{.*\}) -->")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ctr"
 CONTENT_DIM = 384  # all-MiniLM-L6-v2's hidden size: semid build's default content / aligned vectors
@@ -247,7 +250,7 @@ def write(out: Path, label: str, text: str) -> str:
             record = json.loads(m.group(1))
             medians[record["label"]] = record["median"]
     header = [
-        "# AKT vs DeepFM throughput and AKT's costliest ops (issue 18)",
+        TITLE,
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
         f"torch {torch.__version__}, 1 intra-op thread. Synthetic ML-1M-sized batches of "
@@ -301,7 +304,18 @@ def main(args: list[str] | None = None) -> dict:
         help="replace one of AKT's init_args (a YAML value), e.g. instance_pool=mean; repeatable",
     )
     opts = parser.parse_args(args)
+    known = set(inspect.signature(AKT.__init__).parameters) - {"self", "spec", "embedding"}
+    own = inspect.signature(ClusterGuidedEmbedding.__init__).parameters  # AKT's **embedding goes to it
+    known |= {k for k, v in own.items() if v.kind is v.KEYWORD_ONLY} - {"count_max", "max_rows", "side"}
+    for item in opts.akt_set:
+        if "=" not in item or item.split("=", 1)[0] not in known:
+            parser.error(f"--akt_set {item!r}: give KEY=VALUE with KEY one of AKT's options: {sorted(known)}")
     opts.akt = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in opts.akt_set)}
+    if opts.out.exists() and not opts.out.read_text().startswith(TITLE):
+        parser.error(
+            f"--out {opts.out} exists and is not a file this script wrote (it starts with {TITLE!r}); "
+            "name a new file or an earlier output of this script"
+        )
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     load_before = os.getloadavg()[0]
