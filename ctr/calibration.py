@@ -31,8 +31,15 @@ class Platt:
     n: int
 
     def apply(self, p: Tensor) -> Tensor:
-        """Calibrated probabilities, float64, same shape as `p`."""
-        return torch.sigmoid(self.a * _logit(p) + self.b)
+        """Calibrated probabilities, float64, same shape as `p`; ties stay ties and no two predictions swap order,
+        so AUC and GAUC are unchanged. The map runs once per distinct value of `p`, in ascending order, and a running
+        max removes any last-ulp wobble: vectorised log / sigmoid can give one input two results a ulp apart
+        depending on where it sits in the SIMD loop (seen on an AVX-512 CPU, where it broke a tie)."""
+        values, inverse = torch.unique(
+            p.reshape(-1).to(torch.float64), return_inverse=True
+        )  # (U,) ascending, (n,)
+        q = torch.cummax(torch.sigmoid(self.a * _logit(values) + self.b), 0).values  # (U,) non-decreasing
+        return q.index_select(0, inverse).view(p.shape)
 
 
 def _logit(p: Tensor) -> Tensor:

@@ -41,15 +41,42 @@ def _segment_ids(*keys: Tensor) -> tuple[Tensor, Tensor]:
     return run, start
 
 
-def _rank_auc_parts(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per group (in sorted group order): sum of the positives' average ranks within the group, #pos, #rows."""
-    preds = preds.detach().reshape(-1).to(torch.float64)
+def _group_score_order(preds: Tensor, groups: Tensor) -> Tensor:
+    """The row order sorted by (group, score); rows equal in both come in any order (ties get average ranks).
+
+    float32 scores and group ids in [0, 2^31): one sort of an int64 key, the group in the high 32 bits and the
+    score's bits made monotone in its value (an IEEE float's bits order like the float for positives and in reverse
+    for negatives; flipping the magnitude bits of the negatives makes the signed int order like the float, -0.0 one
+    step below +0.0, so they stay adjacent and count as one tie by value). On 100k rows that sort takes ~3 ms where
+    the two stable sorts below take ~10 ms (1 CPU thread). float64 scores that are all exact float32 values (a float32
+    model's outputs, widened) take the same path: narrowing them is exact and keeps their order and ties. Anything
+    else: a stable sort on the score, then one on the group."""
+    narrow = preds
+    if preds.dtype == torch.float64:
+        narrow = preds.to(torch.float32)
+        if not torch.equal(narrow.to(torch.float64), preds):
+            narrow = preds  # not float32 values: the two sorts
+    if narrow.dtype == torch.float32 and groups.numel() > 0:
+        low, high = int(groups.min()), int(groups.max())
+        if low >= 0 and high < 2**31:
+            bits = narrow.contiguous().view(torch.int32)
+            monotone = (
+                bits ^ ((bits >> 31) & 0x7FFFFFFF)
+            ).long() + 2**31  # (n,) in [0, 2^32), order of preds
+            return torch.sort((groups << 32) | monotone).indices
+    order = torch.sort(preds, stable=True).indices
+    return order[torch.sort(groups[order], stable=True).indices]
+
+
+def _rank_auc_parts(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per group (in ascending group order): its id, the sum of its positives' average ranks within the group,
+    #pos, #rows."""
+    preds = preds.detach().reshape(-1)
     target = target.detach().reshape(-1).to(torch.float64)
     groups = groups.detach().reshape(-1).long()
-    # sort by (group, score): stable sort on the minor key first, then on the major key
-    order = torch.sort(preds, stable=True).indices
-    order = order[torch.sort(groups[order], stable=True).indices]
-    g, p, y = groups[order], preds[order], target[order]
+    order = _group_score_order(preds, groups)
+    # float64 from here: the conversion is exact, so ties (equal scores) are the same as in the input dtype
+    g, p, y = groups[order], preds[order].to(torch.float64), target[order]
     grp, grp_start = _segment_ids(g)  # (n,), (n_groups,)
     tie, tie_start = _segment_ids(g, p)  # (n,), (n_ties,)
     tie_count = torch.bincount(tie).to(torch.float64)  # (n_ties,)
@@ -62,7 +89,7 @@ def _rank_auc_parts(preds: Tensor, target: Tensor, groups: Tensor) -> tuple[Tens
     )  # (n_groups,)
     n_pos = torch.zeros(n_groups, dtype=torch.float64, device=y.device).index_add_(0, grp, y)  # (n_groups,)
     n_all = torch.bincount(grp, minlength=n_groups).to(torch.float64)  # (n_groups,)
-    return rank_pos, n_pos, n_all
+    return g[grp_start], rank_pos, n_pos, n_all
 
 
 class NonFiniteScoreError(InputError):
@@ -85,11 +112,10 @@ def user_auc(preds: Tensor, target: Tensor, groups: Tensor) -> UserAUC:
     if preds.numel() == 0:
         empty = torch.zeros(0, dtype=torch.float64, device=preds.device)
         return UserAUC(torch.zeros(0, dtype=torch.long, device=preds.device), empty, empty, empty)
-    rank_pos, n_pos, n_all = _rank_auc_parts(preds, target, groups)
+    ids, rank_pos, n_pos, n_all = _rank_auc_parts(preds, target, groups)
     n_neg = n_all - n_pos
     auc_g = (rank_pos - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)  # NaN (0/0) or inf/NaN where one class
     auc_g = torch.where((n_pos > 0) & (n_neg > 0), auc_g, torch.full_like(auc_g, math.nan))
-    ids = torch.unique(groups.detach().reshape(-1).long())  # (G,) sorted, as the groups of _rank_auc_parts
     return UserAUC(ids, auc_g, n_all, n_pos)
 
 

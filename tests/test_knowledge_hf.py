@@ -86,7 +86,9 @@ def write_gguf(model, tok, path) -> None:
 
 def test_hidden_pools_the_last_state_and_ignores_padding(tiny_llama):
     folder, model, tok = tiny_llama
-    backend = HFBackend(LLMConfig(model=str(folder)))
+    backend = HFBackend(
+        LLMConfig(model=str(folder), dtype="float32")
+    )  # vs a float32 forward; auto is bf16 on AMX CPUs
     prompts = ["Toy Story", "Heat (1995). Action, Crime, Thriller."]
     batch = backend.hidden(prompts, "last")  # padded together
     assert batch.shape == (2, 32) and batch.dtype == np.float32
@@ -169,7 +171,7 @@ def test_the_converted_folder_serves_as_a_semid_encoder(tiny_gguf):
     texts = ["Toy Story", "Heat (1995). Action, Crime, Thriller."]
     cfg = EncoderConfig(model=str(converted), pooling="last", normalize=False, batch_size=2)
     encoded = embed_all(ContentEncoder(cfg), texts, progress=False).numpy()
-    hidden = HFBackend(LLMConfig(model=str(converted))).hidden(texts, "last")
+    hidden = HFBackend(LLMConfig(model=str(converted), dtype="float32")).hidden(texts, "last")
     np.testing.assert_allclose(encoded, hidden, atol=1e-4)
 
 

@@ -83,6 +83,33 @@ def test_auc_gauc_match_pairwise_oracle(seed: int) -> None:
     assert any(len(s) == 1 for s in per_user.values()) and any(len(s) == 2 for s in per_user.values())
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_float32_scores_one_key_sort_matches_the_oracle(seed: int) -> None:
+    """float32 scores (and float64 ones that are exact float32 values) take the one-int64-key sort (group in the high
+    bits, the float's bits made monotone): equal to the oracle with negative scores (logits), ties, -0.0 next to
+    +0.0; group ids of 2^31 or more, or negative ones, and float64 scores that are not float32 values take the two
+    stable sorts (the oracle tests above run on such scores), with the same per-group parts."""
+    preds, target, user = random_data(seed, decimals=1)
+    logits = (preds * 8.0 - 4.0).to(torch.float32)  # negative and positive, ties kept
+    logits[:7] = 0.0
+    logits[7:14] = -0.0
+    p, y, u = logits.tolist(), target.tolist(), user.tolist()
+    assert any(math.copysign(1.0, v) < 0 for v in p if v == 0.0) and min(p) < 0 < max(p)
+    assert_close(gauc(logits, target, user), oracle_gauc(p, y, u))
+    assert_close(auc(logits, target), oracle_auc(p, y))
+    assert_close(gauc(logits, target, user), gauc(logits.to(torch.float64), target, user), tol=1e-15)
+    off32 = logits.to(torch.float64) + 1e-12  # not float32 values: the two-sort path
+    assert not torch.equal(off32.to(torch.float32).to(torch.float64), off32)
+    assert_close(gauc(off32, target, user), oracle_gauc(off32.tolist(), y, u))
+    assert not torch.equal(preds.to(torch.float32).to(torch.float64), preds)  # random_data: the two-sort path
+    fast = user_auc(logits, target, user)
+    assert fast.group.tolist() == sorted(set(u))
+    for shift in (2**31, -(2**40)):  # outside [0, 2^31): the two-sort path, same per-group parts
+        big = user_auc(logits, target, user + shift)
+        assert big.group.tolist() == [g + shift for g in fast.group.tolist()]
+        assert torch.equal(big.auc.nan_to_num(-1.0), fast.auc.nan_to_num(-1.0))
+
+
 def test_known_values() -> None:
     assert auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), torch.tensor([0, 0, 1, 1])) == 0.75
     assert auc(torch.tensor([0.5, 0.5]), torch.tensor([0, 1])) == 0.5

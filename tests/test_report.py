@@ -282,7 +282,9 @@ def test_calibrated_logloss_is_each_seeds_own_validation_map_on_its_test_predict
         for i, seed in enumerate(SEEDS):
             val = pl.read_parquet(run / "models" / model / f"seed{seed}" / schema.VAL_PREDICTIONS_FILE)
             platt = fit_platt(*tensors(val)[:2])  # fitted on validation only
-            assert close(summary["calibration"]["a"]["values"][i], platt.a) and platt.a > 0
+            # Newton stops once |gradient| < 1e-10, which pins `a` to about 1e-9: a refit whose float64 sums run in
+            # another order (another CPU's vector width, another thread count) may stop one step apart
+            assert close(summary["calibration"]["a"]["values"][i], platt.a, tol=1e-7) and platt.a > 0
             frame = predictions(run, model, seed)
             for cell, rows in (
                 (summary["overall"], frame),
