@@ -152,6 +152,19 @@ def main(args: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=100, help="timed rounds (one step of every arm each)")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument(
+        "--user_components",
+        type=int,
+        default=None,
+        help="also time a reduced arm: both levels with the user vectors cut to this many principal components",
+    )
+    p.add_argument(
+        "--reduced_tower",
+        type=int,
+        nargs="*",
+        default=None,
+        help="the reduced arm's scenario tower hidden layers (default: the model's, (64,))",
+    )
     p.add_argument("--out", default="benchmarks/results/msr_overhead.md")
     a = p.parse_args(args)
     if a.threads is not None:
@@ -168,6 +181,13 @@ def main(args: list[str] | None = None) -> None:
             "+ meta (user only)": {**meta, "use_scenario_level": False},
             "+ meta (scenario only)": {**meta, "use_user_level": False},
         }
+        if a.user_components is not None or a.reduced_tower is not None:
+            reduced = {**meta, "user_components": a.user_components}
+            label = f"+ meta (user + scenario), user K = {a.user_components or K}"
+            if a.reduced_tower is not None:
+                reduced["scenario_dims"] = tuple(a.reduced_tower)
+                label += f", tower {tuple(a.reduced_tower)}"
+            variants[label] = reduced
         arms = []
         for name, factory in {"STAR": STAR, "DeepFM": DeepFM}.items():
             for variant, kw in variants.items():
@@ -197,7 +217,10 @@ def main(args: list[str] | None = None) -> None:
         "# LLM4MSR meta-layer overhead per train step",
         "",
         f"`python benchmarks/msr_overhead.py --device {a.device} --batch {a.batch} --steps {a.steps}"
-        f"{'' if a.threads is None else f' --threads {a.threads}'}`: device {device}, "
+        f"{'' if a.threads is None else f' --threads {a.threads}'}"
+        f"{'' if a.user_components is None else f' --user_components {a.user_components}'}"
+        f"{'' if a.reduced_tower is None else ' --reduced_tower ' + ' '.join(map(str, a.reduced_tower))}`: "
+        f"device {device}, "
         f"torch threads {torch.get_num_threads()}, batch {a.batch}, {a.steps} timed rounds after {a.warmup} "
         f"warm-up rounds, 1-min load average {load:.2f} at the start. ML-1M-sized random batches, 576-d knowledge "
         "vectors, meta_dim 16, rank 4, scenario tower (64,). A step is forward + backward + fused AdamW "

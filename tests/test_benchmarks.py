@@ -283,3 +283,40 @@ def test_readme_time_reads_the_readmes_first_command_and_the_run_log():
     line = readme_time.row("abc1234", 191.0, 473.0, 131.2, 24)
     assert "| 191 | 473 | 664 | 131 | 24 | **missed** |" in line
     assert readme_time.row("x", 100.0, 200.0, None, 0).endswith("| 100 | 200 | 300 | n/a | 0 | met |")
+
+
+def test_msr_loop_overhead_times_every_arm_through_ctr_fit(prepared_dir, tmp_path, one_thread):
+    """The real-loop overhead benchmark trains each arm's shipped config over a run folder's prepared data, scenario
+    table and vectors, and writes one row per arm (the backbone's overhead 0); a folder without them is refused."""
+    from benchmarks import msr_loop_overhead
+    from semid import scenarios as SC
+    from semid.errors import InputError
+    from semid.knowledge import msr
+
+    run = tmp_path / "run"
+    (run / "knowledge" / "llm").mkdir(parents=True)
+    (run / "prepared").symlink_to(prepared_dir)
+    rule = SC.ScenarioRule(side="user", column="age", groups={"young": ["18-24"], "rest": []}, default="rest")
+    SC.write(prepared_dir, rule, run / SC.SCENARIOS_FILE)
+    n_users = pl.read_parquet(prepared_dir / S.USERS_FILE).height
+    rng = np.random.default_rng(0)
+    users = msr.Knowledge(pl.DataFrame({S.USER: range(n_users)}, schema={S.USER: pl.Int32}), [""] * n_users)
+    scens = msr.Knowledge(pl.DataFrame({SC.SCENARIO: [0, 1]}, schema={SC.SCENARIO: pl.Int32}), [""] * 2)
+    kdir = run / "knowledge" / "llm"
+    msr.write_vectors(
+        kdir / "user_vectors.parquet", users, rng.normal(size=(n_users, 80)), kind="user", meta={}
+    )
+    msr.write_vectors(
+        kdir / "scenario_vectors.parquet", scens, rng.normal(size=(2, 80)), kind="scenario", meta={}
+    )
+    out = tmp_path / "loop.md"
+    common = str(msr_loop_overhead.ROOT / "configs" / "ctr" / "common" / "ml-100k.yaml")
+    args = ["--run", str(run), "--common", common, "--steps", "2", "--warmup", "1", "--repeats", "1"]
+    msr_loop_overhead.main([*args, "--arms", "star", "meta_llm_pc64", "--out", str(out)])
+    rows = [
+        line for line in out.read_text().splitlines() if line.startswith("| STAR") or line.startswith("| +")
+    ]
+    assert len(rows) == 2 and "| +0.0% |" in rows[0] and "meta_llm_pc64" in rows[1]
+    with pytest.raises(InputError, match="no scenarios.parquet"):
+        (run / SC.SCENARIOS_FILE).unlink()
+        msr_loop_overhead.main([*args, "--out", str(out)])

@@ -277,7 +277,7 @@ def test_meta_gradients_reach_generators_and_knowledge_matters(files):
         opt.step()
     for layer in (net.user_layer, net.tower[0], net.tower_out):
         assert layer.gen_a.weight.grad.abs().sum() > 0 and layer.gen_b.weight.grad.abs().sum() > 0
-    assert net.user_knowledge.proj.weight.grad.abs().sum() > 0
+    assert net.user_layer.gen_b.weight.grad.abs().sum() > 0  # B(z) starts at 0: its generator reads z first
     assert net.scenario_knowledge.proj.weight.grad.abs().sum() > 0
     # the frozen LLM vectors are buffers: not trained; the learned control's table is
     assert "user_knowledge.frozen" in dict(net.named_buffers())
@@ -349,6 +349,39 @@ def test_knowledge_rows_are_the_projected_standardised_vectors():
     v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True)
     torch.testing.assert_close(k(rows), torch.tanh(v[rows] @ k.proj.weight.t() + k.proj.bias))
     torch.testing.assert_close(k()[rows], k(rows))
+
+
+def test_user_components_keep_the_top_principal_directions_whitened():
+    """components = k: the frozen table is the standardised rows' scores on their k largest principal directions,
+    each with unit variance (checked against numpy's SVD up to each direction's sign); the explained share is the
+    kept eigenvalues' share; a learned table gets width k; k outside 1..K is refused."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(200, 12)) * np.linspace(5.0, 0.1, 12) + 3  # distinct variances: a unique basis
+    k = Knowledge(vectors, 200, 12, 4, learned=False, components=3)
+    v = torch.tensor(vectors, dtype=torch.float32)
+    v = ((v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True)).double().numpy()
+    v -= v.mean(0)
+    u, sv, _ = np.linalg.svd(v, full_matrices=False)
+    want = u[:, :3] * np.sqrt(len(v) - 1)  # whitened scores
+    got = k.frozen.double().numpy()
+    assert got.shape == (200, 3) and k.proj.in_features == 3
+    np.testing.assert_allclose(np.abs(got), np.abs(want), atol=1e-4)
+    np.testing.assert_allclose(got.std(0, ddof=1), 1.0, atol=1e-4)
+    assert k.explained == pytest.approx(float((sv[:3] ** 2).sum() / (sv**2).sum()), rel=1e-6)
+    assert Knowledge(None, 200, 12, 4, learned=True, components=3).table.weight.shape == (200, 3)
+    assert Knowledge(vectors, 200, 12, 4, learned=False, components=12).explained == pytest.approx(1.0)
+    with pytest.raises(InputError, match="components=0"):
+        Knowledge(vectors, 200, 12, 4, learned=False, components=0)
+
+
+def test_meta_layers_read_the_reduced_user_table(files):
+    """user_components reaches the user level only (the scenario vectors keep their width) and trains end to end."""
+    torch.manual_seed(0)
+    net = meta(files, BACKBONES["deepfm"](files), user_components=5)(SPEC)
+    assert net.user_knowledge.frozen.shape == (SPEC.n_users, 5) and net.user_knowledge.explained < 1.0
+    assert net.scenario_knowledge.frozen.shape[1] == 12
+    net(make_batch()).logit.sum().backward()
+    assert net.user_layer.gen_b.weight.grad.abs().sum() > 0  # B(z) starts at 0: its generator reads z first
 
 
 def test_meta_layers_compute_the_two_level_formula(files):
@@ -424,7 +457,8 @@ MSR_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "ctr" / 
 @pytest.mark.parametrize("path", MSR_CONFIGS, ids=lambda p: p.name)
 def test_msr_configs_train_one_batch_with_per_scenario_metrics(path, prepared_dir, tmp_path):
     """Every configs/ctr/msr YAML trains and tests one batch on a prepared dataset with scenarios.parquet (and the
-    vector files where its source needs them); validation and test report every scenario."""
+    vector files where its source needs them: 96-d, wider than meta_llm_pc64's 64 components); validation and test
+    report every scenario."""
     from pipelines.console import plain_argv
     from pipelines.train import cli
 
@@ -436,8 +470,8 @@ def test_msr_configs_train_one_batch_with_per_scenario_metrics(path, prepared_di
     rng = np.random.default_rng(0)
     users = msr.Knowledge(pl.DataFrame({S.USER: range(n_users)}, schema={S.USER: pl.Int32}), [""] * n_users)
     scens = msr.Knowledge(pl.DataFrame({SC.SCENARIO: [0, 1, 2]}, schema={SC.SCENARIO: pl.Int32}), [""] * 3)
-    msr.write_vectors(tmp_path / "u.parquet", users, rng.normal(size=(n_users, 8)), kind="user", meta={})
-    msr.write_vectors(tmp_path / "s.parquet", scens, rng.normal(size=(3, 8)), kind="scenario", meta={})
+    msr.write_vectors(tmp_path / "u.parquet", users, rng.normal(size=(n_users, 96)), kind="user", meta={})
+    msr.write_vectors(tmp_path / "s.parquet", scens, rng.normal(size=(3, 96)), kind="scenario", meta={})
     common = path.parents[1] / "common" / "ml-100k.yaml"
     args = [
         "--config", str(common), "--config", str(path),

@@ -54,17 +54,35 @@ class Knowledge(nn.Module):
     """Rows of knowledge vectors -> (N_rows, h) meta codes: frozen standardised vectors (llm, prompt_text) or a
     trainable table of the same size (learned), then one trainable projection."""
 
-    def __init__(self, vectors: np.ndarray | None, n: int, dim: int, meta_dim: int, *, learned: bool):
+    def __init__(
+        self,
+        vectors: np.ndarray | None,
+        n: int,
+        dim: int,
+        meta_dim: int,
+        *,
+        learned: bool,
+        components: int | None = None,
+    ):
         super().__init__()
         self.table: nn.Embedding | None = None
+        self.explained: float | None = None  # the variance share the kept components hold (frozen, reduced)
+        if components is not None and not 1 <= components <= dim:
+            raise InputError(
+                f"components={components} for {dim}-d vectors", fix=f"set components in 1..{dim}"
+            )
         if learned:
+            dim = dim if components is None else components
             self.table = nn.Embedding(n, dim)  # N(0, 1) rows: the scale of the standardised vectors
             self.register_buffer("frozen", torch.zeros(0, dim))
         else:
             v = torch.from_numpy(np.asarray(vectors, dtype=np.float32))  # (n, K)
             # standardised once per row (hidden states have a few huge dimensions), stored with the checkpoint
             v = (v - v.mean(1, keepdim=True)) / v.std(1, keepdim=True).clamp_min(1e-6)
+            if components is not None:
+                v, self.explained = principal_components(v, components)
             self.register_buffer("frozen", v)
+            dim = v.shape[1]
         self.proj = nn.Linear(dim, meta_dim)
         self.act = nn.Tanh()
 
@@ -78,6 +96,24 @@ class Knowledge(nn.Module):
             # index_select, not frozen[rows]: the same rows, a quarter of the time on CPU (advanced indexing)
             k = self.frozen if rows is None else self.frozen.index_select(0, rows)  # (R, K)
         return self.act(self.proj(k))  # (R, h)
+
+
+def principal_components(v: Tensor, k: int) -> tuple[Tensor, float]:
+    """v (n, K) -> its scores on the top k principal directions, each scaled to unit variance (n, k), and the share
+    of v's variance those directions hold. A fixed map computed once from the frozen table (covariance
+    eigendecomposition in float64); the trainable projection then reads k numbers per row instead of K: the gather
+    and the projection cost k / K of the full width."""
+    if not 1 <= k <= v.shape[1]:
+        raise InputError(
+            f"components={k} for {v.shape[1]}-d vectors", fix=f"set components in 1..{v.shape[1]}"
+        )
+    x = v.double()
+    x = x - x.mean(0, keepdim=True)
+    cov = x.T @ x / max(x.shape[0] - 1, 1)  # (K, K)
+    values, vectors = torch.linalg.eigh(cov)  # ascending
+    values, vectors = values.flip(0)[:k].clamp_min(1e-12), vectors.flip(1)[:, :k]
+    scores = (x @ vectors) / values.sqrt()  # (n, k), whitened
+    return scores.float(), float(values.sum() / cov.trace().clamp_min(1e-12))
 
 
 class MetaLinear(nn.Module):
@@ -141,6 +177,9 @@ class MetaLayers(nn.Module):
     user_vectors, scenario_vectors: `user_vectors.parquet` / `scenario_vectors.parquet` (semid.knowledge.msr).
     use_user_level, use_scenario_level: switch each meta level (both off = the backbone alone).
     knowledge_dim: K of the learned tables; None = the dimension of the vector files (the same capacity).
+    user_components: keep only the top principal components of the frozen user vectors, whitened (None = all K
+        dimensions); a learned user table gets this width too. Cuts the user level's gather and projection
+        (the largest part of its cost per step on CPU) by K / components; `benchmarks/msr_overhead.py` measures it.
     meta_dim: h, the meta code every generator reads; rank: r of A(k) B(k).
     scenario_dims: hidden layers of the scenario-level tower (its output layer has one unit).
     """
@@ -156,6 +195,7 @@ class MetaLayers(nn.Module):
         use_user_level: bool = True,
         use_scenario_level: bool = True,
         knowledge_dim: int | None = None,
+        user_components: int | None = None,
         meta_dim: int = 16,
         rank: int = 4,
         scenario_dims: Sequence[int] = (64,),
@@ -172,7 +212,9 @@ class MetaLayers(nn.Module):
         self.scenario_knowledge: Knowledge | None = None
         if use_user_level:
             vectors, dim = _vectors(user_vectors, "user", spec.n_users, learned, knowledge_dim)
-            self.user_knowledge = Knowledge(vectors, spec.n_users, dim, meta_dim, learned=learned)
+            self.user_knowledge = Knowledge(
+                vectors, spec.n_users, dim, meta_dim, learned=learned, components=user_components
+            )
             self.user_layer = MetaLinear(d, d, meta_dim, rank, zero=True)  # e + e (W0 + A B), W0 from 0
         if use_scenario_level:
             n_s = n_scenarios(spec, type(self).__name__)
