@@ -102,11 +102,7 @@ def principal_components(v: Tensor, k: int) -> tuple[Tensor, float]:
     """v (n, K) -> its scores on the top k principal directions, each scaled to unit variance (n, k), and the share
     of v's variance those directions hold. A fixed map computed once from the frozen table (covariance
     eigendecomposition in float64); the trainable projection then reads k numbers per row instead of K: the gather
-    and the projection cost k / K of the full width."""
-    if not 1 <= k <= v.shape[1]:
-        raise InputError(
-            f"components={k} for {v.shape[1]}-d vectors", fix=f"set components in 1..{v.shape[1]}"
-        )
+    and the projection cost k / K of the full width. k in 1..K (Knowledge checks it)."""
     x = v.double()
     x = x - x.mean(0, keepdim=True)
     cov = x.T @ x / max(x.shape[0] - 1, 1)  # (K, K)
