@@ -255,11 +255,15 @@ def run(
     common_cfg = [read_config(c, "common") for c in common]
     model_cfg = {m.name: read_config(m.config, "model") for m in models}
     parsed = {n: [*(c.parsed for c in common_cfg), m.parsed] for n, m in model_cfg.items()}
+    # the stages' inputs are checked for the models this invocation fits: one left out by --only_models may need a
+    # stage input the others do not (a knowledge source, say), and it is checked when it is run
+    picked = {n: p for n, p in parsed.items() if not only_models or n in only_models}
     if scenarios is not None:
-        check_sources(scenarios, parsed)
-    check_imagined(imagine, parsed)
+        check_sources(scenarios, picked)
+    check_imagined(imagine, picked)
     wants = {m.name: list(dict.fromkeys(m.inputs)) for m in models}
-    check_crossdomain(crossdomain, prepare.resolved_dataset(), wants, parsed)
+    picked_wants = {n: w for n, w in wants.items() if n in picked}
+    check_crossdomain(crossdomain, prepare.resolved_dataset(), picked_wants, picked)
     out = (Path(run_dir) if run_dir is not None else Path("runs") / name).resolve()
     if out.exists() and not out.is_dir():
         raise InputError("--run_dir names a file, not a folder", file=out, fix="pass a folder for --run_dir")

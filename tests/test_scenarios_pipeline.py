@@ -242,6 +242,24 @@ def test_a_model_without_its_source_is_refused_before_any_work(pipeline, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_only_models_checks_the_sources_of_the_models_it_fits(finished, pipeline, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    cfg = str(
+        _write({**pipeline, "scenarios": {**pipeline["scenarios"], "knowledge": ["llm"]}}, "llm_only.yaml")
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["--config", cfg, "--run_dir", str(run), "--only_models", "[meta_text]"])
+    assert (
+        exit_info.value.code != 0
+        and "'meta_text' (MetaLayers, source prompt_text)" in capsys.readouterr().err
+    )
+    before = _metrics(run, "meta_llm")
+    # meta_text needs prompt_text, which this config no longer builds: left out by --only_models, it is not checked
+    run_main(["--config", cfg, "--run_dir", str(run), "--only_models", "[meta_llm]"])
+    assert _metrics(run, "meta_llm") == before  # its inputs are unchanged: the fit is reused
+
+
 def test_fit_inputs_per_network_and_nothing_without_the_stage():
     def net(class_path: str, **args) -> dict:
         return {"model": {"net": {"class_path": class_path, "init_args": args}}}
