@@ -50,7 +50,7 @@ class ScenarioStage:
     rule: str
     """A semid.scenarios.RULES name: ml-1m-age (Scenario-Wise-Rec age groups), amazon-domain (Food / Kitchen)."""
     knowledge: list[msr.Source] = field(default_factory=list)
-    """Vector sources to build: llm (the LLM's last hidden state of each scenario / user prompt), prompt_text (the
+    """Vector sources to build: llm (the LLM's last hidden layer over each scenario / user prompt, pooled as `llm.pooling` says), prompt_text (the
     text encoder's embedding of the same prompts: the no-LLM control). The learned control reads no file."""
     llm: LLMConfig = LLMConfig()
     """The knowledge layer's backend for source llm (default: the embedded SmolLM2-135M-Instruct)."""

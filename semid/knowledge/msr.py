@@ -1,6 +1,7 @@
 """LLM4MSR knowledge (Wang et al., CIKM'24): scenario- and user-level prompts from the train split, turned into
-one vector each by the LLM's last hidden state (or, as the no-LLM control, by a text encoder), written as
-`scenario_vectors.parquet` / `user_vectors.parquet` for the meta layers (ctr/models/meta.py).
+one vector each from the LLM's last hidden layer, pooled over the prompt's tokens as `llm.pooling` says (LLM4MSR takes
+the last token's state; the Amazon protocol ships the mean, chosen on validation), or, as the no-LLM control, by a text
+encoder; written as `scenario_vectors.parquet` / `user_vectors.parquet` for the meta layers (ctr/models/meta.py).
 
 - scenario prompt: every scenario's statistics (interactions, users, items, positive rate, top items and genres),
   one prompt per scenario asking for its commonalities, differences and correlations with the others;
