@@ -50,8 +50,9 @@ class ScenarioStage:
     rule: str
     """A semid.scenarios.RULES name: ml-1m-age (Scenario-Wise-Rec age groups), amazon-domain (Food / Kitchen)."""
     knowledge: list[msr.Source] = field(default_factory=list)
-    """Vector sources to build: llm (the LLM's last hidden layer over each scenario / user prompt, pooled as `llm.pooling` says), prompt_text (the
-    text encoder's embedding of the same prompts: the no-LLM control). The learned control reads no file."""
+    """Vector sources to build: llm (the LLM's last hidden layer over each scenario / user prompt, pooled as
+    `llm.pooling` says), prompt_text (the text encoder's embedding of the same prompts: the no-LLM control). The
+    learned control reads no file."""
     llm: LLMConfig = LLMConfig()
     """The knowledge layer's backend for source llm (default: the embedded SmolLM2-135M-Instruct)."""
     encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(max_length=512))
