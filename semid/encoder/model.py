@@ -34,8 +34,9 @@ def default_model_path() -> Path:
 @dataclass
 class EncoderConfig:
     model: str = "default"
-    """A local Hugging Face model folder; "default" = default_model_path() (all-MiniLM-L6-v2); "smollm2" or a
-    .gguf file = a causal LLM's pooled hidden state (fetched and cached by semid.knowledge)."""
+    """A local Hugging Face model folder; "default" = default_model_path() (all-MiniLM-L6-v2); "smollm2",
+    "gemma3-270m" (semid.knowledge.fetch.EMBEDDED) or a .gguf file = a causal LLM's pooled hidden state (fetched and
+    cached by semid.knowledge)."""
     kind: Literal["auto", "text", "clip", "vlm"] = "auto"
     """auto: clip for CLIP/SigLIP-style dual encoders, vlm for configs with a vision tower, else text."""
     pooling: Literal["mean", "cls", "last"] = "mean"
@@ -92,7 +93,9 @@ def resolve_model_path(cfg: EncoderConfig) -> Path:
     """The local model folder of `cfg`; InputError (file, fix) when it has no config.json or no weights."""
     if cfg.model == "default":
         return default_model_path()
-    if cfg.model == "smollm2" or cfg.model.endswith(".gguf"):
+    from semid.knowledge.fetch import EMBEDDED
+
+    if cfg.model in EMBEDDED or cfg.model.endswith(".gguf"):
         # an LLM as the encoder (AKT-Rec encodes items with an MLLM): the knowledge layer fetches / de-quantises it
         # once into a local HF folder; use pooling "last" or "mean" with it
         from semid.knowledge import model_folder

@@ -22,7 +22,7 @@ from semid.knowledge.structured import Parsed, is_empty, parse
 
 
 def model_folder(model: str, cache: str | None = None) -> Path:
-    """A local HF folder for `model` ("smollm2", a .gguf file, an HF folder): the hook for `semid build`'s encoder,
+    """A local HF folder for `model` (an embedded model's name, a .gguf file, an HF folder): the hook for `semid build`'s encoder,
     which can then pool the LLM's last hidden state like any other local model."""
     return local_folder(resolve_model(model), cache)
 

