@@ -131,14 +131,17 @@ def knowledge_source(configs: Sequence[Any]) -> str | None:
 
 
 def check_sources(stage: ScenarioStage, configs: Mapping[str, Sequence[Any]]) -> None:
-    """Before any work: the stage's sources are known, and every model whose network reads vectors has its source
-    in `stage.knowledge`. `configs`: model name -> its parsed configs (common ones first)."""
+    """Before any work: the stage's sources are known, its LLM model names one it can reach (nothing is fetched or
+    loaded), and every model whose network reads vectors has its source in `stage.knowledge`. `configs`: model name
+    -> its parsed configs (common ones first)."""
     SC.resolve_rule(stage.rule)
     unknown = sorted(set(stage.knowledge) - set(SOURCES))
     if unknown:
         raise InputError(
             f"unknown knowledge sources {unknown} in scenarios.knowledge", fix=f"use some of {list(SOURCES)}"
         )
+    if "llm" in stage.knowledge:
+        _llm_backend(stage)  # an unknown `scenarios.llm.model` fails here, not after the IDs are built
     for name, parsed in configs.items():
         source = knowledge_source(parsed)
         if source is not None and source not in stage.knowledge:

@@ -12,7 +12,7 @@ import pytest
 
 from semid.errors import InputError
 from semid.knowledge import LLM, GenerationParams, LLMCache, LLMConfig, cache_key, fetch, is_empty, parse
-from semid.knowledge.fetch import EMBEDDED, SMOLLM2_SHA256, resolve_model
+from semid.knowledge.fetch import EMBEDDED, resolve_model
 from semid.knowledge.hf import cpu_has_fast_bf16
 
 SCHEMA = {
@@ -171,7 +171,7 @@ def test_dtype_follows_cpu_flags(tmp_path):
 
 def test_resolve_model_needs_no_fetch_and_rejects_unknown_paths(tmp_path):
     smol = resolve_model("smollm2")
-    assert smol.fingerprint == f"gguf:{SMOLLM2_SHA256}"
+    assert smol.fingerprint == f"gguf:{EMBEDDED['smollm2'].sha256}"
     with pytest.raises(InputError, match="nothing is downloaded"):
         resolve_model(str(tmp_path / "no-such-model"))
     with pytest.raises(InputError, match="nothing is downloaded"):

@@ -242,6 +242,16 @@ def test_a_model_without_its_source_is_refused_before_any_work(pipeline, tmp_pat
     assert not (tmp_path / "r").exists()
 
 
+def test_an_unknown_llm_model_is_refused_before_any_work(pipeline, tmp_path, capsys):
+    cfg = {**pipeline, "scenarios": {**pipeline["scenarios"], "llm": {"model": "no-such-model"}}}
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(["--config", str(_write(cfg, "bad_llm.yaml")), "--run_dir", str(tmp_path / "r")])
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "the LLM `model` is neither one of ['gemma3-270m', 'smollm2']" in err and "no-such-model" in err
+    assert not (tmp_path / "r").exists()  # refused before prepare wrote anything
+
+
 def test_only_models_checks_the_sources_of_the_models_it_fits(finished, pipeline, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished, run)

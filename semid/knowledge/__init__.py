@@ -22,8 +22,8 @@ from semid.knowledge.structured import Parsed, is_empty, parse
 
 
 def model_folder(model: str, cache: str | None = None) -> Path:
-    """A local HF folder for `model` (an embedded model's name, a .gguf file, an HF folder): the hook for `semid build`'s encoder,
-    which can then pool the LLM's last hidden state like any other local model."""
+    """A local HF folder for `model` (an embedded model's name, a .gguf file, an HF folder): the hook for
+    `semid build`'s encoder, which can then pool the LLM's last hidden state like any other local model."""
     return local_folder(resolve_model(model), cache)
 
 

@@ -51,7 +51,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
 }
 """`model:` names the knowledge layer (and `semid build`'s encoder) fetches by themselves."""
-SMOLLM2_SHA256 = EMBEDDED["smollm2"].sha256
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".json", ".gguf")
 
 
@@ -109,8 +108,8 @@ def _file_stamp(path: Path) -> list[int]:
 
 
 def resolve_model(model: str) -> ResolvedModel:
-    """Map a config's `model` (an `EMBEDDED` name, a .gguf file, an HF folder) to where it lives; nothing is fetched or
-    loaded here, so a fully cached run stays model-free."""
+    """Map a config's `model` (an `EMBEDDED` name, a .gguf file, an HF folder) to where it lives; nothing is fetched
+    or loaded here, so a fully cached run stays model-free."""
     if model in EMBEDDED:
         return ResolvedModel(gguf=Path(model), folder=None, fingerprint=f"gguf:{EMBEDDED[model].sha256}")
     path = Path(model).expanduser().resolve()
@@ -123,8 +122,7 @@ def resolve_model(model: str) -> ResolvedModel:
         return ResolvedModel(gguf=None, folder=path, fingerprint="hf:" + sha256_json([str(path), files]))
     raise InputError(
         f"the LLM `model` is neither one of {sorted(EMBEDDED)}, a .gguf file, nor a Hugging Face folder with "
-        "config.json; "
-        "nothing is downloaded from a hub",
+        "config.json; nothing is downloaded from a hub",
         file=path,
         fix="set `model: smollm2` (or gemma3-270m), or point it at a local causal-LM folder (save_pretrained) or a "
         ".gguf file",
