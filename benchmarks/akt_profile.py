@@ -19,6 +19,7 @@ keeping the others), and a summary table of every label found, so `--label befor
 `--label after` on the new one give a before/after table.
 
     python -m benchmarks.akt_profile --label after
+    python -m benchmarks.akt_profile --label shipped-bf16 --autocast bf16   # both models under bf16 autocast
 """
 
 from __future__ import annotations
@@ -176,8 +177,21 @@ def top_ops(task: CTRTask, batches: list[Batch], n_ops: int = 15) -> list[tuple[
 
 
 def measure(
-    steps: int, batch_size: int, repeats: int, profile_steps: int, akt_set: dict | None = None
+    steps: int,
+    batch_size: int,
+    repeats: int,
+    profile_steps: int,
+    akt_set: dict | None = None,
+    autocast: str = "off",
 ) -> dict:
+    """`autocast="bf16"`: every run (both models, train and predict, and the profile) under CPU autocast to
+    bfloat16, what Lightning's `trainer.precision: bf16-mixed` does on CPU; matmuls run on AMX / AVX-512 BF16 where
+    the CPU has them, parameters and the optimiser stay float32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
+        return _measure(steps, batch_size, repeats, profile_steps, akt_set)
+
+
+def _measure(steps: int, batch_size: int, repeats: int, profile_steps: int, akt_set: dict | None) -> dict:
     batches = consistent_batches(SPEC, steps, batch_size)
     tasks = {"AKT": make_task("akt", akt_set), "DeepFM": make_task("deepfm")}
     optimisers = {name: task.configure_optimizers() for name, task in tasks.items()}
@@ -203,7 +217,8 @@ def section(label: str, result: dict, opts: argparse.Namespace, load: tuple[floa
         f"## {label}",
         "",
         f"Command: `{env}python -m benchmarks.akt_profile --label {label} --steps {opts.steps} --batch-size "
-        f"{opts.batch_size} --repeats {opts.repeats}{''.join(f' --akt_set {a}' for a in opts.akt_set)}`; "
+        f"{opts.batch_size} --repeats {opts.repeats}{''.join(f' --akt_set {a}' for a in opts.akt_set)}"
+        f"{' --autocast ' + opts.autocast if opts.autocast != 'off' else ''}`; "
         f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after.{' ' + opts.note if opts.note else ''}",
         "",
@@ -303,6 +318,12 @@ def main(args: list[str] | None = None) -> dict:
         metavar="KEY=VALUE",
         help="replace one of AKT's init_args (a YAML value), e.g. instance_pool=mean; repeatable",
     )
+    parser.add_argument(
+        "--autocast",
+        choices=("off", "bf16"),
+        default="off",
+        help="bf16: CPU autocast to bfloat16 for both models (Lightning's bf16-mixed); off: float32",
+    )
     opts = parser.parse_args(args)
     known = set(inspect.signature(AKT.__init__).parameters) - {"self", "spec", "embedding"}
     own = inspect.signature(ClusterGuidedEmbedding.__init__).parameters  # AKT's **embedding goes to it
@@ -319,7 +340,7 @@ def main(args: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     load_before = os.getloadavg()[0]
-    result = measure(opts.steps, opts.batch_size, opts.repeats, opts.profile_steps, opts.akt)
+    result = measure(opts.steps, opts.batch_size, opts.repeats, opts.profile_steps, opts.akt, opts.autocast)
     text = section(opts.label, result, opts, (load_before, os.getloadavg()[0]))
     write(opts.out, opts.label, text)
     print(text)

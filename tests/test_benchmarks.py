@@ -320,3 +320,38 @@ def test_msr_loop_overhead_times_every_arm_through_ctr_fit(prepared_dir, tmp_pat
     with pytest.raises(InputError, match="no scenarios.parquet"):
         (run / SC.SCENARIOS_FILE).unlink()
         msr_loop_overhead.main([*args, "--out", str(out)])
+
+
+def test_akt_profile_runs_under_bf16_autocast_and_says_so(tmp_path, one_thread, monkeypatch):
+    from benchmarks import akt_profile
+
+    state = []
+
+    def probe(*args):
+        state.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return {}
+
+    with monkeypatch.context() as m:
+        m.setattr(akt_profile, "_measure", probe)
+        akt_profile.measure(1, 8, 1, 1, None, "bf16")
+        akt_profile.measure(1, 8, 1, 1, None, "off")
+    # every run inside the autocast, or none
+    assert state[0] == (True, torch.bfloat16) and state[1][0] is False
+
+    out = tmp_path / "akt_profile.md"
+    opts = ["--steps", "2", "--batch-size", "64", "--repeats", "1", "--profile-steps", "1", "--out", str(out)]
+    akt_profile.main(["--label", "fp32", *opts])
+    result = akt_profile.main(["--label", "bf16", "--autocast", "bf16", *opts])
+    assert all(v[0] > 0 for v in result["runs"].values())
+    text = out.read_text()
+    assert "--autocast bf16`" in text  # the bf16 section's command line names the option
+    assert text.count("--autocast") == 1  # and the float32 one's does not
+    assert "| fp32 |" in text and "| bf16 |" in text  # both labels in the summary
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what measure() wraps its runs in
+        task = akt_profile.make_task("akt")
+        batch = akt_profile.consistent_batches(akt_profile.SPEC, 1, 8)[0]
+        task.eval()
+        seen = []
+        task.net.mlp.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+        task(batch)
+    assert seen == [torch.bfloat16]  # the autocast reaches AKT's prediction MLP
