@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import compare, peer_data, scaling
+from benchmarks import akt_profile, compare, peer_data, scaling
 from semid import schema as S
 from semid.io import read_meta, write_parquet
 
@@ -323,8 +323,6 @@ def test_msr_loop_overhead_times_every_arm_through_ctr_fit(prepared_dir, tmp_pat
 
 
 def test_akt_profile_runs_under_bf16_autocast_and_says_so(tmp_path, one_thread, monkeypatch):
-    from benchmarks import akt_profile
-
     state = []
 
     def probe(*args):
