@@ -223,6 +223,19 @@ def test_untrained_split_encoder_equals_plain_encoder(bert_dir: Path, groups: Gr
     )
 
 
+def test_a_bfloat16_encoder_trains_float32_copies_of_its_top_layers(bert_dir: Path, groups: Groups) -> None:
+    items_text = groups[0]
+    enc_cfg = EncoderConfig(model=str(bert_dir), batch_size=8, dtype="bfloat16")
+    aligned = al.AlignedEncoder(ContentEncoder(enc_cfg), train_layers=1, user_max_length=32)
+    assert aligned.encoder.model.dtype == torch.bfloat16
+    assert {p.dtype for p in aligned.trainable.parameters()} == {torch.float32}
+    hidden, _ = aligned.lower(items_text[:4], max_length=32)
+    assert hidden.dtype == torch.float32  # the cached lower states the copies train on
+    got = aligned.encode_items(items_text)
+    plain = encode(items_text, EncoderConfig(model=str(bert_dir), batch_size=8), progress=False)
+    assert got.dtype == torch.float32 and (got * plain).sum(dim=1).min() > 0.99
+
+
 def test_alignment_raises_within_group_recall(aligned_run: Run, bert_dir: Path, groups: Groups) -> None:
     result, enc_cfg = aligned_run
     items_text, users_text, train, within = groups

@@ -167,6 +167,28 @@ def test_damaged_cache_is_discarded_with_a_warning_and_rebuilt(
     assert torch.equal(encode(TEXTS[:3], cfg, cache=tmp_path, progress=False), fresh)
 
 
+def test_bfloat16_encodes_close_to_float32_under_its_own_identity(bert_dir: Path, gpt_dir: Path) -> None:
+    for path, pooling in ((bert_dir, "mean"), (gpt_dir, "last")):
+        full = EncoderConfig(model=str(path), batch_size=2, pooling=pooling)
+        half = EncoderConfig(model=str(path), batch_size=2, pooling=pooling, dtype="bfloat16")
+        assert enc.ContentEncoder(half).model.dtype == torch.bfloat16
+        a, b = encode(TEXTS, full, progress=False), encode(TEXTS, half, progress=False)
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b.norm(dim=1), torch.ones(len(TEXTS)))
+        cos = (a * b).sum(dim=1)
+        assert cos.min() > 0.99 and not torch.equal(a, b), cos  # bfloat16 ran, and stayed close
+        # a cache never mixes the two; the default leaves identities and fingerprints of older builds as they were
+        assert enc.model_identity(full)[2] != enc.model_identity(half)[2]
+        assert "dtype" not in enc.fingerprint_settings(full)
+        assert enc.fingerprint_settings(half)["dtype"] == "bfloat16"
+
+
+def test_unknown_dtype_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="dtype") as info:
+        EncoderConfig(dtype="float16")  # type: ignore[arg-type]
+    assert "bfloat16" in info.value.fix
+
+
 def test_model_folder_without_weights_is_an_input_error(bert_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "no_weights"
     folder.mkdir()

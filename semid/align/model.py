@@ -45,7 +45,8 @@ class AlignedEncoder(nn.Module):
         if self.mode == "layers":
             n = len(stack)
             self.split = n - min(train_layers, n)
-            top = nn.ModuleList(copy.deepcopy(stack[i]) for i in range(self.split, n))
+            # float32 copies even of a bfloat16 encoder (EncoderConfig.dtype): they are trained
+            top = nn.ModuleList(copy.deepcopy(stack[i]).float() for i in range(self.split, n))
             dim = encoder.hidden_size
         else:
             self.split = 0
