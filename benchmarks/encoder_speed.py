@@ -5,10 +5,13 @@ Both sides tokenize and run the model on identical length-sorted batches; `encod
 input checks, order restoring (and nothing else without a cache). Writes benchmarks/results/encoder_speed.md.
 With --ddp: items/s of `encode` with devices=1 and devices=N on seeded synthetic item texts, one torch thread per
 process, end to end (model loading, process start and the gather included); writes
-benchmarks/results/encoder_speed_ddp.md.
+benchmarks/results/encoder_speed_ddp.md. With --dtypes: items/s of `encode` with an encoder (--model, --pooling) per
+`EncoderConfig.dtype`, and the cosine of each dtype's vectors to the first's; writes
+benchmarks/results/encoder_speed_dtype.md.
 
     python benchmarks/encoder_speed.py [--prepared DIR] [--limit N] [--repeats 3] [--threads 2]
     OMP_NUM_THREADS=1 python benchmarks/encoder_speed.py --ddp [--texts 2000] [--devices 2] [--repeats 2]
+    python benchmarks/encoder_speed.py --dtypes float32,bfloat16 --model gemma3-270m [--pooling mean] [--limit N]
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from semid.schema import ITEMS_FILE, TEXT
 
 RESULTS = Path(__file__).parent / "results" / "encoder_speed.md"
 RESULTS_DDP = Path(__file__).parent / "results" / "encoder_speed_ddp.md"
+RESULTS_DTYPE = Path(__file__).parent / "results" / "encoder_speed_dtype.md"
 TITLE_WORDS = (
     "star", "night", "river", "lost", "city", "king", "dark", "love", "war", "ghost", "road", "home", "last", "blue",
     "red", "secret", "summer", "winter", "iron", "golden", "silent", "wild", "little", "big", "return", "of", "the",
@@ -129,6 +133,49 @@ def ddp_speed(opts: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def dtype_speed(opts: argparse.Namespace) -> str:
+    """items/s of `encode` per dtype over the ML-1M item texts (model load included, runs interleaved) and the
+    smallest cosine of each dtype's vectors to the first dtype's; the report."""
+    texts = ml1m_item_texts(opts.prepared)
+    texts = texts[: opts.limit] if opts.limit else texts
+    dtypes = opts.dtypes.split(",")
+    cfgs = {
+        dt: EncoderConfig(model=opts.model, pooling=opts.pooling, dtype=dt, batch_size=opts.batch_size)
+        for dt in dtypes
+    }
+    runs: dict[str, list[float]] = {dt: [] for dt in dtypes}
+    vectors: dict[str, torch.Tensor] = {}
+    loads: list[float] = []
+    for _ in range(opts.repeats):  # interleaved so background load hits every dtype alike
+        for dt, cfg in cfgs.items():
+            start = time.perf_counter()
+            vectors[dt] = encode(texts, cfg, progress=False)
+            runs[dt].append(time.perf_counter() - start)
+            loads.append(os.getloadavg()[0])
+    ref = vectors[dtypes[0]]
+    lines = [
+        f"# Encoder speed per dtype: ML-1M item texts, encoder {opts.model!r} ({opts.pooling} pooling, CPU)",
+        "",
+        f"`semid.encoder.encode` end to end (model load included), {len(texts)} texts, batch size {opts.batch_size}, "
+        f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPU cores, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}; best of {opts.repeats} "
+        f"interleaved runs (all runs in brackets). 1-minute load average during the runs: "
+        f"{min(loads):.1f}-{max(loads):.1f}.",
+        "",
+        f"| dtype | seconds | items/s | speed-up | min cosine to {dtypes[0]} | mean cosine |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    base = min(runs[dtypes[0]])
+    for dt, values in runs.items():
+        best = min(values)
+        cos = (vectors[dt] * ref).sum(dim=1)  # unit vectors
+        lines.append(
+            f"| {dt} | {best:.2f} ({', '.join(f'{v:.1f}' for v in values)}) | {len(texts) / best:.0f} | "
+            f"x{base / best:.2f} | {float(cos.min()):.4f} | {float(cos.mean()):.4f} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 def main(args: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prepared", type=Path, default=cache_dir() / "prepared" / "ml-1m")
@@ -144,8 +191,20 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument(
         "--note", default="", help="--ddp: a line on the conditions (other load), printed as is"
     )
+    parser.add_argument(
+        "--dtypes", default="", help="e.g. float32,bfloat16: measure encode per dtype instead"
+    )
+    parser.add_argument("--model", default="default", help="--dtypes: the encoder (EncoderConfig.model)")
+    parser.add_argument("--pooling", default="mean", help="--dtypes: EncoderConfig.pooling")
     opts = parser.parse_args(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if opts.dtypes:
+        torch.set_num_threads(opts.threads)
+        report = dtype_speed(opts)
+        print(report)
+        RESULTS_DTYPE.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS_DTYPE.write_text(report)
+        return
     if opts.ddp:
         os.environ["OMP_NUM_THREADS"] = "1"  # forked ranks keep 1 thread (Lightning would set cores / ranks)
         torch.set_num_threads(1)

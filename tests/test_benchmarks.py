@@ -3,6 +3,7 @@ predict every model on tiny data (no peers, a few steps), so a refactor cannot s
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import akt_profile, compare, peer_data, scaling
+from benchmarks import akt_profile, compare, encoder_speed, peer_data, scaling
 from semid import schema as S
 from semid.io import read_meta, write_parquet
 
@@ -353,3 +354,21 @@ def test_akt_profile_runs_under_bf16_autocast_and_says_so(tmp_path, one_thread, 
         task.net.mlp.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
         task(batch)
     assert seen == [torch.bfloat16]  # the autocast reaches AKT's prediction MLP
+
+
+def test_encoder_speed_per_dtype_reports_each_dtype_against_the_first(tiny_bert_dir, monkeypatch) -> None:
+    texts = encoder_speed.synthetic_item_texts(12)
+    monkeypatch.setattr(encoder_speed, "ml1m_item_texts", lambda prepared: texts)
+    opts = argparse.Namespace(
+        prepared=None, limit=10, dtypes="float32,bfloat16", model=str(tiny_bert_dir), pooling="mean",
+        batch_size=4, repeats=2,
+    )  # fmt: skip
+    report = encoder_speed.dtype_speed(opts)
+    rows = {
+        line.split(" | ")[0].strip("| "): line.split(" | ")
+        for line in report.splitlines()
+        if line.startswith("| ")
+    }
+    assert "10 texts" in report and "min cosine to float32" in report
+    assert rows["float32"][3] == "x1.00" and rows["float32"][4] == "1.0000"
+    assert 0.99 <= float(rows["bfloat16"][4]) <= 1.0 and rows["bfloat16"][3].startswith("x")

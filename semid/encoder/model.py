@@ -46,9 +46,9 @@ class EncoderConfig:
     normalize: bool = True
     dtype: Literal["float32", "bfloat16"] = "float32"
     """The weights' and activations' dtype while encoding; vectors come out float32 either way. bfloat16 runs an
-    LLM encoder about 3x faster on a CPU with AMX (Gemma 3 270M on Amazon titles: 34 -> 103 items/s, 2 threads,
-    cosine to the float32 vectors >= 0.999). Layers-mode alignment (BERT-style models) trains its copies of the
-    top layers in float32 over the cached bfloat16 states."""
+    LLM encoder 2.2x faster on a CPU with AMX (Gemma 3 270M, ML-1M item texts, 2 threads: 35 -> 75 items/s, the
+    smallest cosine to the float32 vectors 0.9993; benchmarks/results/encoder_speed_dtype.md). Layers-mode
+    alignment (BERT-style models) trains its copies of the top layers in float32 over the cached states."""
     devices: int = 1
     """Processes (CPU) or accelerators (GPU) that encode, per node. 1 with accelerator "auto"/"cpu" = one process,
     no Lightning (the plain path); more = Lightning DDP batch inference, one shard of the texts per rank, the
