@@ -183,26 +183,40 @@ def measure(
     profile_steps: int,
     akt_set: dict | None = None,
     autocast: str = "off",
+    predict_batch_size: int | None = None,
 ) -> dict:
     """`autocast="bf16"`: every run (both models, train and predict, and the profile) under CPU autocast to
     bfloat16, what Lightning's `trainer.precision: bf16-mixed` does on CPU; matmuls run on AMX / AVX-512 BF16 where
     the CPU has them, parameters and the optimiser stay float32."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
-        return _measure(steps, batch_size, repeats, profile_steps, akt_set)
+        return _measure(steps, batch_size, repeats, profile_steps, akt_set, predict_batch_size)
 
 
-def _measure(steps: int, batch_size: int, repeats: int, profile_steps: int, akt_set: dict | None) -> dict:
+def _measure(
+    steps: int,
+    batch_size: int,
+    repeats: int,
+    profile_steps: int,
+    akt_set: dict | None,
+    predict_batch_size: int | None = None,
+) -> dict:
+    """Train on `steps` batches of `batch_size`; predict on the same samples, or, with `predict_batch_size`, on
+    as many samples in batches of that size (an eval loader's batch: `eval_batch_size`, 8,192 by default)."""
     batches = consistent_batches(SPEC, steps, batch_size)
+    eval_batches = batches
+    if predict_batch_size is not None and predict_batch_size != batch_size:
+        n = max(1, steps * batch_size // predict_batch_size)
+        eval_batches = consistent_batches(SPEC, n, predict_batch_size)
     tasks = {"AKT": make_task("akt", akt_set), "DeepFM": make_task("deepfm")}
     optimisers = {name: task.configure_optimizers() for name, task in tasks.items()}
     for name, task in tasks.items():  # warm-up: allocator, the optimiser's state
-        train_run(task, optimisers[name], batches[:3]), predict_run(task, batches[:3])
+        train_run(task, optimisers[name], batches[:3]), predict_run(task, eval_batches[:3])
     runs: dict[str, list[float]] = {}
     for _ in range(repeats):
         for name, task in tasks.items():
             for kind, rates in (
                 ("train", train_run(task, optimisers[name], batches)),
-                ("predict", predict_run(task, batches)),
+                ("predict", predict_run(task, eval_batches)),
             ):
                 runs.setdefault(f"{name} {kind}", []).append(rates[0])  # wall
                 runs.setdefault(f"{name} {kind} cpu", []).append(rates[1])
@@ -218,7 +232,8 @@ def section(label: str, result: dict, opts: argparse.Namespace, load: tuple[floa
         "",
         f"Command: `{env}python -m benchmarks.akt_profile --label {label} --steps {opts.steps} --batch-size "
         f"{opts.batch_size} --repeats {opts.repeats}{''.join(f' --akt_set {a}' for a in opts.akt_set)}"
-        f"{' --autocast ' + opts.autocast if opts.autocast != 'off' else ''}`; "
+        f"{' --autocast ' + opts.autocast if opts.autocast != 'off' else ''}"
+        f"{f' --predict-batch-size {opts.predict_batch_size}' if opts.predict_batch_size else ''}`; "
         f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after.{' ' + opts.note if opts.note else ''}",
         "",
@@ -307,6 +322,12 @@ def main(args: list[str] | None = None) -> dict:
     parser.add_argument("--label", default="after", help="section name, e.g. before / after")
     parser.add_argument("--steps", type=int, default=40, help="batches per timed run")
     parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument(
+        "--predict-batch-size",
+        type=int,
+        default=None,
+        help="predict in batches of this size (as many samples as training); default: --batch-size",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile-steps", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/akt_profile.md"))
@@ -340,7 +361,15 @@ def main(args: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     load_before = os.getloadavg()[0]
-    result = measure(opts.steps, opts.batch_size, opts.repeats, opts.profile_steps, opts.akt, opts.autocast)
+    result = measure(
+        opts.steps,
+        opts.batch_size,
+        opts.repeats,
+        opts.profile_steps,
+        opts.akt,
+        opts.autocast,
+        opts.predict_batch_size,
+    )
     text = section(opts.label, result, opts, (load_before, os.getloadavg()[0]))
     write(opts.out, opts.label, text)
     print(text)

@@ -346,6 +346,23 @@ def test_akt_profile_runs_under_bf16_autocast_and_says_so(tmp_path, one_thread, 
     assert "--autocast bf16`" in text  # the bf16 section's command line names the option
     assert text.count("--autocast") == 1  # and the float32 one's does not
     assert "| fp32 |" in text and "| bf16 |" in text  # both labels in the summary
+
+
+def test_akt_profile_predicts_in_its_own_batch_size(tmp_path, one_thread, monkeypatch):
+    sizes = {"train": [], "predict": []}
+    train_run, predict_run = akt_profile.train_run, akt_profile.predict_run
+
+    def count(kind, run):
+        return lambda task, *rest: sizes[kind].append([len(b.label) for b in rest[-1]]) or run(task, *rest)
+
+    monkeypatch.setattr(akt_profile, "train_run", count("train", train_run))
+    monkeypatch.setattr(akt_profile, "predict_run", count("predict", predict_run))
+    out = tmp_path / "akt_profile.md"
+    opts = ["--steps", "4", "--batch-size", "16", "--repeats", "1", "--profile-steps", "1", "--out", str(out)]
+    akt_profile.main(["--label", "eval64", "--predict-batch-size", "64", *opts])
+    # the same 64 samples: four train batches, one eval batch
+    assert sizes["train"][-1] == [16] * 4 and sizes["predict"][-1] == [64]
+    assert "--predict-batch-size 64`" in out.read_text()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what measure() wraps its runs in
         task = akt_profile.make_task("akt")
         batch = akt_profile.consistent_batches(akt_profile.SPEC, 1, 8)[0]

@@ -84,6 +84,28 @@ def test_target_attention_ignores_padding():
     assert out[2].abs().sum() == 0
 
 
+def test_target_attention_inference_chunks_equal_the_whole_batch():
+    """Without autograd a batch larger than inference_chunk is pooled chunk by chunk: the same outputs as one
+    pass (a chunk of 3 over 10 rows leaves a short last chunk); with autograd the whole batch goes at once."""
+    torch.manual_seed(0)
+    whole = layers.TargetAttention(4, inference_chunk=10_000).eval()
+    chunked = layers.TargetAttention(4, inference_chunk=3).eval()
+    chunked.load_state_dict(whole.state_dict())
+    hist, target = torch.randn(10, 5, 4), torch.randn(10, 4)
+    mask = torch.rand(10, 5) > 0.3
+    mask[4] = False  # an all-padded history inside a chunk
+    seen = []
+    original = chunked._pool
+    chunked._pool = lambda h, t, m: seen.append(h.shape[0]) or original(h, t, m)
+    with torch.no_grad():
+        expected = whole(hist, target, mask)
+        torch.testing.assert_close(chunked(hist, target, mask), expected)
+    assert seen == [3, 3, 3, 1]
+    seen.clear()
+    torch.testing.assert_close(chunked(hist, target, mask), expected)  # grad enabled: one pass
+    assert seen == [10]
+
+
 def test_sid_prefix_index_exact_mixed_radix():
     emb = layers.SIDPrefixEmbedding((3, 4, 2), dim=2)
     codes = torch.tensor(list(itertools.product(range(3), range(4), range(2))))
