@@ -137,6 +137,16 @@ def validate_model_names(models: list[ModelStage], only: list[str] | None) -> No
         raise InputError(f"only_models names {unknown} are not in `models`", fix=f"use some of {names}")
 
 
+def _has_predictions(run_dir: Path, model: str) -> bool:
+    """Whether some seed of `model` in the run has its predictions file."""
+    from ctr.report.runs import seed_of
+
+    model_dir = run_dir / S.MODELS_DIR / model
+    return model_dir.is_dir() and any(
+        seed_of(d.name) is not None and (d / S.PREDICTIONS_FILE).is_file() for d in model_dir.iterdir()
+    )
+
+
 def _stage_line(stage: str, message: str, seconds: float) -> None:
     print(f"[{stage}] {message} ({seconds:.1f}s)", flush=True)
 
@@ -249,6 +259,12 @@ def run(
     if not models:
         raise InputError("no models to fit", fix="list models (name + config) in the pipeline config")
     validate_model_names(models, only_models)
+    names = [m.name for m in models]
+    if target not in names:  # the report stage would refuse it after every fit: refused before any work
+        raise InputError(
+            f"the report's target {target!r} is not one of the models {names}",
+            fix=f"set `target:` (or --target) to one of {names}",
+        )
     # every config file is read once, before any work: a missing file fails fast, and a mid-run edit cannot be
     # recorded under the fingerprint of the text that was read
     read_config(semids, "semid build")
@@ -430,6 +446,15 @@ def _run_stages(
     backfill_run(out)  # fits finished before validation predictions were written: calibrated without a re-fit
 
     start = time.perf_counter()
+    if not _has_predictions(out, target):  # --only_models left the target out and it has no finished fit yet
+        _stage_line(
+            "report",
+            f"skipped: the target {target!r} has no finished fit in this run yet (fit it too, e.g. --only_models "
+            f"'[{target}]'; `ctr report {out}` then writes the report)",
+            0.0,
+        )
+        print(f"[run] {name} done in {time.perf_counter() - total:.0f}s -> {out}", flush=True)
+        return
     build_report(
         out,
         target=target,

@@ -357,6 +357,28 @@ def test_a_bad_config_in_a_worker_is_one_clear_error(finished_run, pipeline_conf
     assert not (out / "report" / "report.json").exists()
 
 
+def test_a_target_that_is_not_a_model_is_refused_before_any_work(pipeline_config, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_main(["--config", str(pipeline_config), "--run_dir", str(tmp_path / "r"), "--target", "nope"])
+    msg = capsys.readouterr().err
+    assert "target 'nope' is not one of the models" in msg and "fix: set `target:`" in msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_only_models_without_the_target_fits_them_and_skips_the_report(
+    finished_run, pipeline_config, tmp_path, capsys
+):
+    """A first invocation that fits only some models (not yet the report's target) ends without an error: the
+    report needs the target, and is written once a later invocation (or `ctr report`) has it."""
+    out = tmp_path / "partial"
+    _reuse_stages(finished_run, out)
+    run_main(["--config", str(pipeline_config), "--run_dir", str(out), "--only_models", "[deepfm]"])
+    log = capsys.readouterr().out
+    assert "[fit] deepfm seed 0:" in log and "[report] skipped: the target 'akt' has no finished fit" in log
+    assert (out / "models" / "deepfm" / "seed0" / S.PREDICTIONS_FILE).is_file()
+    assert not (out / "report").exists()
+
+
 def test_jobs_below_one_is_refused_before_any_work(pipeline_config, tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_main(["--config", str(pipeline_config), "--run_dir", str(tmp_path / "r"), "--jobs", "0"])
