@@ -20,6 +20,11 @@ keeping the others), and a summary table of every label found, so `--label befor
 
     python -m benchmarks.akt_profile --label after
     python -m benchmarks.akt_profile --label shipped-bf16 --autocast bf16   # both models under bf16 autocast
+    python -m benchmarks.akt_profile --label amazon --data RUN   # a `semid run` folder's real batches instead
+
+`--data RUN` reads the first `--steps` train batches (seed 0's shuffle) and as many test samples of a run's
+prepared data with its semids/ (IDs, aligned content vectors), history 20, as `ctr fit` does: real histories
+(mostly padding on Amazon Kitchen, mostly full on ML-1M) instead of the synthetic ones.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import itertools
 import json
 import os
 import platform
@@ -46,6 +52,7 @@ from ctr.batch import Batch, DataSpec
 from ctr.layers import ClusterGuidedEmbedding, index_sid_tables
 from ctr.models.akt import AKT
 from ctr.module import CTRTask
+from semid import schema as S
 
 TITLE = "# AKT vs DeepFM throughput and AKT's costliest ops (issue 18)"
 RECORD = re.compile(r"<!-- akt_profile (\{.*\}) -->")
@@ -104,14 +111,72 @@ def consistent_batches(spec: DataSpec, n: int, batch_size: int, seed: int = 0) -
     return out
 
 
-def make_task(name: str, overrides: dict | None = None) -> CTRTask:
+@dataclasses.dataclass
+class Data:
+    """What the runs train and predict on: the DataSpec, every id's semantic ID (users (n, L_u), items (n, L_i)),
+    the train batches and the predict batches."""
+
+    spec: DataSpec
+    codes: tuple[torch.Tensor, torch.Tensor]
+    train: list[Batch]
+    eval: list[Batch]
+
+
+def synthetic_data(steps: int, batch_size: int, predict_batch_size: int | None = None) -> Data:
+    """`steps` consistent synthetic batches; predict on the same samples, or, with `predict_batch_size`, on as
+    many in batches of that size (an eval loader's batch: `eval_batch_size`, 8,192 by default)."""
+    batches = consistent_batches(SPEC, steps, batch_size)
+    eval_batches = batches
+    if predict_batch_size is not None and predict_batch_size != batch_size:
+        eval_batches = consistent_batches(
+            SPEC, max(1, steps * batch_size // predict_batch_size), predict_batch_size
+        )
+    return Data(SPEC, sid_tables(SPEC), batches, eval_batches)
+
+
+def run_data(run: Path, steps: int, batch_size: int, predict_batch_size: int | None = None) -> Data:
+    """The first `steps` train batches (seed 0's shuffle) of a `semid run` folder's prepared data, read with its
+    semids/ (item and user IDs, aligned content vectors) and history 20, as `ctr fit` reads them; predict on the
+    first test batches of `predict_batch_size` (default `batch_size`) holding as many samples."""
+    from ctr.data import CTRDataModule
+
+    semids = run / S.SEMIDS_DIR
+    files = {
+        "item_sids": S.ITEM_SIDS_FILE,
+        "user_sids": S.USER_SIDS_FILE,
+        "item_content": S.ITEM_EMB_FILE,
+        "user_content": S.USER_EMB_FILE,
+    }
+    missing = [name for name in files.values() if not (semids / name).is_file()]
+    if missing or not (run / S.PREPARED_DIR).is_dir():
+        raise SystemExit(
+            f"--data {run}: no {S.PREPARED_DIR}/ or {S.SEMIDS_DIR}/ ({', '.join(missing) or 'prepared'} missing): "
+            "give the folder of a `semid run` (its prepared/ and semids/)"
+        )
+    eval_size = predict_batch_size or batch_size
+    dm = CTRDataModule(
+        str(run / S.PREPARED_DIR),
+        batch_size=batch_size,
+        eval_batch_size=eval_size,
+        history_len=20,
+        **{k: str(semids / name) for k, name in files.items()},
+    )
+    dm.setup()
+    train = list(itertools.islice(dm.loader("train", shuffle=True), steps))
+    n_eval = max(1, steps * batch_size // eval_size)
+    evals = list(itertools.islice(dm.loader("test", shuffle=False), n_eval))
+    return Data(dm.spec, (dm.tables.users.sid.codes, dm.tables.items.sid.codes), train, evals)
+
+
+def make_task(name: str, overrides: dict | None = None, data: Data | None = None) -> CTRTask:
     """The task of `configs/ctr/<name>.yaml`'s `model.net` (class_path and init_args, as `ctr fit` builds it), with
-    `overrides` replacing init_args (`--akt_set`)."""
+    `overrides` replacing init_args (`--akt_set`), for `data` (default: the synthetic ML-1M spec)."""
     net = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())["model"]["net"]
     net["init_args"] = {**net.get("init_args", {}), **(overrides or {})}
+    spec, codes = (SPEC, sid_tables(SPEC)) if data is None else (data.spec, data.codes)
     torch.manual_seed(0)
-    task = CTRTask(net, SPEC)
-    index_sid_tables(task.net, *sid_tables(SPEC))  # as CTRTask.setup does from the data's ID tables
+    task = CTRTask(net, spec)
+    index_sid_tables(task.net, *codes)  # as CTRTask.setup does from the data's ID tables
     return task
 
 
@@ -184,43 +249,35 @@ def measure(
     akt_set: dict | None = None,
     autocast: str = "off",
     predict_batch_size: int | None = None,
+    data: Path | None = None,
 ) -> dict:
     """`autocast="bf16"`: every run (both models, train and predict, and the profile) under CPU autocast to
     bfloat16, what Lightning's `trainer.precision: bf16-mixed` does on CPU; matmuls run on AMX / AVX-512 BF16 where
-    the CPU has them, parameters and the optimiser stay float32."""
+    the CPU has them, parameters and the optimiser stay float32. `data`: a `semid run` folder whose real batches
+    replace the synthetic ones."""
+    if data is None:
+        batches = synthetic_data(steps, batch_size, predict_batch_size)
+    else:
+        batches = run_data(data, steps, batch_size, predict_batch_size)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16"):
-        return _measure(steps, batch_size, repeats, profile_steps, akt_set, predict_batch_size)
+        return _measure(batches, repeats, profile_steps, akt_set)
 
 
-def _measure(
-    steps: int,
-    batch_size: int,
-    repeats: int,
-    profile_steps: int,
-    akt_set: dict | None,
-    predict_batch_size: int | None = None,
-) -> dict:
-    """Train on `steps` batches of `batch_size`; predict on the same samples, or, with `predict_batch_size`, on
-    as many samples in batches of that size (an eval loader's batch: `eval_batch_size`, 8,192 by default)."""
-    batches = consistent_batches(SPEC, steps, batch_size)
-    eval_batches = batches
-    if predict_batch_size is not None and predict_batch_size != batch_size:
-        n = max(1, steps * batch_size // predict_batch_size)
-        eval_batches = consistent_batches(SPEC, n, predict_batch_size)
-    tasks = {"AKT": make_task("akt", akt_set), "DeepFM": make_task("deepfm")}
+def _measure(data: Data, repeats: int, profile_steps: int, akt_set: dict | None) -> dict:
+    tasks = {"AKT": make_task("akt", akt_set, data), "DeepFM": make_task("deepfm", None, data)}
     optimisers = {name: task.configure_optimizers() for name, task in tasks.items()}
     for name, task in tasks.items():  # warm-up: allocator, the optimiser's state
-        train_run(task, optimisers[name], batches[:3]), predict_run(task, eval_batches[:3])
+        train_run(task, optimisers[name], data.train[:3]), predict_run(task, data.eval[:3])
     runs: dict[str, list[float]] = {}
     for _ in range(repeats):
         for name, task in tasks.items():
             for kind, rates in (
-                ("train", train_run(task, optimisers[name], batches)),
-                ("predict", predict_run(task, eval_batches)),
+                ("train", train_run(task, optimisers[name], data.train)),
+                ("predict", predict_run(task, data.eval)),
             ):
                 runs.setdefault(f"{name} {kind}", []).append(rates[0])  # wall
                 runs.setdefault(f"{name} {kind} cpu", []).append(rates[1])
-    ops = top_ops(make_task("akt", akt_set), batches[:profile_steps])
+    ops = top_ops(make_task("akt", akt_set, data), data.train[:profile_steps])
     return {"runs": runs, "ops": ops}
 
 
@@ -233,7 +290,8 @@ def section(label: str, result: dict, opts: argparse.Namespace, load: tuple[floa
         f"Command: `{env}python -m benchmarks.akt_profile --label {label} --steps {opts.steps} --batch-size "
         f"{opts.batch_size} --repeats {opts.repeats}{''.join(f' --akt_set {a}' for a in opts.akt_set)}"
         f"{' --autocast ' + opts.autocast if opts.autocast != 'off' else ''}"
-        f"{f' --predict-batch-size {opts.predict_batch_size}' if opts.predict_batch_size else ''}`; "
+        f"{f' --predict-batch-size {opts.predict_batch_size}' if opts.predict_batch_size else ''}"
+        f"{f' --data {opts.data}' if opts.data else ''}`; "
         f"{time.strftime('%Y-%m-%d %H:%M')}, "
         f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after.{' ' + opts.note if opts.note else ''}",
         "",
@@ -328,6 +386,13 @@ def main(args: list[str] | None = None) -> dict:
         default=None,
         help="predict in batches of this size (as many samples as training); default: --batch-size",
     )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a `semid run` folder: train and predict on its real batches (prepared/ with semids/ IDs and content) "
+        "instead of synthetic ML-1M-sized ones",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile-steps", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/akt_profile.md"))
@@ -369,6 +434,7 @@ def main(args: list[str] | None = None) -> dict:
         opts.akt,
         opts.autocast,
         opts.predict_batch_size,
+        opts.data,
     )
     text = section(opts.label, result, opts, (load_before, os.getloadavg()[0]))
     write(opts.out, opts.label, text)

@@ -259,12 +259,6 @@ def run(
     if not models:
         raise InputError("no models to fit", fix="list models (name + config) in the pipeline config")
     validate_model_names(models, only_models)
-    names = [m.name for m in models]
-    if target not in names:  # the report stage would refuse it after every fit: refused before any work
-        raise InputError(
-            f"the report's target {target!r} is not one of the models {names}",
-            fix=f"set `target:` (or --target) to one of {names}",
-        )
     # every config file is read once, before any work: a missing file fails fast, and a mid-run edit cannot be
     # recorded under the fingerprint of the text that was read
     read_config(semids, "semid build")
@@ -446,11 +440,13 @@ def _run_stages(
     backfill_run(out)  # fits finished before validation predictions were written: calibrated without a re-fit
 
     start = time.perf_counter()
-    if not _has_predictions(out, target):  # --only_models left the target out and it has no finished fit yet
+    # the target is not fitted yet: left out by --only_models or by a config that lists only other models (a later
+    # invocation fits it; a config may also leave out a target an earlier invocation fitted in this folder)
+    if not _has_predictions(out, target):
         _stage_line(
             "report",
-            f"skipped: the target {target!r} has no finished fit in this run yet (fit it too, e.g. --only_models "
-            f"'[{target}]'; `ctr report {out}` then writes the report)",
+            f"skipped: the target {target!r} has no finished fit in this run yet (fit it too, e.g. with --only_models "
+            f"'[{target}]', or set --target to a fitted model; `ctr report {out}` then writes the report)",
             0.0,
         )
         print(f"[run] {name} done in {time.perf_counter() - total:.0f}s -> {out}", flush=True)

@@ -389,3 +389,38 @@ def test_encoder_speed_per_dtype_reports_each_dtype_against_the_first(tiny_bert_
     assert "10 texts" in report and "min cosine to float32" in report
     assert rows["float32"][3] == "x1.00" and rows["float32"][4] == "1.0000"
     assert 0.99 <= float(rows["bfloat16"][4]) <= 1.0 and rows["bfloat16"][3].startswith("x")
+
+
+def test_akt_profile_measures_the_real_batches_of_a_run_folder(prepared_dir, tmp_path, one_thread):
+    """--data: AKT and DeepFM train and predict on a `semid run` folder's own batches (its DataSpec, semantic IDs
+    and content vectors) instead of the synthetic ML-1M ones."""
+    from semid.ids import table_meta, write_table
+
+    run = tmp_path / "run"
+    (run / "semids").mkdir(parents=True)
+    (run / "prepared").symlink_to(prepared_dir)
+    _content(prepared_dir, run / "semids")
+    data_hash = read_meta(prepared_dir / S.ITEMS_FILE)["data_hash"]
+    for key, table, file in (
+        (S.ITEM, S.ITEMS_FILE, S.ITEM_SIDS_FILE),
+        (S.USER, S.USERS_FILE, S.USER_SIDS_FILE),
+    ):
+        ids = pl.read_parquet(prepared_dir / table)[key].to_numpy()
+        sids = pl.DataFrame(
+            {key: ids, "sid_0": ids % 3, "sid_1": ids % 4, S.SID_DEDUP: ids // 12},
+            schema=S.sid_schema(key, 2),
+        )
+        meta = table_meta(
+            key=key, codebook_sizes=[3, 4], health={}, encoder="test", seed=0, data_hash=data_hash
+        )
+        write_table(sids, run / "semids" / file, meta)
+    data = akt_profile.run_data(run, 2, 32, 64)
+    assert [len(b.label) for b in data.train] == [32, 32] and [len(b.label) for b in data.eval] == [64]
+    assert data.spec.item_content_dim == 8 and data.spec.item_sid_sizes[:2] == (3, 4)
+    out = tmp_path / "akt_profile.md"
+    opts = ["--steps", "2", "--batch-size", "32", "--repeats", "1", "--profile-steps", "1", "--out", str(out)]
+    result = akt_profile.main(["--label", "real", "--data", str(run), "--predict-batch-size", "64", *opts])
+    assert all(v[0] > 0 for v in result["runs"].values())
+    assert f"--data {run}`" in out.read_text()
+    with pytest.raises(SystemExit, match="semid run"):
+        akt_profile.run_data(tmp_path, 2, 32)

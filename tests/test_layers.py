@@ -106,6 +106,36 @@ def test_target_attention_inference_chunks_equal_the_whole_batch():
     assert seen == [10]
 
 
+@pytest.mark.parametrize("softmax", [True, False])
+def test_target_attention_packed_equals_dense(softmax):
+    """Mostly padded histories are scored position by position over the real ones only (pack_below): the same
+    pooled vectors and the same gradients as the dense path, all-padded rows included."""
+    torch.manual_seed(0)
+    dense = layers.TargetAttention(4, softmax=softmax, pack_below=0.0)  # never packed
+    packed = layers.TargetAttention(
+        4, softmax=softmax, pack_below=1.0
+    )  # packed unless every position is real
+    packed.load_state_dict(dense.state_dict())
+    hist, target = torch.randn(6, 5, 4), torch.randn(6, 4)
+    mask = torch.rand(6, 5) < 0.3
+    mask[2] = False  # no real position
+    mask[3] = True  # a full history
+    outs, grads = [], []
+    for att in (dense, packed):
+        h, t = hist.clone().requires_grad_(), target.clone().requires_grad_()
+        out = att(h, t, mask)
+        (out * torch.arange(24.0).view(6, 4)).sum().backward()
+        outs.append(out)
+        grads.append([h.grad, t.grad, *(p.grad for p in att.parameters())])
+    torch.testing.assert_close(outs[1], outs[0])
+    assert outs[1][2].abs().sum() == 0
+    for a, b in zip(grads[0], grads[1]):
+        torch.testing.assert_close(b, a)
+    with torch.no_grad():  # nothing real at all
+        none = packed(hist, target, torch.zeros(6, 5, dtype=torch.bool))
+    assert none.shape == (6, 4) and none.abs().sum() == 0
+
+
 def test_sid_prefix_index_exact_mixed_radix():
     emb = layers.SIDPrefixEmbedding((3, 4, 2), dim=2)
     codes = torch.tensor(list(itertools.product(range(3), range(4), range(2))))
