@@ -139,15 +139,10 @@ def run_data(run: Path, steps: int, batch_size: int, predict_batch_size: int | N
     semids/ (item and user IDs, aligned content vectors) and history 20, as `ctr fit` reads them; predict on the
     first test batches of `predict_batch_size` (default `batch_size`) holding as many samples."""
     from ctr.data import CTRDataModule
+    from pipelines.fit import SEMIDS_DATA
 
     semids = run / S.SEMIDS_DIR
-    files = {
-        "item_sids": S.ITEM_SIDS_FILE,
-        "user_sids": S.USER_SIDS_FILE,
-        "item_content": S.ITEM_EMB_FILE,
-        "user_content": S.USER_EMB_FILE,
-    }
-    missing = [name for name in files.values() if not (semids / name).is_file()]
+    missing = [name for name in SEMIDS_DATA.values() if not (semids / name).is_file()]
     if missing or not (run / S.PREPARED_DIR).is_dir():
         raise SystemExit(
             f"--data {run}: no {S.PREPARED_DIR}/ or {S.SEMIDS_DIR}/ ({', '.join(missing) or 'prepared'} missing): "
@@ -159,7 +154,7 @@ def run_data(run: Path, steps: int, batch_size: int, predict_batch_size: int | N
         batch_size=batch_size,
         eval_batch_size=eval_size,
         history_len=20,
-        **{k: str(semids / name) for k, name in files.items()},
+        **{k: str(semids / name) for k, name in SEMIDS_DATA.items()},
     )
     dm.setup()
     train = list(itertools.islice(dm.loader("train", shuffle=True), steps))

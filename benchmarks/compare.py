@@ -44,6 +44,7 @@ from benchmarks import peer_data, scaling
 from ctr.data import CTRDataModule
 from ctr.metrics import auc, gauc, logloss
 from ctr.module import CTRTask
+from pipelines.fit import SEMIDS_DATA
 from semid import schema as S
 from semid.encoder import ContentEncoder, EncoderConfig, encode
 from semid.ids import health, make_table, table_meta, write_table
@@ -363,14 +364,8 @@ def akt_inputs(ctx: Ctx, built: Path) -> tuple[dict, str]:
             "item_sids": str(built)
         }, "item IDs built in this run (figure 4, our builder); no content vectors"
     want = read_meta((ctx.source or ctx.prepared) / S.ITEMS_FILE).get("data_hash")
-    files = {
-        "item_sids": S.ITEM_SIDS_FILE,
-        "user_sids": S.USER_SIDS_FILE,
-        "item_content": S.ITEM_EMB_FILE,
-        "user_content": S.USER_EMB_FILE,
-    }
     out = {}
-    for key, name in files.items():
+    for key, name in SEMIDS_DATA.items():
         path = ctx.semids / name
         if not path.is_file():
             sys.exit(

@@ -68,16 +68,22 @@ def fresh_fit_dir(out: Path, run_dir: Path) -> None:
     write_json({"command": FIT_COMMAND, "version": 1}, out / S.OUTPUT_MARKER)
 
 
+# CTRDataModule argument -> the `semid build` output file in semids/ it reads (IDs, aligned content vectors)
+SEMIDS_DATA = {
+    "item_sids": S.ITEM_SIDS_FILE,
+    "user_sids": S.USER_SIDS_FILE,
+    "item_content": S.ITEM_EMB_FILE,
+    "user_content": S.USER_EMB_FILE,
+}
+
+
 def data_args(prepared: Path, semids: Path) -> list[str]:
     """The data arguments every fit of a run gets: the prepared data and the `semid build` outputs (IDs, and the
     aligned content vectors that content models read)."""
-    return [
-        "--data.data_dir", str(prepared),
-        "--data.item_sids", str(semids / S.ITEM_SIDS_FILE),
-        "--data.user_sids", str(semids / S.USER_SIDS_FILE),
-        "--data.item_content", str(semids / S.ITEM_EMB_FILE),
-        "--data.user_content", str(semids / S.USER_EMB_FILE),
-    ]  # fmt: skip
+    args = ["--data.data_dir", str(prepared)]
+    for key, name in SEMIDS_DATA.items():
+        args += [f"--data.{key}", str(semids / name)]
+    return args
 
 
 def freeze_configs(configs: list[ConfigText], out: Path) -> list[str]:

@@ -137,16 +137,6 @@ def validate_model_names(models: list[ModelStage], only: list[str] | None) -> No
         raise InputError(f"only_models names {unknown} are not in `models`", fix=f"use some of {names}")
 
 
-def _has_predictions(run_dir: Path, model: str) -> bool:
-    """Whether some seed of `model` in the run has its predictions file."""
-    from ctr.report.runs import seed_of
-
-    model_dir = run_dir / S.MODELS_DIR / model
-    return model_dir.is_dir() and any(
-        seed_of(d.name) is not None and (d / S.PREDICTIONS_FILE).is_file() for d in model_dir.iterdir()
-    )
-
-
 def _stage_line(stage: str, message: str, seconds: float) -> None:
     print(f"[{stage}] {message} ({seconds:.1f}s)", flush=True)
 
@@ -341,6 +331,7 @@ def _run_stages(
     verbose: bool = False,
 ) -> None:
     from ctr.report import build_report
+    from ctr.report.runs import finished_seeds
 
     total = time.perf_counter()
     prepared = run_prepare(prepare, out, cache, name)  # prints its own summary line
@@ -442,7 +433,7 @@ def _run_stages(
     start = time.perf_counter()
     # the target is not fitted yet: left out by --only_models or by a config that lists only other models (a later
     # invocation fits it; a config may also leave out a target an earlier invocation fitted in this folder)
-    if not _has_predictions(out, target):
+    if not finished_seeds(out / S.MODELS_DIR / target):
         _stage_line(
             "report",
             f"skipped: the target {target!r} has no finished fit in this run yet (fit it too, e.g. with --only_models "

@@ -50,6 +50,18 @@ class SeedRun:
     val_predictions: pl.DataFrame | None = None
 
 
+def finished_seeds(model_dir: Path) -> dict[int, Path]:
+    """seed -> seed directory of `model_dir` holding a predictions file (none when the folder does not exist)."""
+    if not model_dir.is_dir():
+        return {}
+    seeds = {}
+    for seed_dir in model_dir.iterdir():
+        seed = seed_of(seed_dir.name)
+        if seed is not None and (seed_dir / schema.PREDICTIONS_FILE).is_file():
+            seeds[seed] = seed_dir
+    return seeds
+
+
 def discover(run_dir: Path) -> dict[str, dict[int, Path]]:
     """model name -> seed -> seed directory holding a predictions file; errors for no models / a model without any."""
     models_dir = run_dir / schema.MODELS_DIR
@@ -63,11 +75,7 @@ def discover(run_dir: Path) -> dict[str, dict[int, Path]]:
         )
     found: dict[str, dict[int, Path]] = {}
     for model_dir in model_dirs:
-        seeds = {}
-        for seed_dir in model_dir.iterdir():
-            seed = seed_of(seed_dir.name)
-            if seed is not None and (seed_dir / schema.PREDICTIONS_FILE).is_file():
-                seeds[seed] = seed_dir
+        seeds = finished_seeds(model_dir)
         if not seeds:
             raise InputError(
                 "this model has no predictions",
