@@ -53,6 +53,12 @@ PARTS: dict[str, Part] = {
     "akt_transfer": Part(
         "no transfer loss (the paper's head -> tail loss turned on instead)", "ours", "-", "overall"
     ),
+    "akt_history_content": Part(
+        "history items keyed by their IDs only (the content vectors added to their embeddings instead)",
+        "ours",
+        "-",
+        "overall",
+    ),
     "akt_transfer_symmetric": Part(
         "no transfer loss (the paper's loss turned on, symmetric: lambda_t2h = lambda_h2t)",
         "ours",

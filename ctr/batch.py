@@ -52,6 +52,12 @@ class Batch(NamedTuple):
     )
     imag_item: Tensor = NO_CODES  # (B, K) int64 imagined item id + 1, in rank order, 0 = none; or empty
     imag_conf: Tensor = NO_CONTENT  # (B, K) float32 imagination confidence (0 where none), or empty
+    hist_content: Tensor = (
+        NO_CONTENT  # (U, D_i) float32 content vectors of the batch's distinct history items
+    )
+    hist_content_index: Tensor = (
+        NO_CODES  # (B, H) int64 row of hist_content per history position (a zero row where padded), or empty
+    )
 
 
 class ModelOutput(NamedTuple):
@@ -87,3 +93,4 @@ class DataSpec:
         None  # fingerprint of the prepared dataset (refuses side files built from another)
     )
     imagined_k: int = 0  # imagined behaviours per user in Batch.imag_item (0 = none loaded)
+    history_content: bool = False  # the batches carry Batch.hist_content / hist_content_index

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ctr.batch import HIST_SOURCE, HIST_TARGET, NO_CODES, Batch
-from ctr.data import CTRDataModule, Tables
+from ctr.data import CTRDataModule, Tables, distinct_history_content
 from ctr.metrics import hit_rate_at_k, ndcg_at_k
 from semid import schema as S
 from semid.amazon import DOMAIN, HISTORY, NEGATIVES, RANKING, TARGET, TARGET_ITEM
@@ -141,14 +141,22 @@ def read_lists(
     return RankingLists(torch.from_numpy(cand), torch.from_numpy(hist), torch.from_numpy(types))
 
 
-def list_batches(tables: Tables, lists: RankingLists, *, lists_per_batch: int = 8) -> Iterator[Batch]:
-    """The Batches of every list, `lists_per_batch` lists (R * C rows) at a time, in list order."""
+def list_batches(
+    tables: Tables, lists: RankingLists, *, lists_per_batch: int = 8, history_content: bool = False
+) -> Iterator[Batch]:
+    """The Batches of every list, `lists_per_batch` lists (R * C rows) at a time, in list order; with
+    `history_content` they carry the history items' content vectors (`CTRDataModule`'s option of that name)."""
     if tables.scenarios is not None and tables.scenarios.key == S.USER:
         raise InputError(
             "the scenario table is keyed by user, and the held-out users of the ranking lists are unknown",
             fix="rank without data.scenarios, or with an item-keyed scenario rule (amazon-domain)",
         )
     items, users = tables.items, tables.users
+    content_table = (
+        torch.cat([items.content.new_zeros(1, items.content.shape[1]), items.content])
+        if history_content
+        else None
+    )  # (n_items + 1, D_i), row 0 for padding
     n, c = lists.candidates.shape
     for start in range(0, n, lists_per_batch):
         cand = lists.candidates[start : start + lists_per_batch]  # (R, C)
@@ -181,11 +189,19 @@ def list_batches(tables: Tables, lists: RankingLists, *, lists_per_batch: int = 
             hist_type=lists.hist_type[start : start + r].repeat_interleave(c, 0)
             if tables.merged_source
             else NO_CODES,
+            **({} if content_table is None else distinct_history_content(content_table, hist)),
         )
 
 
 @torch.no_grad()
-def score_lists(net: nn.Module, tables: Tables, lists: RankingLists, *, lists_per_batch: int = 8) -> Tensor:
+def score_lists(
+    net: nn.Module,
+    tables: Tables,
+    lists: RankingLists,
+    *,
+    lists_per_batch: int = 8,
+    history_content: bool = False,
+) -> Tensor:
     """(N, C) click logits of every candidate of every list (net in eval mode; its mode is restored)."""
     was = net.training
     net.eval()
@@ -194,7 +210,9 @@ def score_lists(net: nn.Module, tables: Tables, lists: RankingLists, *, lists_pe
         device = next(net.parameters()).device
         parts = [
             net(Batch(*(t.to(device) for t in batch))).logit.float().cpu().view(-1, c)
-            for batch in list_batches(tables, lists, lists_per_batch=lists_per_batch)
+            for batch in list_batches(
+                tables, lists, lists_per_batch=lists_per_batch, history_content=history_content
+            )
         ]
     finally:
         net.train(was)
@@ -222,7 +240,9 @@ def evaluate(
         keep_source=tables.merged_source,
         data_hash=tables.data_hash,
     )
-    scores = score_lists(net, tables, lists, lists_per_batch=lists_per_batch)
+    scores = score_lists(
+        net, tables, lists, lists_per_batch=lists_per_batch, history_content=data.history_content
+    )
     return RankingResult(
         hr=hit_rate_at_k(scores, k),
         ndcg=ndcg_at_k(scores, k),

@@ -233,9 +233,16 @@ def revealed_activity(
 
 
 def stage_data(
-    tables: Tables, rows: pl.DataFrame, count: Tensor, bucket: Tensor, history_len: int
+    tables: Tables,
+    rows: pl.DataFrame,
+    count: Tensor,
+    bucket: Tensor,
+    history_len: int,
+    *,
+    history_content: bool = False,
 ) -> SplitData:
-    """`rows` as a data set whose items carry `count` / `bucket` (targets and history items alike)."""
+    """`rows` as a data set whose items carry `count` / `bucket` (targets and history items alike); with
+    `history_content` its batches carry the history items' content (`CTRDataModule`'s option)."""
     items = dataclasses.replace(tables.items, count=count, bucket=bucket)
     name = "warmup"
     stage = dataclasses.replace(
@@ -244,7 +251,7 @@ def stage_data(
         splits={**tables.splits, name: gather_rows(tables, rows)},
         histories={**tables.histories, name: tables.histories["test"]},
     )
-    return SplitData(stage, name, history_len)
+    return SplitData(stage, name, history_len, history_content=history_content)
 
 
 # -- what an update may change -----------------------------------------------------------------------------------
@@ -422,6 +429,7 @@ def select_lr(
     *,
     share: float = 0.5,
     history_len: int,
+    history_content: bool = False,
 ) -> dict[str, Any]:
     """The warm-up learning rate chosen on held-out items, then the protocol on the others with it.
 
@@ -436,14 +444,22 @@ def select_lr(
     scores = {
         float(lr): warm_score(
             run_warmup(
-                task, tables, tune, cfg, dataclasses.replace(settings, lr=float(lr)), history_len=history_len
+                task,
+                tables,
+                tune,
+                cfg,
+                dataclasses.replace(settings, lr=float(lr)),
+                history_len=history_len,
+                history_content=history_content,
             )
         )
         for lr in sorted(set(grid))
     }
     best = max(scores, key=lambda lr: (scores[lr], -lr))
     chosen = dataclasses.replace(settings, lr=best)
-    result = run_warmup(task, tables, report, cfg, chosen, history_len=history_len)
+    result = run_warmup(
+        task, tables, report, cfg, chosen, history_len=history_len, history_content=history_content
+    )
     return {
         **result,
         "lr": best,
@@ -461,6 +477,7 @@ def run_warmup(
     settings: WarmupSettings,
     *,
     history_len: int,
+    history_content: bool = False,
 ) -> dict[str, Any]:
     """Score `task` (a trained model, left unchanged) cold, then after each warm-up batch, for every K of the plan.
 
@@ -479,12 +496,19 @@ def run_warmup(
         )
     no_rows = plan.rows.head(0)
     count, bucket = revealed_activity(tables, no_rows, new_items, cfg)
-    cold = stage_data(tables, evaluation, count, bucket, history_len)
+    cold = stage_data(tables, evaluation, count, bucket, history_len, history_content=history_content)
     result: dict[str, Any] = {"cold": metrics(score(task, cold), cold), "k": {}}
     probe = cold[torch.arange(min(len(cold), 256))]
     admitted = settings.admit and callable(getattr(task.net, "admit", None))
     if admitted:  # one row of each kept item: its id, semantic IDs and content
-        firsts = stage_data(tables, plan.rows.filter(pl.col(RANK) == 0), count, bucket, history_len)
+        firsts = stage_data(
+            tables,
+            plan.rows.filter(pl.col(RANK) == 0),
+            count,
+            bucket,
+            history_len,
+            history_content=history_content,
+        )
         first = Batch(*(t.to(next(task.parameters()).device) for t in firsts[torch.arange(len(firsts))]))
     result["admitted"] = admitted
     for k in plan.ks:
@@ -500,9 +524,13 @@ def run_warmup(
         stages: dict[str, Any] = {}
         for stage in range(1, N_BATCHES + 1):
             count, bucket = revealed_activity(tables, plan.revealed(k, stage), new_items, cfg)
-            warm = stage_data(tables, plan.batch(k, stage), count, bucket, history_len)
+            warm = stage_data(
+                tables, plan.batch(k, stage), count, bucket, history_len, history_content=history_content
+            )
             loss = update_stage(model, warm, params, settings, generator)
-            scored = stage_data(tables, evaluation, count, bucket, history_len)
+            scored = stage_data(
+                tables, evaluation, count, bucket, history_len, history_content=history_content
+            )
             stages[STAGES[stage]] = {**metrics(score(model, scored), scored), "warmup_loss": loss}
         result["k"][str(k)] = stages
     return result

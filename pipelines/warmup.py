@@ -339,7 +339,15 @@ def warmup(
                 task, data = load_fit(run, seed_dir)
                 data.setup()
                 if grid is None:
-                    res = run_warmup(task, data.tables, plan, cfg, settings, history_len=data.history_len)
+                    res = run_warmup(
+                        task,
+                        data.tables,
+                        plan,
+                        cfg,
+                        settings,
+                        history_len=data.history_len,
+                        history_content=data.history_content,
+                    )
                 else:
                     res = select_lr(
                         task,
@@ -350,6 +358,7 @@ def warmup(
                         grid,
                         share=tune_share,
                         history_len=data.history_len,
+                        history_content=data.history_content,
                     )
                 res["seconds"] = time.perf_counter() - start
                 results[name][str(s)] = res

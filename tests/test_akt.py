@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ctr import layers
 from ctr.batch import Batch, DataSpec
+from ctr.data import distinct_history_content
 from ctr.models.akt import AKT
 from ctr.module import CTRTask
 from semid.errors import InputError
@@ -349,6 +350,42 @@ def test_content_fields_add_the_projected_content_vectors_as_input_fields():
     assert item_only.user_proj is None and item_only.item_proj is not None
 
 
+def test_history_content_adds_the_projected_content_to_the_target_and_every_history_item():
+    spec = dataclasses.replace(SPEC, item_content_dim=5)
+    with pytest.raises(InputError, match="data.history_content"):
+        akt(spec, history_content=True)  # the batches carry no history content
+    spec = dataclasses.replace(spec, history_content=True)
+    model = akt(spec, history_content=True, p_cold=0.0)
+    g = torch.Generator().manual_seed(4)
+    batch = make_batch(spec=spec)
+    with pytest.raises(InputError, match="data.history_content"):
+        model(batch)  # a batch built without them
+    table = torch.cat([torch.zeros(1, 5), torch.randn(spec.n_items, 5, generator=g)])  # row 0: padding
+    batch = batch._replace(**distinct_history_content(table, batch.hist_item))
+    model.eval()
+    out = model(batch)
+    # the same as each position's content projected one by one
+    dense = model.content_key(table[batch.hist_item])  # (B, H, d)
+    keys = model.content_key(batch.hist_content)[batch.hist_content_index]
+    torch.testing.assert_close(keys, dense)
+    # the history's content moves the logit through both views; the padding row stays zero
+    moved_table = table + torch.cat([torch.zeros(1, 5), torch.ones(spec.n_items, 5)])
+    moved = model(batch._replace(**distinct_history_content(moved_table, batch.hist_item)))
+    assert not torch.allclose(out.logit[4:], moved.logit[4:])
+    assert torch.allclose(out.logit[3], moved.logit[3])  # row 3 has an empty history
+    # the same projection keys the target: with it zeroed the model is the plain AKT
+    plain = akt(spec, p_cold=0.0).eval()
+    with torch.no_grad():
+        model.content_key.weight.zero_()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("content_key")})
+    assert torch.allclose(model(batch).logit, plain(batch).logit, atol=1e-6)
+    model.train().zero_grad()
+    with torch.no_grad():
+        model.content_key.weight.normal_()
+    model(batch).logit.sum().backward()
+    assert model.content_key.weight.grad.abs().sum() > 0
+
+
 def test_bad_arguments_are_input_errors():
     with pytest.raises(InputError, match="cluster_depth"):
         akt(cluster_depth=3)  # users have 2 levels
@@ -389,12 +426,17 @@ def test_every_ablation_is_the_shipped_akt_plus_its_own_switches():
 @pytest.mark.parametrize("name", sorted(ablation_configs()))
 def test_every_ablation_builds_and_trains_one_batch(name):
     flags = ablation_configs()[name]
-    spec = dataclasses.replace(SPEC, item_content_dim=5, user_content_dim=3)  # for the content variants
+    spec = dataclasses.replace(  # for the content variants
+        SPEC, item_content_dim=5, user_content_dim=3, history_content=flags.get("history_content", False)
+    )
     model = akt(spec, **flags).train()
     g = torch.Generator().manual_seed(2)
     batch = shared_clusters_batch()._replace(
         item_content=torch.randn(12, 5, generator=g), user_content=torch.randn(12, 3, generator=g)
     )
+    if spec.history_content:
+        table = torch.cat([torch.zeros(1, 5), torch.randn(spec.n_items, 5, generator=g)])
+        batch = batch._replace(**distinct_history_content(table, batch.hist_item))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     out = model(batch)

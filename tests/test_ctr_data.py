@@ -434,6 +434,26 @@ def test_content_vectors_are_served_per_batch(prepared: Path, tmp_path: Path) ->
     plain = module(prepared)
     assert plain.spec.item_content_dim == 0
     assert next(iter(plain.loader("test", shuffle=False))).item_content.shape == (b.item.numel(), 0)
+    assert b.hist_content.numel() == 0 and not dm.spec.history_content  # served only when asked
+
+
+def test_history_content_is_each_history_items_vector_and_zero_where_padded(
+    prepared: Path, tmp_path: Path
+) -> None:
+    content = write_content(tmp_path / S.ITEM_EMB_FILE, S.ITEM, N_ITEMS, 5)
+    dm = module(prepared, item_content=str(content), history_content=True)
+    assert dm.spec.history_content
+    for split in ("train", "test"):
+        b = next(iter(dm.loader(split, shuffle=False)))
+        assert b.hist_content_index.shape == b.hist_item.shape
+        assert b.hist_content.shape == (len(b.hist_item.unique()), 5)  # each distinct history item once
+        per_position = b.hist_content[b.hist_content_index]  # (B, H, 5)
+        real = b.hist_item > 0
+        assert real.any() and (~real).any()
+        torch.testing.assert_close(per_position[real][:, 1], (b.hist_item[real] - 1).float() * 10 + 1)
+        assert (per_position[~real] == 0).all()
+    with pytest.raises(InputError, match="data.item_content"):
+        module(prepared, history_content=True)
 
 
 def test_content_vectors_of_another_dataset_or_incomplete_are_refused(prepared: Path, tmp_path: Path) -> None:

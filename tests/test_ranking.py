@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,14 @@ def test_lists_become_cold_user_batches_with_their_own_history(prepared: Path) -
     assert torch.equal(batch.hist_item[:5], lists.hist_item[0].expand(5, -1))
     assert torch.equal(batch.item_sid, dm.tables.items.sid.codes[batch.item])
     assert batch.hist_type.numel() == 0  # the data module merged no source history
+    assert batch.hist_content.numel() == 0  # served only when asked
+    content = torch.arange(N_ITEMS * 3, dtype=torch.float32).view(N_ITEMS, 3)
+    tables = dataclasses.replace(dm.tables, items=dataclasses.replace(dm.tables.items, content=content))
+    batch = next(ranking.list_batches(tables, lists, lists_per_batch=2, history_content=True))
+    per_position = batch.hist_content[batch.hist_content_index]  # (B, H, 3)
+    real = batch.hist_item > 0
+    assert torch.equal(per_position[real], content[batch.hist_item[real] - 1])
+    assert (per_position[~real] == 0).all()
 
 
 def test_scores_and_metrics_of_a_network(prepared: Path) -> None:

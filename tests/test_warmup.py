@@ -34,7 +34,9 @@ NETS = {
     "sid_features": {"class_path": "ctr.models.sid_features.SIDFeatures", "init_args": SMALL},
     "content_features": {"class_path": "ctr.models.content_features.ContentFeatures", "init_args": SMALL},
     "akt": {"class_path": "ctr.models.akt.AKT", "init_args": {**SMALL, "content_tower": True}},
+    "akt_hc": {"class_path": "ctr.models.akt.AKT", "init_args": {**SMALL, "history_content": True}},
 }
+DATA = {"akt_hc": {"history_content": True}}  # a model config's own data settings
 
 
 def _prepare(raw: dict, out: Path, cold_items: float) -> Path:
@@ -88,7 +90,8 @@ def cold_run(synthetic_raw, tmp_path_factory) -> Path:
     }
     (cfg / "common.yaml").write_text(yaml.safe_dump(common))
     for name, net in NETS.items():
-        (cfg / f"{name}.yaml").write_text(yaml.safe_dump({"model": {"net": net}}))
+        own = {"model": {"net": net}} | ({"data": DATA[name]} if name in DATA else {})
+        (cfg / f"{name}.yaml").write_text(yaml.safe_dump(own))
         configs = [read_config(cfg / "common.yaml", "common"), read_config(cfg / f"{name}.yaml", "model")]
         out = run / S.MODELS_DIR / name / S.seed_dir_name(0)
         fit_one(name, 0, configs, prepared, run / S.SEMIDS_DIR, out, "test")
@@ -221,7 +224,14 @@ def _stage(cold_run, plan, name: str):
     task, dm = load_fit(cold_run, cold_run / S.MODELS_DIR / name / "seed0")
     dm.setup()
     count, bucket = W.revealed_activity(dm.tables, plan.revealed(plan.ks[-1], 1), plan.items, cfg)
-    warm = W.stage_data(dm.tables, plan.batch(plan.ks[-1], 1), count, bucket, dm.history_len)
+    warm = W.stage_data(
+        dm.tables,
+        plan.batch(plan.ks[-1], 1),
+        count,
+        bucket,
+        dm.history_len,
+        history_content=dm.history_content,
+    )
     return task, warm, plan.items
 
 
@@ -303,10 +313,20 @@ def test_command_writes_json_and_markdown(cold_run, plan, tmp_path, capsys):
     plan, _ = plan
     out = tmp_path / "warm.json"
     ctr_main(
-        ["warmup", "--run_dir", str(cold_run), "--models", "deepfm,akt", "--k", "1,2", "--out", str(out)]
+        [
+            "warmup",
+            "--run_dir",
+            str(cold_run),
+            "--models",
+            "deepfm,akt,akt_hc",
+            "--k",
+            "1,2",
+            "--out",
+            str(out),
+        ]
     )
     result = json.loads(out.read_text())
-    assert set(result["models"]) == {"deepfm", "akt"}
+    assert set(result["models"]) == {"deepfm", "akt", "akt_hc"}  # akt_hc: batches with the history's content
     n_eval = plan.evaluation().height
     assert result["protocol"]["eval_rows"] == n_eval
     for seeds in result["models"].values():
@@ -325,7 +345,9 @@ def test_command_writes_json_and_markdown(cold_run, plan, tmp_path, capsys):
     assert len(rows) == 3 * 2 and all(cold_auc in rows[i] for i in (0, 1))  # AUC table, one row per K
     assert "warm-c" in md and f"{n_eval} rows" in md
     assert result["models"]["akt"]["0"]["admitted"] and not result["models"]["deepfm"]["0"]["admitted"]
-    assert "Warm-started rows" in md and md.split("Warm-started rows")[1].splitlines()[0].endswith(": akt.")
+    assert "Warm-started rows" in md and md.split("Warm-started rows")[1].splitlines()[0].endswith(
+        ": akt, akt_hc."
+    )
     assert "warmup akt seed 0: AUC cold" in capsys.readouterr().out
 
 

@@ -40,7 +40,7 @@ from ctr.data.history import (
     history_end,
     history_slots,
 )
-from ctr.data.loader import CTRDataModule, IndexBatches, Split, SplitData
+from ctr.data.loader import CTRDataModule, IndexBatches, Split, SplitData, distinct_history_content
 from ctr.data.readers import (
     SOURCE_HISTORY_NAME,
     feature_tokens,
@@ -68,6 +68,7 @@ __all__ = [
     "SplitData",
     "Tables",
     "build_history",
+    "distinct_history_content",
     "feature_tokens",
     "gather_history",
     "history_end",

@@ -37,7 +37,9 @@ class SplitData(Dataset):
     clamp and a mask multiply.
     """
 
-    def __init__(self, tables: Tables, split: str, history_len: int) -> None:
+    def __init__(
+        self, tables: Tables, split: str, history_len: int, *, history_content: bool = False
+    ) -> None:
         self.tables = tables
         self.arrays = tables.splits[split]
         self.split = split
@@ -47,6 +49,11 @@ class SplitData(Dataset):
             [items.sid.codes.new_zeros(1, items.sid.codes.shape[1]), items.sid.codes]
         )
         self.hist_count_table = torch.cat([items.count.new_zeros(1), items.count])  # (n_items + 1,)
+        self.hist_content_table = (
+            torch.cat([items.content.new_zeros(1, items.content.shape[1]), items.content])
+            if history_content
+            else None
+        )  # (n_items + 1, D_i)
 
     def __len__(self) -> int:
         return self.arrays.user.numel()
@@ -81,7 +88,21 @@ class SplitData(Dataset):
             # imagined from train positives only, the same rows for every split: (B, K) or empty
             imag_item=NO_CODES if imag is None else take(imag.items, user),
             imag_conf=NO_CONTENT if imag is None else take(imag.confidence, user),
+            **(
+                {}
+                if self.hist_content_table is None
+                else distinct_history_content(self.hist_content_table, hist)
+            ),
         )
+
+
+def distinct_history_content(table: Tensor, hist: Tensor) -> dict[str, Tensor]:
+    """`Batch.hist_content` / `hist_content_index` of a history (B, H) of item id + 1 (0 = padding): the content
+    rows of its distinct items once, from `table` (n_items + 1, D) whose row 0 is zeros, and each position's row.
+    A 2,048 x 20 batch holds a few thousand distinct items: gathering those instead of every position is several
+    times cheaper (a (B, H, D) gather of 384-d vectors is 63 MB a batch)."""
+    distinct, index = torch.unique(hist, return_inverse=True)  # (U,), (B, H)
+    return {"hist_content": table.index_select(0, distinct), "hist_content_index": index}
 
 
 def take(table: Tensor, index: Tensor) -> Tensor:
@@ -152,6 +173,7 @@ class CTRDataModule(L.LightningDataModule):
         source_history: str | None = None,
         imagined: str | None = None,
         train_splits: tuple[TrainSplit, ...] = ("train",),
+        history_content: bool = False,
     ) -> None:
         """
         Args:
@@ -187,6 +209,9 @@ class CTRDataModule(L.LightningDataModule):
                 val keeps count 0 and bucket `cold` although the refit trains on its val rows (AKT's gate treats it
                 as cold), exactly as it is treated when its test rows are scored. The val loader still serves the
                 val split; a refit does not validate on it.
+            history_content: also serve the history items' content vectors, `Batch.hist_content` (one row per
+                distinct history item of the batch) and `hist_content_index` (AKT's history_content); needs
+                item_content.
         """
         super().__init__()
         for name, value, low in (
@@ -220,6 +245,12 @@ class CTRDataModule(L.LightningDataModule):
         self.source_history = source_history
         self.imagined = imagined
         self.train_splits = tuple(train_splits)
+        if history_content and item_content is None:
+            raise InputError(
+                "data.history_content=true serves the history items' content vectors and data.item_content is unset",
+                fix="set data.item_content to semid build's item_embeddings.parquet, or data.history_content: false",
+            )
+        self.history_content = history_content
         self.tables: Tables | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -260,6 +291,7 @@ class CTRDataModule(L.LightningDataModule):
             scenario_names=() if self.tables.scenarios is None else self.tables.scenarios.names,
             data_hash=self.tables.data_hash,
             imagined_k=0 if self.tables.imagined is None else int(self.tables.imagined.items.shape[1]),
+            history_content=self.history_content,
         )
 
     @property
@@ -272,7 +304,7 @@ class CTRDataModule(L.LightningDataModule):
 
     def dataset(self, split: Split) -> SplitData:
         self.setup()
-        return SplitData(self.tables, split, self.history_len)
+        return SplitData(self.tables, split, self.history_len, history_content=self.history_content)
 
     def loader(
         self, split: Split, *, shuffle: bool, rank: int | None = None, world_size: int | None = None

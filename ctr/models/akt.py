@@ -14,6 +14,10 @@ codes c_1..c_L and train count n_e:
                 e   = g v_e + (1 - g) c_e,   g = sigmoid(6 a - 3 + MLP([a, v, c]))   (gate_mode="convex", paper)
   orthogonality L_orth = mean_e cos^2(c_e, v_e) over users and items with a trained individual row
 
+  history content [ours, optional] e_item += K x_item and e_h += K x_h for every history item h, one linear map
+                K (no bias) of the frozen aligned content vectors: a tail or cold history item, whose ID rows have
+                seen few or no clicks, then still says what it is to both views below (history_content).
+
   instance view s_I = DIN attention of e_item over the history's adaptive embeddings                     (B, d)
                 s_I = mean_{h real} e_h   (instance_pool="mean" [ours]: DeepFM's / SIDFeatures' history field)
   cluster view  S   = {h in history : c_1..c_k(h) = c_1..c_k(item)}   (SIM hard search)
@@ -43,8 +47,8 @@ codes c_1..c_L and train count n_e:
                 gate, the fusion and the cluster rows for the cold case that no train row otherwise shows.
   content tower [ours, optional, Meta-Embedding / CVAR style] f(x_item) = MLP(item content vector) predicts
                 sg(v_item) on head items, L_content = mean ||f(x) - sg(v)||^2, and stands in for v_item where
-                n_item = 0 for the target item (the Batch holds no content for history items, so a cold
-                history item keeps v = 0). Needs content vectors in the Batch (DataSpec.item_content_dim > 0).
+                n_item = 0 for the target item (a cold history item keeps v = 0; history_content gives it K x_h).
+                Needs content vectors in the Batch (DataSpec.item_content_dim > 0).
 
   new ids       [ours] `admit`: before a new item's first trained update (ctr.warmup) its row is set so that
                 v_item = f(x_item) (or 0), the value it had while cold.
@@ -53,8 +57,9 @@ codes c_1..c_L and train count n_e:
 
 Deviations from the paper, each switchable: the residual gate (gate_mode), deep prefixes in the individual part
 (deep_prefixes), zeroed individual rows and cold-path dropout (p_cold), the content tower (content_tower), the
-content vectors as input fields (content_fields: the paper feeds content only through the semantic IDs), no transfer
-loss (use_transfer). The paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view,
+content vectors as input fields (content_fields: the paper feeds content only through the semantic IDs), the content
+vectors added to the target's and the history items' embeddings (history_content; needs data.history_content), no
+transfer loss (use_transfer). The paper's ablations: use_cluster, use_individual, use_instance_view, use_cluster_view,
 use_gate, lambda_orth = 0, and its transfer loss turned on (use_transfer), with lambda_t2h = lambda_h2t (no
 asymmetry); ours: use_view_gate (beta fixed at 1/2), p_cold = 0, instance_pool = "mean", first_order.
 
@@ -129,6 +134,7 @@ class AKT(nn.Module):
         content_tower: bool = False,
         content_fields: bool = False,
         content_dims: tuple[int, ...] = (64,),
+        history_content: bool = False,
         lambda_content: float = 0.1,
         max_prefix_rows: int = 1 << 20,
         embed_dim: int = 16,
@@ -217,6 +223,12 @@ class AKT(nn.Module):
         self.head_min_count = head_min_count
         self.p_cold = p_cold
         self.content = MLP(spec.item_content_dim, content_dims, out_dim=d) if content_tower else None
+        if history_content and not spec.history_content:
+            raise InputError(
+                "history_content=True needs the history items' content vectors and the batches carry none",
+                fix="set data.history_content: true (with data.item_content), or model.net.history_content: false",
+            )
+        self.content_key = nn.Linear(spec.item_content_dim, d, bias=False) if history_content else None
         self.lambda_content = lambda_content
 
     # -- cold path -----------------------------------------------------------------------------------------
@@ -302,6 +314,19 @@ class AKT(nn.Module):
             batch.item + 1, batch.item_sid, item_count,
             batch.hist_item, batch.hist_item_sid, batch.hist_item_count, fallback=fallback,
         )  # fmt: skip
+        item_e = item.e  # (B, d)
+        if self.content_key is not None:
+            if batch.hist_content_index.shape != batch.hist_item.shape:
+                raise InputError(
+                    "AKT(history_content=True) got a batch without the history items' content vectors",
+                    fix="serve them: data.history_content: true (CTRDataModule), or history_content=True where"
+                    " batches are built by hand",
+                )
+            item_e = item_e + self.content_key(batch.item_content)  # (B, d)
+            keys = self.content_key(batch.hist_content)  # (U, D_i) -> (U, d), once per distinct history item
+            hist = hist + keys.index_select(0, batch.hist_content_index.reshape(-1)).view_as(
+                hist
+            )  # (B, H, d)
         user_feats = self.user_feats(batch.user_feats)  # (B, F_u, d)
         item_feats = self.item_feats(batch.item_feats)  # (B, F_i, d)
         a_user = activity(user_count, spec.user_count_max)  # (B,)
@@ -313,10 +338,10 @@ class AKT(nn.Module):
         views = []
         if self.use_instance_view:
             views.append(
-                self.instance(hist, item.e, mask) if self.instance is not None else masked_mean(hist, mask)
+                self.instance(hist, item_e, mask) if self.instance is not None else masked_mean(hist, mask)
             )  # (B, d)
         if self.cluster_view is not None:
-            s_c, same = self.cluster_view(hist, batch.hist_item_sid, mask, item.e, batch.item_sid)  # (B, d)
+            s_c, same = self.cluster_view(hist, batch.hist_item_sid, mask, item_e, batch.item_sid)  # (B, d)
             views.append(s_c)
             aux["views/cluster_hit"] = same.any(1).float().mean()
         if self.fusion is not None:
@@ -334,7 +359,7 @@ class AKT(nn.Module):
             content.append(self.item_proj(batch.item_content)[:, None])  # (B, D_i) -> (B, 1, d)
         fields = torch.cat(
             [
-                torch.stack([user.e, item.e], 1),
+                torch.stack([user.e, item_e], 1),
                 user_feats,
                 item_feats,
                 *(v[:, None] for v in views),
