@@ -18,7 +18,7 @@ codes c_1..c_L and train count n_e:
                 K (no bias) of the frozen aligned content vectors: a tail or cold history item, whose ID rows have
                 seen few or no clicks, then still says what it is to both views below (history_content).
                 Off by default: validation rejects it on Amazon Kitchen and ties it on ML-1M, although Amazon's
-                test tail-item GAUC rises +0.41 (benchmarks/results/akt_history_content.md).
+                test tail-item GAUC rises +0.24 to +0.41 (benchmarks/results/akt_history_content.md).
 
   instance view s_I = DIN attention of e_item over the history's adaptive embeddings                     (B, d)
                 s_I = mean_{h real} e_h   (instance_pool="mean" [ours]: DeepFM's / SIDFeatures' history field)
