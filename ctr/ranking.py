@@ -152,11 +152,6 @@ def list_batches(
             fix="rank without data.scenarios, or with an item-keyed scenario rule (amazon-domain)",
         )
     items, users = tables.items, tables.users
-    content_table = (
-        torch.cat([items.content.new_zeros(1, items.content.shape[1]), items.content])
-        if history_content
-        else None
-    )  # (n_items + 1, D_i), row 0 for padding
     n, c = lists.candidates.shape
     for start in range(0, n, lists_per_batch):
         cand = lists.candidates[start : start + lists_per_batch]  # (R, C)
@@ -189,7 +184,7 @@ def list_batches(
             hist_type=lists.hist_type[start : start + r].repeat_interleave(c, 0)
             if tables.merged_source
             else NO_CODES,
-            **({} if content_table is None else distinct_history_content(content_table, hist)),
+            **(distinct_history_content(items.content, hist) if history_content else {}),
         )
 
 

@@ -361,7 +361,7 @@ def test_history_content_adds_the_projected_content_to_the_target_and_every_hist
     with pytest.raises(InputError, match="data.history_content"):
         model(batch)  # a batch built without them
     table = torch.cat([torch.zeros(1, 5), torch.randn(spec.n_items, 5, generator=g)])  # row 0: padding
-    batch = batch._replace(**distinct_history_content(table, batch.hist_item))
+    batch = batch._replace(**distinct_history_content(table[1:], batch.hist_item))
     model.eval()
     out = model(batch)
     # the same as each position's content projected one by one
@@ -370,7 +370,7 @@ def test_history_content_adds_the_projected_content_to_the_target_and_every_hist
     torch.testing.assert_close(keys, dense)
     # the history's content moves the logit through both views; the padding row stays zero
     moved_table = table + torch.cat([torch.zeros(1, 5), torch.ones(spec.n_items, 5)])
-    moved = model(batch._replace(**distinct_history_content(moved_table, batch.hist_item)))
+    moved = model(batch._replace(**distinct_history_content(moved_table[1:], batch.hist_item)))
     assert not torch.allclose(out.logit[4:], moved.logit[4:])
     assert torch.allclose(out.logit[3], moved.logit[3])  # row 3 has an empty history
     # the same projection keys the target: with it zeroed the model is the plain AKT
@@ -436,7 +436,7 @@ def test_every_ablation_builds_and_trains_one_batch(name):
     )
     if spec.history_content:
         table = torch.cat([torch.zeros(1, 5), torch.randn(spec.n_items, 5, generator=g)])
-        batch = batch._replace(**distinct_history_content(table, batch.hist_item))
+        batch = batch._replace(**distinct_history_content(table[1:], batch.hist_item))
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
     out = model(batch)

@@ -49,11 +49,7 @@ class SplitData(Dataset):
             [items.sid.codes.new_zeros(1, items.sid.codes.shape[1]), items.sid.codes]
         )
         self.hist_count_table = torch.cat([items.count.new_zeros(1), items.count])  # (n_items + 1,)
-        self.hist_content_table = (
-            torch.cat([items.content.new_zeros(1, items.content.shape[1]), items.content])
-            if history_content
-            else None
-        )  # (n_items + 1, D_i)
+        self.history_content = history_content
 
     def __len__(self) -> int:
         return self.arrays.user.numel()
@@ -88,21 +84,18 @@ class SplitData(Dataset):
             # imagined from train positives only, the same rows for every split: (B, K) or empty
             imag_item=NO_CODES if imag is None else take(imag.items, user),
             imag_conf=NO_CONTENT if imag is None else take(imag.confidence, user),
-            **(
-                {}
-                if self.hist_content_table is None
-                else distinct_history_content(self.hist_content_table, hist)
-            ),
+            **(distinct_history_content(t.items.content, hist) if self.history_content else {}),
         )
 
 
-def distinct_history_content(table: Tensor, hist: Tensor) -> dict[str, Tensor]:
-    """`Batch.hist_content` / `hist_content_index` of a history (B, H) of item id + 1 (0 = padding): the content
-    rows of its distinct items once, from `table` (n_items + 1, D) whose row 0 is zeros, and each position's row.
+def distinct_history_content(content: Tensor, hist: Tensor) -> dict[str, Tensor]:
+    """`Batch.hist_content` / `hist_content_index` of a history (B, H) of item id + 1 (0 = padding): the rows of
+    `content` (n_items, D) of its distinct items once (a zero row for padding), and each position's row.
     A 2,048 x 20 batch holds a few thousand distinct items: gathering those instead of every position is several
     times cheaper (a (B, H, D) gather of 384-d vectors is 63 MB a batch)."""
     distinct, index = torch.unique(hist, return_inverse=True)  # (U,), (B, H)
-    return {"hist_content": table.index_select(0, distinct), "hist_content_index": index}
+    rows = content.index_select(0, (distinct - 1).clamp(min=0))  # (U, D)
+    return {"hist_content": rows.masked_fill((distinct == 0)[:, None], 0.0), "hist_content_index": index}
 
 
 def take(table: Tensor, index: Tensor) -> Tensor:
