@@ -35,7 +35,6 @@ import inspect
 import itertools
 import json
 import os
-import platform
 import re
 import statistics
 import time
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 import yaml
 from torch.profiler import ProfilerActivity, profile
 
+from benchmarks.machine import cpu_model
 from benchmarks.train_loop import ML1M, synthetic_batches
 from ctr.batch import Batch, DataSpec
 from ctr.layers import ClusterGuidedEmbedding, index_sid_tables
@@ -335,7 +335,7 @@ def write(out: Path, label: str, text: str) -> str:
     header = [
         TITLE,
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores shared with other jobs, "
         f"torch {torch.__version__}, 1 intra-op thread. Synthetic ML-1M-sized batches of "
         "`benchmarks/train_loop.py` with consistent per-id SIDs / counts / buckets (and, from the `shipped-*` "
         f"sections on, {CONTENT_DIM}-d user and item content vectors); both models inside `CTRTask` (loss, fused "

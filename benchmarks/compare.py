@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from benchmarks import peer_data, scaling
+from benchmarks.machine import cpu_model
 from ctr.data import CTRDataModule
 from ctr.metrics import auc, gauc, logloss
 from ctr.module import CTRTask
@@ -140,17 +141,13 @@ QUICK = Profile(
 
 
 def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")), "?"
-    )
     mem_kb = next(
         int(ln.split()[1])
         for ln in Path("/proc/meminfo").read_text().splitlines()
         if ln.startswith("MemTotal")
     )
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "ram_gib": round(mem_kb / (1 << 20), 1),
         "os": platform.platform(),

@@ -11,7 +11,6 @@ Nothing else should run on the machine meanwhile: the figure is the wall time of
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
@@ -20,6 +19,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from benchmarks.machine import cpu_line
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "readme_time.md"
@@ -62,7 +63,7 @@ def row(commit: str, setup: float, run: float, semids: float | None, fits: int) 
     verdict = "met" if total <= GOAL_S else "**missed**"
     ids = "n/a" if semids is None else f"{semids:.0f}"
     when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}"
-    machine = f"{os.uname().nodename}, {os.cpu_count()} CPUs"
+    machine = cpu_line()
     return f"| {when} | {commit} | {machine} | {setup:.0f} | {run:.0f} | {total:.0f} | {ids} | {fits} | {verdict} |"
 
 

@@ -283,6 +283,9 @@ def test_readme_time_reads_the_readmes_first_command_and_the_run_log():
     assert readme_time.stage_seconds("") == (None, 0)
     line = readme_time.row("abc1234", 191.0, 473.0, 131.2, 24)
     assert "| 191 | 473 | 664 | 131 | 24 | **missed** |" in line
+    from benchmarks.machine import cpu_line, cpu_model
+
+    assert cpu_model() and f"| {cpu_line()} |" in line  # the machine column names the CPU, not the host name
     assert readme_time.row("x", 100.0, 200.0, None, 0).endswith("| 100 | 200 | 300 | n/a | 0 | met |")
 
 
