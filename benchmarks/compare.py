@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import peer_data, scaling
 from benchmarks.machine import cpu_model
@@ -387,6 +388,22 @@ def shipped_net(name: str, **overrides) -> dict:
     return {"class_path": net["class_path"], "init_args": {**(net.get("init_args") or {}), **overrides}}
 
 
+def matmul_flops(model: CTRTask, batch) -> dict[str, float]:
+    """Matrix-multiply FLOPs per sample of one train step (forward + backward of the task's loss) and of one predict
+    forward, as `torch.utils.flop_counter` counts them: mm / addmm / bmm and the like. Gathers, elementwise ops
+    and the optimiser are not counted, so this is the work a step cannot avoid, not its time."""
+    n = len(batch.label)
+    model.train()
+    with FlopCounterMode(display=False) as train:
+        loss, _ = model.loss(batch, model(batch))
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as predict:
+        model(batch)
+    return {"train": train.get_total_flops() / n, "predict": predict.get_total_flops() / n}
+
+
 def ctr_section(ctx: Ctx, peer_dir: Path, akt_data: dict) -> dict:
     """Figures 1 and 2: our DeepFM (plain and in torch-rechub's form: BatchNorm MLP, linear first order) / AKT /
     bare loop in this process, every peer in its venv. Every network is wrapped in `CTRTask` (loss, fused Adam, lr 1e-3), as `ctr fit` does."""
@@ -522,6 +539,10 @@ def ctr_section(ctx: Ctx, peer_dir: Path, akt_data: dict) -> dict:
             "quality_seeds": seeds,
         }
     models["akt"]["net"] = akt_net
+    for key, build, dm in (("deepfm", deepfm, dm_fm), ("akt", akt, dm_akt)):
+        models[key]["matmul_flops_per_sample"] = matmul_flops(
+            build(), next(iter(dm.loader("train", shuffle=True)))
+        )
     models["bare"] = {
         "label": "semid-ctr DeepFM, bare PyTorch loop",
         "train_samples_per_s": statistics.median(runs["bare"]["train"]),
@@ -610,6 +631,37 @@ def encoder(ctx: Ctx) -> dict:
 
 def mark(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def flop_lines(models: dict) -> list[str]:
+    """AKT's matmul work against our DeepFM's, and the throughput AKT would have at DeepFM's rate per FLOP: the
+    ceiling of any speed-up that keeps AKT's computation (issue 18's AKT goals)."""
+    ours, akt = models["deepfm"], models["akt"]
+    if "matmul_flops_per_sample" not in ours or "matmul_flops_per_sample" not in akt:
+        return []
+    f_fm, f_akt = ours["matmul_flops_per_sample"], akt["matmul_flops_per_sample"]
+    lines = [
+        "",
+        "Matrix-multiply work per sample (`torch.utils.flop_counter` on one train batch: mm / addmm / bmm; gathers, "
+        "elementwise ops and the optimiser are not counted), and what it implies for AKT's speed:",
+        "",
+        "| | DeepFM kFLOP / sample | AKT kFLOP / sample | AKT / DeepFM work | measured AKT / DeepFM speed | "
+        "AKT's rate per FLOP vs DeepFM's | AKT at DeepFM's rate per FLOP, vs each peer's DeepFM |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for phase, rate in (("train", "train_samples_per_s"), ("predict", "predict_samples_per_s")):
+        work = f_akt[phase] / f_fm[phase]
+        speed = akt[rate] / ours[rate]
+        peers = ", ".join(
+            f"{PEER_NAMES[peer]} {ours[rate] / work / models[peer][rate]:.2f}x"
+            for peer in PEERS
+            if peer in models
+        )
+        lines.append(
+            f"| {phase} | {f_fm[phase] / 1e3:.1f} | {f_akt[phase] / 1e3:.1f} | {work:.2f}x | {speed:.2f}x | "
+            f"{speed * work:.2f}x | {peers or 'no peer run'} |"
+        )
+    return lines
 
 
 def render(results: dict) -> str:
@@ -724,6 +776,7 @@ def render(results: dict) -> str:
             + json.dumps(akt.get("net", {}).get("init_args", {}), sort_keys=True)
             + "` (the rest its constructor defaults).",
         ]
+        lines += flop_lines(c["models"])
         notes = {peer: c["models"][peer].get("notes", []) for peer in PEERS if peer in c["models"]}
         for peer, ns in notes.items():
             if ns:

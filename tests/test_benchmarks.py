@@ -49,6 +49,13 @@ def test_compare_ctr_section_trains_every_model(prepared_dir, tmp_path, one_thre
     # AKT is the shipped one (content tower and fields on), only embed size and dropout set for the comparison
     args = models["akt"]["net"]["init_args"]
     assert args["content_tower"] and args["content_fields"] and args["dropout"] == 0.0
+    for key in ("deepfm", "akt"):  # a train step (forward + backward) does about 3x a forward's matmul work
+        flops = models[key]["matmul_flops_per_sample"]
+        assert 2.0 * flops["predict"] < flops["train"] < 4.0 * flops["predict"]
+    assert (
+        models["akt"]["matmul_flops_per_sample"]["train"]
+        > models["deepfm"]["matmul_flops_per_sample"]["train"]
+    )
     results = {"ctr": {**out, "akt_item_sids": "test"}}
     names = [g["goal"] for g in compare.goals(results)]
     assert names == []  # no peers, no peer goals
@@ -62,6 +69,25 @@ def test_compare_refuses_semids_of_other_data(prepared_dir, tmp_path):
     ctx = compare.Ctx(compare.QUICK, prepared_dir, tmp_path, tmp_path, 1, 64, 256, 0, (), tmp_path / "semids")
     with pytest.raises(SystemExit, match="built from other prepared data"):
         compare.akt_inputs(ctx, tmp_path / "unused.parquet")
+
+
+def test_flop_lines_give_akts_ceiling_at_deepfms_rate_per_flop():
+    def model(train, predict, f_train=None, f_predict=None):
+        m = {"train_samples_per_s": train, "predict_samples_per_s": predict}
+        if f_train is not None:
+            m["matmul_flops_per_sample"] = {"train": f_train, "predict": f_predict}
+        return m
+
+    models = {
+        "deepfm": model(100.0, 400.0, 300e3, 100e3),
+        "akt": model(40.0, 200.0, 600e3, 200e3),
+        "torch_rechub": model(60.0, 150.0),
+    }
+    train, predict = compare.flop_lines(models)[-2:]
+    # twice the work: at DeepFM's rate per FLOP AKT would do 100 / 2 = 50 samples/s, 0.83x the peer's 60
+    assert train == "| train | 300.0 | 600.0 | 2.00x | 0.40x | 0.80x | torch-rechub 0.83x |"
+    assert predict == "| predict | 100.0 | 200.0 | 2.00x | 0.50x | 1.00x | torch-rechub 1.33x |"
+    assert compare.flop_lines({"deepfm": model(1.0, 1.0), "akt": model(1.0, 1.0)}) == []  # older results.json
 
 
 def test_same_architecture_quality_goal():
