@@ -50,7 +50,7 @@ from pipelines.fit import SEMIDS_DATA
 from semid import schema as S
 from semid.encoder import ContentEncoder, EncoderConfig, encode
 from semid.ids import health, make_table, table_meta, write_table
-from semid.io import cache_dir, read_meta, write_json, write_text
+from semid.io import cache_dir, read_meta, replaceable, write_json, write_text
 from semid.rqvae import RQVAEConfig, resolve_codebook_sizes, train_rqvae
 
 HERE = Path(__file__).resolve().parent
@@ -68,6 +68,7 @@ QUALITY_TOL = 0.001  # issue 18: our DeepFM not below a peer's same-architecture
 # layer over the field embeddings (its `LR`); the others' MLPs have no BatchNorm and their first order is a 1-d table
 SAME_ARCH = {"deepctr_torch": "deepfm", "torch_rechub": "deepfm_bn", "fuxictr": "deepfm"}
 GAUC_TOL = 1e-9
+TITLE = "# semid-ctr vs FuxiCTR, DeepCTR-Torch, torch-rechub"  # the first line of every RESULTS.md it writes
 ENCODE_OVERHEAD_BUDGET = 0.10
 
 
@@ -634,8 +635,9 @@ def mark(ok: bool | None) -> str:
 
 
 def flop_lines(models: dict) -> list[str]:
-    """AKT's matmul work against our DeepFM's, and the throughput AKT would have at DeepFM's rate per FLOP: the
-    ceiling of any speed-up that keeps AKT's computation (issue 18's AKT goals)."""
+    """AKT's matmul work against our DeepFM's, and the throughput AKT would have at DeepFM's rate per FLOP (issue
+    18's AKT goals): what a speed-up that keeps AKT's computation reaches if it runs it as efficiently as DeepFM,
+    not a hard bound (skinny matrices could in principle run faster per FLOP)."""
     ours, akt = models["deepfm"], models["akt"]
     if "matmul_flops_per_sample" not in ours or "matmul_flops_per_sample" not in akt:
         return []
@@ -664,12 +666,25 @@ def flop_lines(models: dict) -> list[str]:
     return lines
 
 
+def refuse_foreign_outputs(out_md: Path, out_json: Path) -> None:
+    """Before any work: --out-md / --out-json may only replace an earlier output of this script (a RESULTS.md that
+    starts with TITLE, a results.json with its "machine" and "profile" sections), never another file."""
+    if not replaceable(out_md, TITLE):
+        sys.exit(f"{out_md}: exists and is not a table this benchmark wrote; pass another --out-md")
+    if out_json.exists():
+        try:
+            doc = json.loads(out_json.read_text()) if out_json.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            doc = None
+        if not (isinstance(doc, dict) and {"machine", "profile"} <= doc.keys()):
+            sys.exit(
+                f"{out_json}: exists and is not a results.json this benchmark wrote; pass another --out-json"
+            )
+
+
 def render(results: dict) -> str:
     m, p = results["machine"], results["profile"]
-    lines = [
-        "# semid-ctr vs FuxiCTR, DeepCTR-Torch, torch-rechub",
-        "",
-    ]
+    lines = [TITLE, ""]
     if p["quick"]:
         lines += [
             "> **QUICK RUN (`--quick`): a tiny subset to check the wiring. These numbers are NOT benchmark figures.**",
@@ -1043,6 +1058,7 @@ def main(argv: list[str] | None = None) -> dict:
     # a quick run never overwrites the repository's real figures
     out_md = a.out_md or (work / "RESULTS.md" if a.quick else HERE / "RESULTS.md")
     out_json = a.out_json or (work / "results.json" if a.quick else HERE / "results" / "results.json")
+    refuse_foreign_outputs(out_md, out_json)
     for peer in peers:
         if not (a.venvs / peer / "bin" / "python").is_file():
             sys.exit(f"no venv for {peer} under {a.venvs}: run `bash benchmarks/setup_peers.sh` first")

@@ -71,6 +71,21 @@ def test_compare_refuses_semids_of_other_data(prepared_dir, tmp_path):
         compare.akt_inputs(ctx, tmp_path / "unused.parquet")
 
 
+def test_compare_refuses_to_overwrite_files_it_did_not_write(tmp_path):
+    md, js = tmp_path / "notes.md", tmp_path / "data.json"
+    compare.refuse_foreign_outputs(md, js)  # nothing there yet
+    md.write_text("my own notes\n")
+    with pytest.raises(SystemExit, match="--out-md"):
+        compare.refuse_foreign_outputs(md, js)
+    md.write_text(compare.TITLE + "\n\nan earlier run\n")
+    js.write_text('{"rows": [1, 2]}')
+    with pytest.raises(SystemExit, match="--out-json"):
+        compare.refuse_foreign_outputs(md, js)
+    js.write_text(json.dumps({"machine": {}, "profile": {}, "ctr": {}}))
+    compare.refuse_foreign_outputs(md, js)  # both are earlier outputs of compare: replaceable
+    assert md.read_text().endswith("an earlier run\n")  # the check itself writes nothing
+
+
 def test_flop_lines_give_akts_ceiling_at_deepfms_rate_per_flop():
     def model(train, predict, f_train=None, f_predict=None):
         m = {"train_samples_per_s": train, "predict_samples_per_s": predict}
